@@ -1,0 +1,136 @@
+"""Home page of the workbench dashboard: the stored runs and the available models.
+
+Run with ``streamlit run app/Home.py`` (or ``workbench app``). The page only reads the run store
+(:class:`workbench.store.Store`, at ``$WORKBENCH_RUNS``) and asks the model registry for its cards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from workbench.store import RunInfo, Store
+
+TITLE = "Interpretability Workbench"
+
+
+def run_rows(infos: list[RunInfo]) -> pd.DataFrame:
+    """One table row per run: kind, run id, model, created, seconds, status, summary (compact JSON)."""
+    rows = [
+        {
+            "kind": i.kind,
+            "run id": i.run_id,
+            "model": i.model or "",
+            "created": i.created or "",
+            "seconds": round(i.seconds, 2) if i.seconds is not None else None,
+            "status": i.status,
+            "summary": json.dumps(i.summary, default=str)[:300]
+            if i.summary
+            else ("" if i.ok else i.error or ""),
+        }
+        for i in infos
+    ]
+    columns = ["kind", "run id", "model", "created", "seconds", "status", "summary"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def model_rows(cards: list[Any]) -> pd.DataFrame:
+    """Model cards (dicts, dataclasses or plain objects) as a table."""
+    columns = ["name", "source", "parameters", "architecture", "license", "cached"]
+    rows = []
+    for card in cards:
+        if isinstance(card, dict):
+            d = dict(card)
+        elif dataclasses.is_dataclass(card) and not isinstance(card, type):
+            d = dataclasses.asdict(card)
+        else:
+            d = {c: getattr(card, c, None) for c in columns}
+        rows.append({c: d.get(c) for c in columns} | {k: v for k, v in d.items() if k not in columns})
+    df = pd.DataFrame(rows)
+    # mixed-type object columns do not serialise to Arrow; show them as text
+    for col in df.columns:
+        if df[col].dtype == object:
+            df[col] = df[col].map(
+                lambda v: "" if v is None else v if isinstance(v, str) else json.dumps(v, default=str)
+            )
+    return df
+
+
+def _runs_section() -> None:
+    store = Store()
+    st.header("Runs")
+    st.caption(f"Run store: `{store.root}`")
+    try:
+        infos = store.list()
+    except Exception as exc:  # an unreadable store must not take the page down
+        st.error(f"Cannot read the run store at {store.root}: {exc}")
+        return
+    if not infos:
+        st.info("No runs stored yet. Run an analysis (e.g. `workbench demo`) to fill the store.")
+        return
+
+    kinds = sorted({i.kind for i in infos})
+    models = sorted({i.model for i in infos if i.model})
+    with st.sidebar:
+        st.subheader("Filter runs")
+        chosen_kinds = st.multiselect("Kind", kinds, default=[], key="kinds", placeholder="all kinds")
+        chosen_models = st.multiselect("Model", models, default=[], key="models", placeholder="all models")
+    shown = [
+        i
+        for i in infos
+        if (not chosen_kinds or i.kind in chosen_kinds) and (not chosen_models or i.model in chosen_models)
+    ]
+    n_corrupt = sum(1 for i in shown if not i.ok)
+    st.write(f"{len(shown)} of {len(infos)} runs" + (f", {n_corrupt} corrupt" if n_corrupt else ""))
+    st.dataframe(run_rows(shown), hide_index=True, width="stretch")
+    if not shown:
+        return
+
+    st.subheader("Run details")
+    labels = [f"{i.kind}/{i.run_id}" + ("" if i.ok else " (corrupt)") for i in shown]
+    picked = st.selectbox("Run", range(len(shown)), format_func=lambda k: labels[k], key="run")
+    info = shown[picked if picked is not None else 0]
+    if not info.ok:
+        st.error(f"Run {info.kind}/{info.run_id} is corrupt: {info.error}")
+        if info.manifest is not None:
+            st.json(info.manifest, expanded=False)
+        return
+    cols = st.columns(3)
+    cols[0].metric("Kind", info.kind)
+    cols[1].metric("Model", info.model or "-")
+    cols[2].metric("Seconds", f"{info.seconds:.2f}" if info.seconds is not None else "-")
+    st.caption(f"Folder: `{info.path}`")
+    st.json(info.manifest)
+
+
+def _models_section() -> None:
+    st.header("Models")
+    try:
+        from workbench.models import list_models
+    except ImportError:
+        st.info("No model registry is available (workbench.models cannot be imported).")
+        return
+    try:
+        cards = list(list_models())
+    except Exception as exc:
+        st.warning(f"The model registry failed: {exc}")
+        return
+    if not cards:
+        st.info("The model registry lists no models.")
+        return
+    st.dataframe(model_rows(cards), hide_index=True, width="stretch")
+
+
+def main() -> None:
+    """Draw the page."""
+    st.set_page_config(page_title=TITLE, layout="wide")
+    st.title(TITLE)
+    _runs_section()
+    _models_section()
+
+
+main()

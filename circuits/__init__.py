@@ -1,0 +1,1 @@
+"""Circuit analyses and their common graph type (:class:`circuits.graph.Circuit`)."""

@@ -1,0 +1,1 @@
+"""Statistics read from activations: activation sparsity, massive activations, linear probes."""

@@ -1,0 +1,100 @@
+"""Shared fixtures: no network, an isolated cache, small deterministic models."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class NetworkBlocked(RuntimeError):
+    """Raised when a test tries to open a network connection."""
+
+
+def _is_loopback(address: object) -> bool:
+    if isinstance(address, tuple) and address:
+        host = str(address[0])
+        return host in ("localhost", "::1") or host.startswith("127.")
+    return isinstance(address, (str, bytes))  # AF_UNIX paths are local
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_network():
+    """Make every socket connection fail, except to this machine itself (loopback, unix sockets)."""
+    real_connect = socket.socket.connect
+    real_connect_ex = socket.socket.connect_ex
+    real_create = socket.create_connection
+
+    def guarded_connect(self, address):
+        if not _is_loopback(address):
+            raise NetworkBlocked(f"tests must not use the network (tried to connect to {address!r})")
+        return real_connect(self, address)
+
+    def guarded_connect_ex(self, address):
+        if not _is_loopback(address):
+            raise NetworkBlocked(f"tests must not use the network (tried to connect to {address!r})")
+        return real_connect_ex(self, address)
+
+    def guarded_create(address, *args, **kwargs):
+        if not _is_loopback(address):
+            raise NetworkBlocked(f"tests must not use the network (tried to connect to {address!r})")
+        return real_create(address, *args, **kwargs)
+
+    socket.socket.connect = guarded_connect
+    socket.socket.connect_ex = guarded_connect_ex
+    socket.create_connection = guarded_create
+    yield
+    socket.socket.connect = real_connect
+    socket.socket.connect_ex = real_connect_ex
+    socket.create_connection = real_create
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _workbench_home(tmp_path_factory):
+    """An isolated cache for the whole session (models are converted or trained once, into it)."""
+    home = tmp_path_factory.mktemp("workbench-home")
+    os.environ["WORKBENCH_HOME"] = str(home)
+    os.environ.pop("WORKBENCH_RUNS", None)
+    yield home
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference(_workbench_home):
+    """transformers' own SmolLM2 model and tokenizer loaded from the bundled GGUF file (the reference)."""
+    from workbench.smollm2 import load_hf_from_gguf
+
+    return load_hf_from_gguf()
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_reference):
+    """SmolLM2-135M through the workbench's loading path (converted once into the session cache)."""
+    from workbench.models import load_model, models_dir
+    from workbench.smollm2 import convert
+
+    model, tokenizer = smollm2_reference
+    convert(models_dir() / "smollm2-135m", model=model, tokenizer=tokenizer)
+    return load_model("smollm2-135m", device="cpu")
+
+
+TINY_INDUCTION = dict(vocab=64, half_len=12, d_model=32, n_heads=2, batch=32, steps=60, lr=3e-3, warmup=10,
+                      n_checkpoints=4, resume_every=20)
+
+
+@pytest.fixture(scope="session")
+def tiny_toy(tmp_path_factory):
+    """A tiny Llama-style toy trained for a few steps: (folder, config, bridge of its last step)."""
+    from workbench.induction_toy import InductionConfig, train_induction
+    from workbench.models import load_model
+
+    cfg = InductionConfig(**TINY_INDUCTION)
+    folder = tmp_path_factory.mktemp("tiny-toy")
+    train_induction(cfg, folder, progress=False)
+    bridge = load_model(str(folder / "checkpoints" / f"step-{cfg.steps:07d}"), device="cpu")
+    return folder, cfg, bridge

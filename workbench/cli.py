@@ -1,0 +1,149 @@
+"""The ``workbench`` command line: ``workbench <verb> --help`` for each verb.
+
+Verbs that take ``--json`` print one JSON object (their summary, and the run's folder where one is written) as the
+last line of standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _emit(args: argparse.Namespace, obj: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj, default=str))
+    else:
+        print(text)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from workbench.models import list_models
+
+    cards = [c.to_dict() for c in list_models()]
+    lines = [f"{'name':<22} {'params':>8}  {'cached':<6} architecture"]
+    for c in cards:
+        steps = f" (steps {c['checkpoints'][0]}..{c['checkpoints'][-1]}, {len(c['checkpoints'])} saved)" if c["checkpoints"] else ""
+        lines.append(f"{c['name']:<22} {c['parameters']:>8}  {'yes' if c['cached'] else 'no':<6} {c['architecture']}{steps}")
+    _emit(args, {"models": cards}, "\n".join(lines))
+    return 0
+
+
+def cmd_zoo_build(args: argparse.Namespace) -> int:
+    from workbench import zoo
+
+    targets = [args.name] if args.name else zoo.names()
+    built = {}
+    for name in targets:
+        folder = zoo.build(name, progress=not args.json, force=args.force)
+        info = zoo.manifest(name)
+        built[name] = {"folder": str(folder), "steps": info["steps"], "report": info.get("report", {})}
+    text = "\n".join(f"toy/{n}: {v['folder']} ({len(v['steps'])} checkpoints)" for n, v in built.items())
+    _emit(args, {"built": built}, text)
+    return 0
+
+
+def cmd_zoo_list(args: argparse.Namespace) -> int:
+    from workbench import zoo
+
+    rows = {n: {"built": zoo.is_built(n), "steps": zoo.checkpoint_steps(n) if zoo.is_built(n) else []} for n in zoo.names()}
+    _emit(args, {"zoo": rows}, "\n".join(f"toy/{n}: {'built' if r['built'] else 'not built'}" for n, r in rows.items()))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from workbench.store import Store
+
+    runs = Store().list(kind=args.kind, model=args.model)
+    rows = [
+        {"kind": r.kind, "run_id": r.run_id, "model": r.model, "status": r.status, "created": r.created,
+         "path": str(r.path), "error": r.error}
+        for r in runs
+    ]
+    lines = [f"{r['kind']:<16} {r['run_id']:<28} {r['model'] or '-':<20} {r['status']}" for r in rows] or ["no runs stored"]
+    _emit(args, {"runs": rows}, "\n".join(lines))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from workbench.demo import run_demos
+
+    done = run_demos(device=args.device, force=args.force, progress=not args.json)
+    _emit(args, {"demos": done}, "\n".join(f"{d['kind']}: {d['status']} ({d.get('path', '')})" for d in done))
+    return 0
+
+
+def app_dir() -> Path:
+    """The checkout's ``app/`` folder (the dashboard is run from the checkout)."""
+    folder = Path(__file__).resolve().parent.parent / "app"
+    if not (folder / "Home.py").is_file():
+        raise FileNotFoundError(f"the dashboard lives in the checkout's app/ folder; {folder / 'Home.py'} not found")
+    return folder
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(app_dir() / "Home.py"),
+        "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]
+    print(f"Serving the dashboard on http://{args.host}:{args.port}", flush=True)
+    env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    return subprocess.call(cmd, env=env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description="Interpretability workbench for transformer LMs.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
+
+    p = sub.add_parser("models", help="list the models available offline (model cards)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("zoo", help="the project's own small models")
+    zsub = p.add_subparsers(dest="zoo_verb", required=True, metavar="<zoo verb>")
+    b = zsub.add_parser("build", help="train zoo models (all, or NAME), resuming an interrupted build")
+    b.add_argument("name", nargs="?", help="member name, e.g. induction-2l (default: all)")
+    b.add_argument("--force", action="store_true", help="retrain from scratch")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=cmd_zoo_build)
+    b = zsub.add_parser("list", help="list zoo members and whether they are built")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=cmd_zoo_list)
+
+    p = sub.add_parser("runs", help="list stored runs")
+    p.add_argument("--kind", help="only runs of this kind")
+    p.add_argument("--model", help="only runs of this model")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("demo", help="compute the demo runs of every analysis (skipping stored ones)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--force", action="store_true", help="recompute even if stored")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("app", help="serve the Streamlit dashboard")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=cmd_app)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``workbench`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, LookupError, FileNotFoundError, RuntimeError) as exc:
+        print(f"workbench {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

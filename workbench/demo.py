@@ -1,0 +1,69 @@
+"""``workbench demo``: compute the demo run of every analysis that exists, skipping those already stored.
+
+Each demo is small (toy models, small budgets) so that ``make app`` has something to show within minutes.
+Analyses add themselves to :data:`DEMOS`; a demo is a function that writes one run to the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from workbench.store import Store
+
+
+@dataclass(frozen=True)
+class Demo:
+    """A demo run: its run kind, the model it uses, and the function that computes and stores it."""
+
+    kind: str
+    model: str
+    run: Callable[[Store, str | None, bool], Any]
+
+
+def _zoo_training_demo(store: Store, device: str | None, progress: bool) -> Any:
+    """Train (or reuse) toy/induction-2l and store its training curve and induction report as a run."""
+    import pandas as pd
+    import torch
+
+    from workbench import zoo
+
+    name = "induction-2l"
+    zoo.build(name, progress=progress)
+    info = zoo.manifest(name)
+    losses = pd.DataFrame([h for h in info["history"] if "loss" in h])
+    evals = pd.DataFrame([{"step": h["step"], **h["eval"]} for h in info["history"] if "eval" in h])
+    report = info.get("report", {})
+    with store.create("zoo-training", model=f"toy/{name}", params={"config": info["config"]}) as run:
+        run.save_table("loss", losses)
+        run.save_table("eval", evals)
+        if report:
+            run.save_tensors(
+                "heads",
+                {
+                    "induction_scores": torch.tensor(report["induction_scores"]),
+                    "previous_token_scores": torch.tensor(report["previous_token_scores"]),
+                },
+            )
+            run.summary.update({k: v for k, v in report.items() if not isinstance(v, list) or k.startswith("best")})
+        run.summary["final_loss"] = info["final_loss"]
+        run.summary["checkpoints"] = len(info["steps"])
+    return run.info
+
+
+DEMOS: list[Demo] = [Demo(kind="zoo-training", model="toy/induction-2l", run=_zoo_training_demo)]
+
+
+def run_demos(device: str | None = None, force: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every demo whose run is not stored yet (all with ``force``); returns one status dict per demo."""
+    store = Store()
+    done = []
+    for demo in DEMOS:
+        existing = store.latest(demo.kind, model=demo.model)
+        if existing is not None and not force:
+            done.append({"kind": demo.kind, "model": demo.model, "status": "stored", "path": str(existing.path)})
+            continue
+        info = demo.run(store, device, progress)
+        done.append({"kind": demo.kind, "model": demo.model, "status": "computed", "path": str(info.path)})
+    return done

@@ -1,0 +1,578 @@
+"""The run store: every analysis writes one run, a folder that is either whole or absent.
+
+Layout::
+
+    <root>/<kind>/<run_id>/
+        manifest.json         kind, run_id, model, params, summary, versions, created, seconds, artifacts
+        <name>.safetensors    tensors   (RunWriter.save_tensors / Run.tensors)
+        <name>.parquet        tables    (RunWriter.save_table   / Run.table)
+        <name>.json           documents (RunWriter.save_json    / Run.json), e.g. circuits as node-link JSON
+
+A run is written into a temporary folder beside its destination and renamed into place when the ``with`` block
+ends normally (:func:`workbench.atomic.atomic_dir`); an exception leaves nothing behind. Nothing is pickled.
+
+Example::
+
+    store = Store()
+    with store.create("massive", model="smollm2-135m", params={"n_tokens": 4096}) as w:
+        w.save_tensors("stats", {"top": top})          # top: any tensor, saved bit-exact
+        w.save_table("layers", df)
+        w.summary.update({"max_ratio": 812.0})
+    run = store.load("massive", w.info.run_id)
+    run.tensors("stats")["top"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from workbench.atomic import TMP_PREFIX, atomic_dir, write_json
+from workbench.paths import runs_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+__all__ = [
+    "ARTIFACT_TYPES",
+    "CorruptRunError",
+    "MANIFEST",
+    "Run",
+    "RunInfo",
+    "RunNotFoundError",
+    "RunWriter",
+    "Store",
+    "new_run_id",
+    "validate_name",
+]
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+#: artifact type -> file suffix
+ARTIFACT_TYPES: dict[str, str] = {"tensors": ".safetensors", "table": ".parquet", "json": ".json"}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_MAX_NAME = 128
+_VERSIONED_PACKAGES = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "transformer-lens": "transformer-lens",
+    "workbench": "interp-workbench",
+}
+
+
+class RunNotFoundError(LookupError):
+    """No run of that kind and id exists in the store."""
+
+
+class CorruptRunError(ValueError):
+    """A run folder exists but its manifest or one of its files cannot be read."""
+
+
+def validate_name(value: object, what: str = "name") -> str:
+    """Return ``value`` if it is a safe kind, run id or artifact name, else raise ValueError.
+
+    Accepted: 1 to 128 characters from letters, digits, ``-``, ``_`` and ``.``, not starting with ``.`` or ``-``
+    and not containing ``..`` (so no path separators, no traversal, no hidden or temporary names).
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+    if not value or len(value) > _MAX_NAME or ".." in value or not _NAME_RE.match(value) or value[0] == "-":
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1-{_MAX_NAME} letters, digits, '-', '_' or '.', "
+            "starting with a letter, digit or '_', without '..' or path separators"
+        )
+    return value
+
+
+def new_run_id() -> str:
+    """A fresh, sortable run id: ``YYYYMMDD-HHMMSS-<6 hex>`` (UTC)."""
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of torch, transformers, transformer-lens and the workbench (None when absent)."""
+    out: dict[str, str | None] = {}
+    for key, dist in _VERSIONED_PACKAGES.items():
+        try:
+            out[key] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            out[key] = None
+    if out["workbench"] is None:
+        import workbench
+
+        out["workbench"] = getattr(workbench, "__version__", None)
+    return out
+
+
+def _jsonable(obj: Any, what: str) -> Any:
+    """``obj`` as plain JSON values (numpy/torch scalars and small arrays become numbers and lists)."""
+
+    def default(o: Any) -> Any:
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        if hasattr(o, "item"):
+            return o.item()
+        if isinstance(o, Path):
+            return str(o)
+        if isinstance(o, (set, frozenset, tuple)):
+            return list(o)
+        raise TypeError(f"cannot store {type(o).__name__} as JSON")
+
+    try:
+        return json.loads(json.dumps(obj, default=default))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be JSON-serialisable: {exc}") from exc
+
+
+@dataclass
+class RunInfo:
+    """What the store knows about one run folder, without loading its artifacts.
+
+    ``status`` is ``"ok"`` or ``"corrupt"``; a corrupt run carries an ``error`` message and whatever of its
+    manifest could be read (``manifest`` is None when the manifest itself is missing or invalid).
+    """
+
+    kind: str
+    run_id: str
+    path: Path
+    status: str = "ok"
+    error: str | None = None
+    manifest: dict | None = None
+    created: str | None = None
+    model: str | None = None
+    summary: dict = field(default_factory=dict)
+    seconds: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the run is whole and readable."""
+        return self.status == "ok"
+
+
+def _read_info(kind: str, run_dir: Path) -> RunInfo:
+    """Inspect one run folder; never raises for a broken run (it comes back with status "corrupt")."""
+    info = RunInfo(kind=kind, run_id=run_dir.name, path=run_dir)
+    try:
+        manifest = _read_manifest(run_dir)
+        info.manifest = manifest
+        info.created = manifest.get("created") if isinstance(manifest.get("created"), str) else None
+        info.model = manifest.get("model") if isinstance(manifest.get("model"), str) else None
+        info.summary = manifest.get("summary") if isinstance(manifest.get("summary"), dict) else {}
+        seconds = manifest.get("seconds")
+        info.seconds = float(seconds) if isinstance(seconds, (int, float)) else None
+        _check_manifest(manifest, kind, run_dir)
+    except CorruptRunError as exc:
+        info.status = "corrupt"
+        info.error = str(exc)
+    except OSError as exc:
+        info.status = "corrupt"
+        info.error = f"{run_dir}: cannot read: {exc}"
+    return info
+
+
+def _read_manifest(run_dir: Path) -> dict:
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise CorruptRunError(f"{path}: missing manifest")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptRunError(f"{path}: invalid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise CorruptRunError(f"{path}: manifest is not a JSON object")
+    return manifest
+
+
+def _check_manifest(manifest: dict, kind: str, run_dir: Path) -> None:
+    """Raise CorruptRunError unless the manifest is consistent with its folder and names existing files."""
+    path = run_dir / MANIFEST
+    if manifest.get("kind") != kind or manifest.get("run_id") != run_dir.name:
+        raise CorruptRunError(
+            f"{path}: manifest names {manifest.get('kind')!r}/{manifest.get('run_id')!r}, "
+            f"but the folder is {kind!r}/{run_dir.name!r}"
+        )
+    artifacts = manifest.get("artifacts")
+    if not isinstance(artifacts, list):
+        raise CorruptRunError(f"{path}: 'artifacts' is not a list")
+    for entry in artifacts:
+        file = _artifact_file(entry, path)
+        if not (run_dir / file).is_file():
+            raise CorruptRunError(f"{run_dir / file}: artifact listed in the manifest is missing")
+
+
+def _artifact_file(entry: Any, manifest_path: Path) -> str:
+    """The file name of one manifest artifact entry, checked to stay inside the run folder."""
+    if not isinstance(entry, dict) or entry.get("type") not in ARTIFACT_TYPES:
+        raise CorruptRunError(f"{manifest_path}: malformed artifact entry {entry!r}")
+    try:
+        name = validate_name(entry.get("name"), "artifact name")
+    except ValueError as exc:
+        raise CorruptRunError(f"{manifest_path}: {exc}") from exc
+    file = name + ARTIFACT_TYPES[entry["type"]]
+    if entry.get("file", file) != file:
+        raise CorruptRunError(
+            f"{manifest_path}: artifact {name!r} names unexpected file {entry.get('file')!r}"
+        )
+    return file
+
+
+class RunWriter:
+    """Writes one run; use as a context manager (from :meth:`Store.create`).
+
+    Inside the ``with`` block, ``path`` is the temporary folder being written; ``summary`` is a dict to fill
+    with the run's headline numbers (JSON values). After a normal exit ``info`` is the final :class:`RunInfo`.
+    """
+
+    def __init__(self, store: Store, kind: str, *, model: str | None, params: dict, run_id: str) -> None:
+        self.store = store
+        self.kind = kind
+        self.run_id = run_id
+        self.model = model
+        self.params = params
+        self.summary: dict[str, Any] = {}
+        self.info: RunInfo | None = None
+        self._artifacts: list[dict[str, Any]] = []
+        self._dest = store.root / kind / run_id
+        self._ctx: contextlib.AbstractContextManager[Path] | None = None
+        self._path: Path | None = None
+        self._created: str | None = None
+        self._t0 = 0.0
+
+    @property
+    def path(self) -> Path:
+        """The temporary folder being written (only valid inside the ``with`` block)."""
+        if self._path is None:
+            raise RuntimeError("RunWriter.path is only available inside its `with` block")
+        return self._path
+
+    @property
+    def dest(self) -> Path:
+        """Where the run will be once written."""
+        return self._dest
+
+    def __enter__(self) -> RunWriter:
+        if self._ctx is not None:
+            raise RuntimeError("a RunWriter can be entered only once")
+        if self._dest.exists():
+            raise FileExistsError(f"run {self.kind}/{self.run_id} already exists at {self._dest}")
+        self._ctx = atomic_dir(self._dest)
+        self._path = self._ctx.__enter__()
+        self._created = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        assert self._ctx is not None
+        ctx, self._ctx = self._ctx, None
+        path, self._path = self._path, None
+        if exc_type is not None:
+            ctx.__exit__(exc_type, exc, tb)  # removes the temporary folder
+            return False
+        try:
+            manifest = _jsonable(self._manifest(), "run manifest")
+            assert path is not None
+            write_json(path / MANIFEST, manifest)
+        except BaseException as err:
+            ctx.__exit__(type(err), err, err.__traceback__)
+            raise
+        ctx.__exit__(None, None, None)  # renames into place (raises FileExistsError on a race)
+        self.info = _read_info(self.kind, self._dest)
+        return False
+
+    def _manifest(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "kind": self.kind,
+            "run_id": self.run_id,
+            "model": self.model,
+            "params": self.params,
+            "summary": self.summary,
+            "versions": package_versions(),
+            "created": self._created,
+            "seconds": round(time.perf_counter() - self._t0, 6),
+            "artifacts": self._artifacts,
+        }
+
+    def _new_file(self, name: str, type_: str) -> Path:
+        validate_name(name, "artifact name")
+        if type_ == "json" and name == "manifest":
+            raise ValueError("artifact name 'manifest' is reserved for the run's manifest.json")
+        if any(a["name"] == name and a["type"] == type_ for a in self._artifacts):
+            raise ValueError(f"this run already has a {type_} artifact named {name!r}")
+        file = name + ARTIFACT_TYPES[type_]
+        return self.path / file
+
+    def _record(self, name: str, type_: str, file: Path, **extra: Any) -> None:
+        self._artifacts.append(
+            {"name": name, "type": type_, "file": file.name, "bytes": file.stat().st_size, **extra}
+        )
+
+    def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> Path:
+        """Save named tensors (any shapes and dtypes) to ``<name>.safetensors``; they load back bit-exact.
+
+        Tensors are moved to the CPU and made contiguous; tensors sharing memory are copied first
+        (safetensors refuses shared storage). Non-tensor arrays are converted with ``torch.as_tensor``.
+        """
+        import torch
+        from safetensors.torch import save_file
+
+        if not isinstance(tensors, dict) or not tensors:
+            raise ValueError("save_tensors needs a non-empty dict of name -> tensor")
+        file = self._new_file(name, "tensors")
+        seen: set[int] = set()
+        prepared: dict[str, torch.Tensor] = {}
+        for key, value in tensors.items():
+            if not isinstance(key, str):
+                raise ValueError(f"tensor keys must be strings, got {key!r}")
+            t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+            t = t.detach().to("cpu").contiguous()
+            ptr = t.untyped_storage().data_ptr()
+            if t.numel() and (ptr in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size()):
+                t = t.clone()
+                ptr = t.untyped_storage().data_ptr()
+            if t.numel():
+                seen.add(ptr)
+            prepared[key] = t
+        save_file(prepared, str(file))
+        self._record(name, "tensors", file, keys=sorted(prepared))
+        return file
+
+    def save_table(self, name: str, df: pd.DataFrame) -> Path:
+        """Save a pandas DataFrame to ``<name>.parquet`` (pyarrow); column names must be strings."""
+        import pandas as pd
+
+        if not isinstance(df, pd.DataFrame):
+            raise ValueError(f"save_table needs a pandas DataFrame, got {type(df).__name__}")
+        file = self._new_file(name, "table")
+        df.to_parquet(file, engine="pyarrow")
+        self._record(name, "table", file, rows=len(df))
+        return file
+
+    def save_json(self, name: str, obj: Any) -> Path:
+        """Save a JSON document (dicts, lists, numbers, strings) to ``<name>.json``."""
+        file = self._new_file(name, "json")
+        write_json(file, _jsonable(obj, f"json artifact {name!r}"))
+        self._record(name, "json", file)
+        return file
+
+
+class Run:
+    """A stored run, opened for reading. Artifacts are read on demand."""
+
+    def __init__(self, info: RunInfo) -> None:
+        assert info.manifest is not None
+        self.info = info
+        self.path = info.path
+        self.kind = info.kind
+        self.run_id = info.run_id
+        self.manifest: dict[str, Any] = info.manifest
+
+    def __repr__(self) -> str:
+        return f"Run({self.kind!r}, {self.run_id!r}, model={self.model!r})"
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The run's headline numbers."""
+        return self.manifest.get("summary") or {}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters the run was made with."""
+        return self.manifest.get("params") or {}
+
+    @property
+    def model(self) -> str | None:
+        """The model spec the run was made with."""
+        return self.manifest.get("model")
+
+    @property
+    def artifacts(self) -> list[dict[str, Any]]:
+        """The manifest's artifact entries (name, type, file, bytes, ...)."""
+        return list(self.manifest.get("artifacts") or [])
+
+    def names(self, type_: str | None = None) -> list[str]:
+        """Artifact names, optionally of one type (``"tensors"``, ``"table"`` or ``"json"``)."""
+        return [a["name"] for a in self.artifacts if type_ is None or a["type"] == type_]
+
+    def _file(self, name: str, type_: str) -> Path:
+        if name not in self.names(type_):
+            have = ", ".join(self.names(type_)) or "none"
+            raise KeyError(f"run {self.kind}/{self.run_id} has no {type_} artifact {name!r} (it has: {have})")
+        return self.path / (name + ARTIFACT_TYPES[type_])
+
+    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """Load the tensors saved under ``name`` (on the CPU, exactly as saved)."""
+        from safetensors.torch import load_file
+
+        file = self._file(name, "tensors")
+        try:
+            return load_file(str(file))
+        except Exception as exc:
+            raise CorruptRunError(f"{file}: cannot read tensors: {exc}") from exc
+
+    def table(self, name: str) -> pd.DataFrame:
+        """Load the table saved under ``name``."""
+        import pandas as pd
+
+        file = self._file(name, "table")
+        try:
+            return pd.read_parquet(file, engine="pyarrow")
+        except Exception as exc:
+            raise CorruptRunError(f"{file}: cannot read table: {exc}") from exc
+
+    def json(self, name: str) -> Any:
+        """Load the JSON document saved under ``name``."""
+        file = self._file(name, "json")
+        try:
+            return json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise CorruptRunError(f"{file}: cannot read JSON: {exc}") from exc
+
+
+def _sort_key(info: RunInfo) -> tuple[str, str]:
+    created = info.created
+    if created is None:
+        with contextlib.suppress(OSError):
+            mtime = info.path.stat().st_mtime
+            created = datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="seconds")
+    # ISO strings ending in "Z" vs "+00:00" sort the same up to the seconds.
+    return ((created or "")[:19], info.run_id)
+
+
+class Store:
+    """Runs on disk under ``root`` (default :func:`workbench.paths.runs_dir`), one folder per run."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else runs_dir()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    def create(
+        self,
+        kind: str,
+        *,
+        model: str | None = None,
+        params: dict | None = None,
+        run_id: str | None = None,
+    ) -> RunWriter:
+        """Start a new run of ``kind``; use the returned writer as a context manager.
+
+        ``params`` must be JSON-serialisable; ``run_id`` defaults to :func:`new_run_id`.
+        """
+        validate_name(kind, "kind")
+        run_id = validate_name(run_id, "run_id") if run_id is not None else new_run_id()
+        if model is not None and not isinstance(model, str):
+            model = str(model)
+        params = _jsonable(dict(params or {}), "params")
+        return RunWriter(self, kind, model=model, params=params, run_id=run_id)
+
+    def kinds(self) -> list[str]:
+        """Kinds that have a folder in the store, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _is_valid(p.name))
+
+    def _run_dirs(self, kind: str) -> list[Path]:
+        folder = self.root / kind
+        if not folder.is_dir():
+            return []
+        return [p for p in folder.iterdir() if p.is_dir() and _is_valid(p.name)]
+
+    def list(self, kind: str | None = None, model: str | None = None) -> list[RunInfo]:
+        """Runs (ok and corrupt), newest first, optionally only of one kind and/or one model.
+
+        Temporary folders of runs being written (or left by a killed writer) are not listed.
+        """
+        kinds = [validate_name(kind, "kind")] if kind is not None else self.kinds()
+        infos = [_read_info(k, d) for k in kinds for d in self._run_dirs(k)]
+        if model is not None:
+            infos = [i for i in infos if i.model == model]
+        return sorted(infos, key=_sort_key, reverse=True)
+
+    def latest(self, kind: str, model: str | None = None) -> RunInfo | None:
+        """The newest readable run of ``kind`` (and ``model``), or None."""
+        return next((i for i in self.list(kind, model) if i.ok), None)
+
+    def info(self, kind: str, run_id: str) -> RunInfo:
+        """The :class:`RunInfo` of one run; RunNotFoundError if it does not exist."""
+        run_dir = self._existing(kind, run_id)
+        return _read_info(kind, run_dir)
+
+    def load(self, kind: str, run_id: str) -> Run:
+        """Open a run for reading; RunNotFoundError if absent, CorruptRunError if it cannot be read."""
+        info = self.info(kind, run_id)
+        if not info.ok:
+            raise CorruptRunError(info.error)
+        return Run(info)
+
+    def delete(self, kind: str, run_id: str) -> None:
+        """Remove a run (it disappears at once: it is renamed aside, then deleted)."""
+        run_dir = self._existing(kind, run_id)
+        trash = run_dir.parent / f"{TMP_PREFIX}del-{run_id}-{uuid.uuid4().hex[:8]}"
+        os.replace(run_dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def clean_tmp(self, older_than_s: float = 3600.0) -> int:
+        """Remove temporary folders left by killed writers, older than ``older_than_s``; return how many.
+
+        Younger ones are kept, as they may belong to a run still being written.
+        """
+        if not self.root.is_dir():
+            return 0
+        now = time.time()
+        removed = 0
+        for folder in [self.root, *(self.root / k for k in self.kinds())]:
+            for child in folder.iterdir():
+                if not child.name.startswith(TMP_PREFIX):
+                    continue
+                with contextlib.suppress(OSError):
+                    if now - child.stat().st_mtime < older_than_s:
+                        continue
+                    if child.is_dir():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+                    removed += 1
+        return removed
+
+    def _existing(self, kind: str, run_id: str) -> Path:
+        validate_name(kind, "kind")
+        validate_name(run_id, "run_id")
+        run_dir = self.root / kind / run_id
+        if not run_dir.is_dir():
+            have = sorted(p.name for p in self._run_dirs(kind))
+            listing = ", ".join(have[-10:]) if have else "none"
+            more = f" (latest 10 of {len(have)})" if len(have) > 10 else ""
+            raise RunNotFoundError(
+                f"no run {kind}/{run_id} in {self.root}; runs of kind {kind!r}{more}: {listing}"
+            )
+        return run_dir
+
+
+def _is_valid(name: str) -> bool:
+    try:
+        validate_name(name)
+    except ValueError:
+        return False
+    return True

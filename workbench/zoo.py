@@ -1,0 +1,142 @@
+"""The zoo: small models the workbench trains itself, deterministically, built on first use and cached.
+
+A member lives in ``$WORKBENCH_HOME/zoo/<name>/``: ``checkpoints/step-<N>/`` (Hugging Face folders, one per saved
+step), ``resume/`` while training, and ``manifest.json``, written last, which marks the member as built. Loading
+``toy/<name>`` gives the final step; ``toy/<name>@<step>`` a saved one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workbench.atomic import write_json
+from workbench.paths import zoo_dir
+from workbench.train import CHECKPOINTS, RESUME, saved_steps, step_dir
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """A zoo member: how to describe it and how to train it into a folder."""
+
+    name: str
+    description: str
+    architecture: str
+    parameters: str
+    config: dict[str, Any]
+    train: Callable[[Path, bool], list[dict]]
+    report: Callable[[Path], dict[str, Any]] | None = None
+
+
+def _induction_spec() -> ZooSpec:
+    from workbench import induction_toy as toy
+
+    cfg = toy.InductionConfig()
+
+    def report(folder: Path) -> dict[str, Any]:
+        from workbench.models import load_model
+
+        bridge = load_model(str(step_dir(folder / CHECKPOINTS, cfg.steps)), device="cpu")
+        return toy.induction_report(bridge, cfg)
+
+    return ZooSpec(
+        name="induction-2l",
+        description="2-layer attention-only transformer trained on repeated random tokens; grows induction heads.",
+        architecture=(
+            f"Llama-style, attention-only in function: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, "
+            f"RMSNorm, rotary; MLPs zeroed and frozen; vocabulary {cfg.vocab} + BOS"
+        ),
+        parameters=f"{(2 * (cfg.vocab + 1) * cfg.d_model + cfg.n_layers * 4 * cfg.d_model**2) / 1000:.0f}k",
+        config=cfg.to_dict(),
+        train=lambda folder, progress: toy.train_induction(cfg, folder, progress=progress),
+        report=report,
+    )
+
+
+_REGISTRY: dict[str, Callable[[], ZooSpec]] = {"induction-2l": _induction_spec}
+
+
+def names() -> list[str]:
+    """Names of the zoo's members."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> ZooSpec:
+    """The spec of member ``name``; an unknown name raises a ModelSpecError listing the members."""
+    from workbench.models import ModelSpecError
+
+    if name not in _REGISTRY:
+        raise ModelSpecError(f"unknown zoo model {name!r}; the zoo has: {', '.join('toy/' + n for n in names())}")
+    return _REGISTRY[name]()
+
+
+def folder(name: str) -> Path:
+    return zoo_dir() / name
+
+
+def is_built(name: str) -> bool:
+    """Whether the member's training finished (its manifest exists)."""
+    return (folder(name) / MANIFEST).is_file()
+
+
+def manifest(name: str) -> dict[str, Any]:
+    """The member's manifest (config, saved steps, losses, seconds, report); it must be built."""
+    return json.loads((folder(name) / MANIFEST).read_text())
+
+
+def checkpoint_steps(name: str) -> list[int]:
+    """Saved steps of a built member."""
+    return saved_steps(folder(name) / CHECKPOINTS)
+
+
+def build(name: str, *, progress: bool = True, force: bool = False) -> Path:
+    """Train member ``name`` (resuming an interrupted build) unless it is built; returns its folder."""
+    spec = get(name)
+    dest = folder(name)
+    if is_built(name) and not force:
+        return dest
+    if force and dest.exists():
+        shutil.rmtree(dest)
+    t0 = time.perf_counter()
+    history = spec.train(dest, progress)
+    seconds = time.perf_counter() - t0
+    report = spec.report(dest) if spec.report else {}
+    losses = [h["loss"] for h in history if "loss" in h]
+    write_json(
+        dest / MANIFEST,
+        {
+            "name": name,
+            "config": spec.config,
+            "steps": checkpoint_steps(name),
+            "final_loss": losses[-1] if losses else None,
+            "seconds_last_session": seconds,
+            "history": history,
+            "report": report,
+        },
+    )
+    shutil.rmtree(dest / RESUME, ignore_errors=True)
+    return dest
+
+
+def model_dir(name: str, step: int | None = None, *, build_missing: bool = True) -> Path:
+    """The Hugging Face folder of member ``name`` at ``step`` (default: its last step), training it if needed."""
+    from workbench.models import ModelSpecError
+
+    get(name)
+    if not is_built(name):
+        if not build_missing:
+            raise ModelSpecError(f"toy/{name} is not built yet; run `workbench zoo build {name}`")
+        build(name)
+    steps = checkpoint_steps(name)
+    if step is None:
+        step = steps[-1]
+    if step not in steps:
+        raise ModelSpecError(f"toy/{name} has no checkpoint at step {step}; saved steps: {steps}")
+    return step_dir(folder(name) / CHECKPOINTS, step)
