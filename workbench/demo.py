@@ -22,14 +22,13 @@ class Demo:
     run: Callable[[Store, str | None, bool], Any]
 
 
-def _zoo_training_demo(store: Store, device: str | None, progress: bool) -> Any:
-    """Train (or reuse) toy/induction-2l and store its training curve and induction report as a run."""
+def zoo_training_demo(store: Store, device: str | None, progress: bool, name: str = "induction-2l") -> Any:
+    """Train (or reuse) zoo member ``name`` and store its training curve and report as a ``zoo-training`` run."""
     import pandas as pd
     import torch
 
     from workbench import zoo
 
-    name = "induction-2l"
     zoo.build(name, progress=progress)
     info = zoo.manifest(name)
     losses = pd.DataFrame([h for h in info["history"] if "loss" in h])
@@ -52,7 +51,7 @@ def _zoo_training_demo(store: Store, device: str | None, progress: bool) -> Any:
     return run.info
 
 
-DEMOS: list[Demo] = [Demo(kind="zoo-training", model="toy/induction-2l", run=_zoo_training_demo)]
+DEMOS: list[Demo] = [Demo(kind="zoo-training", model="toy/induction-2l", run=zoo_training_demo)]
 
 
 def run_demos(device: str | None = None, force: bool = False, progress: bool = True) -> list[dict[str, Any]]:

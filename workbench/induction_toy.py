@@ -27,13 +27,13 @@ BOS = "<bos>"
 class InductionConfig:
     """Size, data and optimisation of an induction toy."""
 
-    vocab: int = 64
+    vocab: int = 128
     half_len: int = 24
     d_model: int = 64
-    n_heads: int = 4
+    n_heads: int = 2
     n_layers: int = 2
     batch: int = 32
-    steps: int = 1500
+    steps: int = 2000
     lr: float = 3e-3
     warmup: int = 100
     weight_decay: float = 0.01

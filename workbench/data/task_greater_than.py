@@ -91,7 +91,9 @@ def make_greater_than(
         raise ValueError(f"n must be positive, got {n}")
     kept = [noun for noun in nouns if is_single_token(tokenizer, " " + noun)]
     if not kept:
-        raise ValueError(f"none of the nouns {list(nouns)} is a single token (with a leading space) for {tokenizer_name(tokenizer)}")
+        raise ValueError(
+            f"none of the nouns {list(nouns)} is a single token (with a leading space) for {tokenizer_name(tokenizer)}"
+        )
     mode, candidates = number_mode(tokenizer, TEMPLATE.format(noun=kept[0], century=century, yy=CORRUPTED_YY))
     if years is None:
         years = range(2, 99) if mode == "two_digit" else range(19, 90, 10)
@@ -99,7 +101,9 @@ def make_greater_than(
     for yy in years:
         signs = year_signs(mode, yy) if 0 <= yy <= 99 else []
         if 1.0 not in signs or -1.0 not in signs:
-            raise ValueError(f"start year {century}{yy:02d} leaves no right or no wrong answer in {mode} mode")
+            raise ValueError(
+                f"start year {century}{yy:02d} leaves no right or no wrong answer in {mode} mode"
+            )
 
     bos = [bos_id(tokenizer)] if prepend_bos and bos_id(tokenizer) is not None else []
     grid = []
@@ -110,7 +114,9 @@ def make_greater_than(
             if len(clean) == len(corrupted):
                 grid.append((noun, yy, clean, corrupted))
     if not grid:
-        raise ValueError(f"no start year in {years} keeps the prompt's length when encoded by {tokenizer_name(tokenizer)}")
+        raise ValueError(
+            f"no start year in {years} keeps the prompt's length when encoded by {tokenizer_name(tokenizer)}"
+        )
     lengths = [len(g[2]) for g in grid]
     common = max(set(lengths), key=lengths.count)  # one length for the whole batch
     grid = [g for g in grid if len(g[2]) == common]
@@ -134,7 +140,9 @@ def make_greater_than(
         correct=torch.tensor(correct, dtype=torch.long),
         incorrect=torch.tensor(incorrect, dtype=torch.long),
         prompts=[TEMPLATE.format(noun=noun, century=century, yy=yy) for noun, yy, _, _ in chosen],
-        corrupted_prompts=[TEMPLATE.format(noun=noun, century=century, yy=CORRUPTED_YY) for noun, *_ in chosen],
+        corrupted_prompts=[
+            TEMPLATE.format(noun=noun, century=century, yy=CORRUPTED_YY) for noun, *_ in chosen
+        ],
         metric_name="prob_diff",
         description=(
             f"Greater-than ({mode} mode): 'The <noun> lasted from the year {century}YY to the year {century}'. "

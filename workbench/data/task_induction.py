@@ -65,15 +65,23 @@ def make_induction(
         raise ValueError(f"induction needs n >= 1 and half_len >= 2, got n={n}, half_len={half_len}")
     low, high = vocab_range if vocab_range is not None else (0, vocab_size(tokenizer))
     specials = special_token_ids(tokenizer)
-    allowed = torch.tensor([i for i in range(max(low, 0), min(high, vocab_size(tokenizer))) if i not in specials])
+    allowed = torch.tensor(
+        [i for i in range(max(low, 0), min(high, vocab_size(tokenizer))) if i not in specials]
+    )
     if len(allowed) < 2:
-        raise ValueError(f"vocab_range {(low, high)} leaves fewer than two ordinary tokens in {tokenizer_name(tokenizer)}")
+        raise ValueError(
+            f"vocab_range {(low, high)} leaves fewer than two ordinary tokens in {tokenizer_name(tokenizer)}"
+        )
     generator = torch.Generator().manual_seed(seed)
     index_a = torch.randint(0, len(allowed), (n, half_len), generator=generator)
     shift = torch.randint(1, len(allowed), (n, half_len), generator=generator)
     first, other = allowed[index_a], allowed[(index_a + shift) % len(allowed)]
     bos = bos_id(tokenizer) if prepend_bos else None
-    head = torch.full((n, 1), bos, dtype=torch.long) if bos is not None else torch.empty((n, 0), dtype=torch.long)
+    head = (
+        torch.full((n, 1), bos, dtype=torch.long)
+        if bos is not None
+        else torch.empty((n, 0), dtype=torch.long)
+    )
     clean = torch.cat([head, first, first], dim=1)
     corrupted = torch.cat([head, first, other], dim=1)
     offset = head.shape[1]
@@ -95,5 +103,10 @@ def make_induction(
             "second token on). Corrupted: the second half replaced by different random tokens."
         ),
         score_positions=score_positions,
-        info={"half_len": half_len, "vocab_range": (int(low), int(high)), "n_allowed_ids": len(allowed), "seed": seed},
+        info={
+            "half_len": half_len,
+            "vocab_range": (int(low), int(high)),
+            "n_allowed_ids": len(allowed),
+            "seed": seed,
+        },
     )

@@ -66,7 +66,9 @@ def make_ioi(
         raise ValueError(f"n must be positive, got {n}")
     kept = [name for name in dict.fromkeys(names) if is_single_token(tokenizer, " " + name)]
     if len(kept) < 5:
-        raise ValueError(f"only {len(kept)} of the names are single tokens (with a leading space) for {tokenizer_name(tokenizer)}; need 5")
+        raise ValueError(
+            f"only {len(kept)} of the names are single tokens (with a leading space) for {tokenizer_name(tokenizer)}; need 5"
+        )
     lengths = {t: len(encode(tokenizer, _fill(t, kept[0], kept[1], kept[1]))) for t in templates}
     counts = list(lengths.values())
     common = max(set(counts), key=counts.count)
@@ -79,7 +81,9 @@ def make_ioi(
     while len(rows) < n:
         attempts += 1
         if attempts > 50 * n + 100:
-            raise ValueError(f"could not build {n} IOI prompts of equal length for {tokenizer_name(tokenizer)}")
+            raise ValueError(
+                f"could not build {n} IOI prompts of equal length for {tokenizer_name(tokenizer)}"
+            )
         template = usable[len(rows) % len(usable)] if len(rows) < len(usable) else rng.choice(usable)
         io, s, x, y, z = rng.sample(kept, 5)
         order = "ABBA" if len(rows) % 2 == 0 else "BABA"

@@ -80,7 +80,9 @@ def make_sentiment(
         want = 1 if len(pairs) % 2 == 0 else 0  # alternate the clean label
         pairs.append((want, ids, other) if label == want else (want, other, ids))
     if len(pairs) < n:
-        raise ValueError(f"only {len(pairs)} clean/corrupted pairs of equal length in {corpus!r} split {split!r}; asked for {n}")
+        raise ValueError(
+            f"only {len(pairs)} clean/corrupted pairs of equal length in {corpus!r} split {split!r}; asked for {n}"
+        )
 
     width = max(len(c) for _, c, _ in pairs)
     pad = pad_id(tokenizer)

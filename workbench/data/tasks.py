@@ -1,13 +1,9 @@
 """Tasks with a metric: clean tokens, corrupted tokens (for patching baselines) and a metric on logits.
 
-========= ============================================================== ============
-name      behaviour                                                      metric
-========= ============================================================== ============
-induction repeated random tokens ``BOS + A + A`` (corrupted ``A + B``)   log_prob
-greater-than "lasted from the year 1732 to the year 17" -> later year    prob_diff
-ioi       "When Mary and John ..., John gave a drink to" -> " Mary"      logit_diff
-sentiment "Tweet: ...\\nSentiment:" -> " positive" / " negative"         logit_diff
-========= ============================================================== ============
+- ``induction``: repeated random tokens ``BOS + A + A`` (corrupted ``BOS + A + B``); metric ``log_prob``.
+- ``greater-than``: "The war lasted from the year 1732 to the year 17" -> a later year; metric ``prob_diff``.
+- ``ioi``: "When Mary and John went to the store, John gave a drink to" -> " Mary"; metric ``logit_diff``.
+- ``sentiment``: "Tweet: ...\\nSentiment:" -> " positive" / " negative"; metric ``logit_diff``.
 
 ``make_task(name, tokenizer, n=..., seed=..., **options)`` builds one; each builder's docstring lists its options
 and states exactly what its metric computes (also kept in ``Task.description``). Any answer string that is not a
@@ -16,6 +12,7 @@ single token for the tokenizer raises ValueError naming the string and the token
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -41,16 +38,16 @@ def make_task(name: str, tokenizer: Tokenizer, *, n: int = 64, seed: int = 0, **
     """Build task ``name`` (one of ``TASKS``) for ``tokenizer``: a Task with n examples, deterministic in seed.
 
     Unknown name -> ValueError listing the tasks; an option the task does not take -> TypeError listing them.
-    ``greater_than`` and ``greater_than`` spelled with an underscore are accepted too.
+    Names may use underscores for dashes (``"greater_than"``).
     """
     key = name.replace("_", "-")
     if key not in _BUILDERS:
         raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(TASKS)}")
     builder = _BUILDERS[key]
-    import inspect
-
     accepted = [p for p in inspect.signature(builder).parameters if p not in ("tokenizer", "n", "seed")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise TypeError(f"task {key!r} takes no option {', '.join(unknown)}; its options: {', '.join(accepted)}")
+        raise TypeError(
+            f"task {key!r} takes no option {', '.join(unknown)}; its options: {', '.join(accepted)}"
+        )
     return builder(tokenizer, n=n, seed=seed, **options)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-Tokenizer = Any  # a transformers.PreTrainedTokenizerBase; typed loosely so this module imports without transformers
+# a transformers.PreTrainedTokenizerBase, typed loosely so that this module imports without transformers
+Tokenizer = Any
 
 
 def tokenizer_name(tokenizer: Tokenizer) -> str:
@@ -76,7 +77,9 @@ def single_token_id(tokenizer: Tokenizer, text: str) -> int:
     ids = _one_token(tokenizer, text)
     if len(ids) != 1:
         pieces = tokenizer.convert_ids_to_tokens(encode(tokenizer, text))
-        raise ValueError(f"{text!r} is not a single token for {tokenizer_name(tokenizer)}: it encodes to {pieces}")
+        raise ValueError(
+            f"{text!r} is not a single token for {tokenizer_name(tokenizer)}: it encodes to {pieces}"
+        )
     return int(ids[0])
 
 

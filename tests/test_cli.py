@@ -1,0 +1,73 @@
+"""The command line: every verb has --help; --json ends standard output with one JSON object."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+
+from workbench import demo as demo_module
+from workbench import zoo
+from workbench.cli import build_parser, main
+from workbench.induction_toy import InductionConfig, log_spaced_steps, train_induction
+from workbench.store import Store
+
+VERBS = [["models"], ["zoo"], ["zoo", "build"], ["zoo", "list"], ["runs"], ["demo"], ["app"]]
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=" ".join)
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*verb, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: workbench" in capsys.readouterr().out
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_runs_lists_and_filters(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    assert main(["runs", "--json"]) == 0
+    assert _last_json(capsys) == {"runs": []}
+    store = Store()
+    with store.create("massive", model="smollm2-135m") as run:
+        run.summary["x"] = 1
+    with store.create("sparsity", model="toy/induction-2l"):
+        pass
+    (tmp_path / "runs" / "sparsity" / "broken-run").mkdir()
+    assert main(["runs", "--json"]) == 0
+    rows = _last_json(capsys)["runs"]
+    assert {(r["kind"], r["status"]) for r in rows} == {("massive", "ok"), ("sparsity", "ok"), ("sparsity", "corrupt")}
+    assert main(["runs", "--kind", "massive", "--json"]) == 0
+    assert [r["kind"] for r in _last_json(capsys)["runs"]] == ["massive"]
+    assert main(["runs", "--kind", "../etc"]) == 2
+    assert "kind" in capsys.readouterr().err
+
+
+def test_demo_computes_then_skips(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    cfg = InductionConfig(vocab=32, half_len=6, d_model=16, n_heads=2, batch=8, steps=8, warmup=2, n_checkpoints=3)
+    spec = zoo.ZooSpec(name="demo-tiny", description="", architecture="", parameters="", config=cfg.to_dict(),
+                       train=lambda folder, progress: train_induction(cfg, folder, progress=False))
+    monkeypatch.setitem(zoo._REGISTRY, "demo-tiny", lambda: spec)
+    run = functools.partial(demo_module.zoo_training_demo, name="demo-tiny")
+    monkeypatch.setattr(demo_module, "DEMOS", [demo_module.Demo("zoo-training", "toy/demo-tiny", run)])
+    assert main(["demo", "--json"]) == 0
+    first = _last_json(capsys)["demos"]
+    assert [d["status"] for d in first] == ["computed"]
+    loaded = Store().load("zoo-training", Store().latest("zoo-training").run_id)
+    assert len(loaded.table("loss")) == cfg.steps and loaded.summary["checkpoints"] == len(log_spaced_steps(cfg.steps, cfg.n_checkpoints))
+    assert main(["demo", "--json"]) == 0
+    assert [d["status"] for d in _last_json(capsys)["demos"]] == ["stored"]
+
+
+def test_unknown_model_is_a_clear_error(capsys):
+    parser = build_parser()
+    assert parser.prog == "workbench"
+    from workbench.models import ModelSpecError, load_model
+
+    with pytest.raises(ModelSpecError, match="available: \\['smollm2-135m'"):
+        load_model("gpt-17")
