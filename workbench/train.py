@@ -170,7 +170,7 @@ def train_causal_lm(
         if done % cfg.resume_every == 0 or done == cfg.steps:
             _save_resume(workdir, done, model, optimizer, history)
         bar.update(1)
-        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}" if "loss" in history[-1] else "")
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     bar.close()
     model.eval()
     return history
