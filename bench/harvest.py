@@ -69,15 +69,14 @@ def throughput(model_spec: str, n_tokens: int, repeats: int) -> dict:
         return lambda: harvest(model, batches, [Count(hooks)], progress=False)
 
     bare()  # warm-up
-    timings = {}
-    for label, fn in [("bare forward", bare), ("harvest: last layer", run([last])),
-                      ("harvest: every layer", run(every)), ("harvest: every layer + logits", run(every + ["logits"]))]:
-        best = float("inf")
-        for _ in range(repeats):
+    modes = [("harvest: last layer", run([last])), ("harvest: every layer", run(every)),
+             ("harvest: every layer + logits", run(every + ["logits"]))]
+    timings = {"bare forward": float("inf")}
+    for _ in range(repeats):  # interleaved rounds, best of each, so drift hits every mode alike
+        for label, fn in [("bare forward", bare), *modes]:
             t0 = time.perf_counter()
             fn()
-            best = min(best, time.perf_counter() - t0)
-        timings[label] = best
+            timings[label] = min(timings.get(label, float("inf")), time.perf_counter() - t0)
     tokens = sum(t.numel() for t in batches)
     return {label: {"tokens_per_s": tokens / s, "ratio_to_bare": timings["bare forward"] / s} for label, s in timings.items()}
 
@@ -87,7 +86,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--budgets", type=int, nargs="+", default=[16384, 131072])
     parser.add_argument("--throughput-tokens", type=int, default=8192)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
