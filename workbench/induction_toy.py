@@ -97,10 +97,9 @@ def make_model(cfg: InductionConfig):
 
 def induction_tokens(batch: int, half_len: int, vocab: int, seed: int) -> torch.Tensor:
     """``[BOS] + A + A`` sequences, LongTensor [batch, 1 + 2 * half_len], tokens uniform in [0, vocab), BOS = vocab."""
-    gen = torch.Generator().manual_seed(seed)
-    half = torch.randint(0, vocab, (batch, half_len), generator=gen)
-    bos = torch.full((batch, 1), vocab, dtype=torch.long)
-    return torch.cat([bos, half, half], dim=1)
+    from workbench.data.task_induction import induction_batch
+
+    return induction_batch(batch, half_len, vocab + 1, torch.Generator().manual_seed(seed), bos_id=vocab)
 
 
 def varied_repeat_tokens(batch: int, half_len: int, vocab: int, seed: int, min_period: int) -> torch.Tensor:
