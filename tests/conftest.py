@@ -98,3 +98,11 @@ def tiny_toy(tmp_path_factory):
     train_induction(cfg, folder, progress=False)
     bridge = load_model(str(folder / "checkpoints" / f"step-{cfg.steps:07d}"), device="cpu")
     return folder, cfg, bridge
+
+
+@pytest.fixture(scope="session")
+def induction_2l(_workbench_home):
+    """The zoo's ``toy/induction-2l`` itself, built once into the session cache (about 40 s): its bridge."""
+    from workbench.models import load_model
+
+    return load_model("toy/induction-2l", device="cpu")

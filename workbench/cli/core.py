@@ -1,25 +1,14 @@
-"""The ``workbench`` command line: ``workbench <verb> --help`` for each verb.
-
-Verbs that take ``--json`` print one JSON object (their summary, and the run's folder where one is written) as the
-last line of standard output.
-"""
+"""The core verbs of the ``workbench`` command line: models, zoo, runs, demo, app."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-
-def _emit(args: argparse.Namespace, obj: Any, text: str) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(obj, default=str))
-    else:
-        print(text)
+from workbench.cli.common import emit
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -30,7 +19,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for c in cards:
         steps = f" (steps {c['checkpoints'][0]}..{c['checkpoints'][-1]}, {len(c['checkpoints'])} saved)" if c["checkpoints"] else ""
         lines.append(f"{c['name']:<22} {c['parameters']:>8}  {'yes' if c['cached'] else 'no':<6} {c['architecture']}{steps}")
-    _emit(args, {"models": cards}, "\n".join(lines))
+    emit(args, {"models": cards}, "\n".join(lines))
     return 0
 
 
@@ -44,7 +33,7 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
         info = zoo.manifest(name)
         built[name] = {"folder": str(folder), "steps": info["steps"], "report": info.get("report", {})}
     text = "\n".join(f"toy/{n}: {v['folder']} ({len(v['steps'])} checkpoints)" for n, v in built.items())
-    _emit(args, {"built": built}, text)
+    emit(args, {"built": built}, text)
     return 0
 
 
@@ -52,7 +41,7 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
     from workbench import zoo
 
     rows = {n: {"built": zoo.is_built(n), "steps": zoo.checkpoint_steps(n) if zoo.is_built(n) else []} for n in zoo.names()}
-    _emit(args, {"zoo": rows}, "\n".join(f"toy/{n}: {'built' if r['built'] else 'not built'}" for n, r in rows.items()))
+    emit(args, {"zoo": rows}, "\n".join(f"toy/{n}: {'built' if r['built'] else 'not built'}" for n, r in rows.items()))
     return 0
 
 
@@ -66,7 +55,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         for r in runs
     ]
     lines = [f"{r['kind']:<16} {r['run_id']:<28} {r['model'] or '-':<20} {r['status']}" for r in rows] or ["no runs stored"]
-    _emit(args, {"runs": rows}, "\n".join(lines))
+    emit(args, {"runs": rows}, "\n".join(lines))
     return 0
 
 
@@ -74,13 +63,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from workbench.demo import run_demos
 
     done = run_demos(device=args.device, force=args.force, progress=not args.json)
-    _emit(args, {"demos": done}, "\n".join(f"{d['kind']}: {d['status']} ({d.get('path', '')})" for d in done))
+    emit(args, {"demos": done}, "\n".join(f"{d['kind']}: {d['status']} ({d.get('path', '')})" for d in done))
     return 0
 
 
 def app_dir() -> Path:
     """The checkout's ``app/`` folder (the dashboard is run from the checkout)."""
-    folder = Path(__file__).resolve().parent.parent / "app"
+    folder = Path(__file__).resolve().parents[2] / "app"
     if not (folder / "Home.py").is_file():
         raise FileNotFoundError(f"the dashboard lives in the checkout's app/ folder; {folder / 'Home.py'} not found")
     return folder
@@ -97,10 +86,8 @@ def cmd_app(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env=env)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="workbench", description="Interpretability workbench for transformer LMs.")
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
-
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the core verbs (models, zoo, runs, demo, app) to the ``workbench`` parser."""
     p = sub.add_parser("models", help="list the models available offline (model cards)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_models)
@@ -132,18 +119,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8501)
     p.set_defaults(func=cmd_app)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``workbench`` console script."""
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, LookupError, FileNotFoundError, RuntimeError) as exc:
-        print(f"workbench {args.verb}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
