@@ -106,3 +106,39 @@ def induction_2l(_workbench_home):
     from workbench.models import load_model
 
     return load_model("toy/induction-2l", device="cpu")
+
+
+def _save_random_model(folder, config):
+    """Save a randomly initialised transformers model with the toy word-level tokenizer; return its bridge."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from workbench.induction_toy import make_tokenizer
+    from workbench.models import load_model
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(folder)
+    make_tokenizer(config.vocab_size - 1).save_pretrained(folder)
+    return load_model(str(folder), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory):
+    """A random GPT-style model (LayerNorm, learned positions, GELU MLP, biases): 2 layers, d_model 32, 4 heads."""
+    from transformers import GPT2Config
+
+    config = GPT2Config(vocab_size=65, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=64,
+                        eos_token_id=64, activation_function="gelu_new")
+    return _save_random_model(tmp_path_factory.mktemp("tiny-gpt2"), config)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """A random Llama-style model (RMSNorm, rotary, grouped-query attention, SiLU-gated MLP): 2 layers, d_model 32."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(vocab_size=65, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64, bos_token_id=64, eos_token_id=64,
+                         pad_token_id=64, tie_word_embeddings=False)
+    return _save_random_model(tmp_path_factory.mktemp("tiny-llama"), config)
