@@ -1,0 +1,235 @@
+"""Sparse dictionaries: SAE, transcoder and skip transcoder (one class, parameters named as SAELens names them).
+
+Shapes (``d_in`` input width, ``d_sae`` latents, ``d_out`` output width)::
+
+    W_enc [d_in, d_sae]   b_enc [d_sae]   W_dec [d_sae, d_out]   b_dec [d_out]   W_skip [d_in, d_out] (skip transcoder)
+
+    SAE:             z = act((x - b_dec) @ W_enc + b_enc);  out = z @ W_dec + b_dec          (d_out == d_in)
+    transcoder:      z = act(x @ W_enc + b_enc);            out = z @ W_dec + b_dec          (x: MLP input, out: MLP output)
+    skip transcoder: z = act(x @ W_enc + b_enc);            out = z @ W_dec + x @ W_skip + b_dec
+
+``act`` is ReLU, or TopK (keep the ``k`` largest pre-activations, then ReLU). TopK has a sparse path
+(:meth:`Dictionary.encode_sparse` / :meth:`Dictionary.decode_sparse`) that touches only the ``k`` active decoder rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KINDS = ("sae", "transcoder", "skip_transcoder")
+ACTIVATIONS = ("relu", "topk")
+
+
+class DictionaryConfigError(ValueError):
+    """A dictionary was asked for with an unknown kind/activation or inconsistent widths."""
+
+
+class _SparseGatherLinear(torch.autograd.Function):
+    """Values of chosen pre-activations with a sparse backward.
+
+    forward(x [B, d_in], W_enc [d_in, d_sae], b_enc [d_sae], idx [B, k], values [B, k]) -> values [B, k]
+    where ``values[b, i] = x[b] @ W_enc[:, idx[b, i]] + b_enc[idx[b, i]]`` was already computed (densely, without grad).
+    Backward gives W_enc and b_enc the gradient of only the B*k chosen entries (a sparse [d_sae, B] @ [B, d_in] product)
+    instead of a dense [d_in, B] @ [B, d_sae] one; ``x`` receives its gradient through the gathered encoder columns.
+    """
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, idx, values):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(x, W_enc, idx)
+        ctx.d_sae = W_enc.shape[1]
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, W_enc, idx = ctx.saved_tensors
+        B, k = idx.shape
+        g_x = g_w = g_b = None
+        flat_idx = idx.reshape(-1)
+        flat_g = grad.reshape(-1).contiguous()
+        if ctx.needs_input_grad[1]:
+            rows = torch.arange(B, device=idx.device).repeat_interleave(k)
+            # sparse G^T [d_sae, B] with B*k entries, times x [B, d_in] -> [d_sae, d_in]
+            gt = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), flat_g, (ctx.d_sae, B), check_invariants=False
+            ).coalesce()
+            g_w = torch.sparse.mm(gt, x).t()
+        if ctx.needs_input_grad[2]:
+            g_b = torch.zeros(ctx.d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, flat_idx, flat_g)
+        if ctx.needs_input_grad[0]:
+            g_x = F.embedding_bag(idx, W_enc.t(), per_sample_weights=grad, mode="sum")
+        return g_x, g_w, g_b, None, None
+
+
+class Dictionary(nn.Module):
+    """A sparse dictionary on one hook point (SAE) or from one hook point to another (transcoders).
+
+    Attributes: ``kind``, ``activation``, ``k`` (TopK only), ``hook_in``, ``hook_out``, ``d_in``, ``d_sae``, ``d_out``,
+    ``apply_b_dec_to_input`` (True for SAEs: the input is centred by ``b_dec`` before encoding).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        d_in: int,
+        d_sae: int,
+        *,
+        activation: str = "relu",
+        k: int | None = None,
+        hook_in: str,
+        hook_out: str | None = None,
+        d_out: int | None = None,
+        apply_b_dec_to_input: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise DictionaryConfigError(f"unknown dictionary kind {kind!r}; accepted: {', '.join(KINDS)}")
+        if activation not in ACTIVATIONS:
+            raise DictionaryConfigError(f"unknown activation {activation!r}; accepted: {', '.join(ACTIVATIONS)}")
+        d_out = d_in if d_out is None else int(d_out)
+        if min(d_in, d_sae, d_out) < 1:
+            raise DictionaryConfigError(f"widths must be positive, got d_in={d_in}, d_sae={d_sae}, d_out={d_out}")
+        if kind == "sae":
+            if d_out != d_in:
+                raise DictionaryConfigError(f"an SAE reconstructs its input: d_out ({d_out}) must equal d_in ({d_in})")
+            if hook_out is not None and hook_out != hook_in:
+                raise DictionaryConfigError(f"an SAE reads and writes one hook; got hook_in={hook_in!r}, hook_out={hook_out!r}")
+        elif hook_out is None:
+            raise DictionaryConfigError(f"a {kind} needs hook_out (e.g. blocks.6.hook_mlp_out)")
+        if activation == "topk":
+            if k is None or not 1 <= int(k) <= d_sae:
+                raise DictionaryConfigError(f"TopK needs 1 <= k <= d_sae ({d_sae}), got k={k}")
+            k = int(k)
+        else:
+            k = None
+        self.kind, self.activation, self.k = kind, activation, k
+        self.hook_in = hook_in
+        self.hook_out = hook_in if hook_out is None else hook_out
+        self.d_in, self.d_sae, self.d_out = int(d_in), int(d_sae), d_out
+        self.apply_b_dec_to_input = (kind == "sae") if apply_b_dec_to_input is None else bool(apply_b_dec_to_input)
+        if self.apply_b_dec_to_input and d_out != d_in:
+            raise DictionaryConfigError("apply_b_dec_to_input needs d_out == d_in")
+        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_out))
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        self.W_skip = nn.Parameter(torch.zeros(d_in, d_out)) if kind == "skip_transcoder" else None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(
+        cls,
+        kind: str,
+        d_in: int,
+        d_sae: int,
+        *,
+        activation: str = "relu",
+        k: int | None = None,
+        hook_in: str,
+        hook_out: str | None = None,
+        d_out: int | None = None,
+        seed: int = 0,
+    ) -> Dictionary:
+        """A randomly initialised dictionary: unit-norm decoder rows in random directions, encoder = decoder
+        transposed where the widths allow (scaled otherwise), zero biases, zero ``W_skip``."""
+        d = cls(kind, d_in, d_sae, activation=activation, k=k, hook_in=hook_in, hook_out=hook_out, d_out=d_out)
+        gen = torch.Generator().manual_seed(int(seed))
+        with torch.no_grad():
+            w_dec = torch.randn(d.d_sae, d.d_out, generator=gen)
+            d.W_dec.copy_(w_dec / w_dec.norm(dim=1, keepdim=True))
+            if d.d_in == d.d_out:
+                d.W_enc.copy_(d.W_dec.t())
+            else:
+                w_enc = torch.randn(d.d_in, d.d_sae, generator=gen)
+                d.W_enc.copy_(w_enc / w_enc.norm(dim=0, keepdim=True))
+        return d
+
+    def config(self) -> dict:
+        """Constructor arguments (JSON values) that rebuild this dictionary's shape."""
+        return {
+            "kind": self.kind, "activation": self.activation, "k": self.k, "hook_in": self.hook_in,
+            "hook_out": self.hook_out, "d_in": self.d_in, "d_sae": self.d_sae, "d_out": self.d_out,
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+        }
+
+    def extra_repr(self) -> str:
+        k = f", k={self.k}" if self.k else ""
+        return f"{self.kind}, {self.activation}{k}, {self.d_in} -> {self.d_sae} -> {self.d_out}, {self.hook_in} -> {self.hook_out}"
+
+    # ------------------------------------------------------------------ encode / decode
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., d_in] -> encoder pre-activations [..., d_sae]."""
+        if x.shape[-1] != self.d_in:
+            raise ValueError(f"input width {x.shape[-1]} does not match the dictionary's d_in {self.d_in}")
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., d_in] -> latent activations z [..., d_sae] (dense; zeros where inactive)."""
+        pre = self.pre_activation(x)
+        if self.activation == "relu":
+            return F.relu(pre)
+        vals, idx = pre.topk(self.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter(-1, idx, F.relu(vals))
+
+    def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """TopK only: x [B, d_in] -> (values [B, k] >= 0, indices [B, k]); the encoder's backward is sparse."""
+        if self.activation != "topk":
+            raise ValueError("encode_sparse needs a TopK dictionary; use encode() for ReLU")
+        xin = x - self.b_dec if self.apply_b_dec_to_input else x
+        with torch.no_grad():
+            pre = xin @ self.W_enc + self.b_enc
+            vals, idx = pre.topk(self.k, dim=-1, sorted=False)
+        vals = _SparseGatherLinear.apply(xin, self.W_enc, self.b_enc, idx, vals)
+        return F.relu(vals), idx
+
+    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """(values [B, k], indices [B, k]) -> out [B, d_out], reading only the k chosen decoder rows."""
+        out = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
+        return self._add_skip(out, x)
+
+    def decode(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """z [..., d_sae] (and, for a skip transcoder, its input x [..., d_in]) -> out [..., d_out]."""
+        return self._add_skip(z @ self.W_dec + self.b_dec, x)
+
+    def _add_skip(self, out: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        if self.W_skip is None:
+            return out
+        if x is None:
+            raise ValueError("a skip transcoder's decode needs the input x (out = z @ W_dec + x @ W_skip + b_dec)")
+        return out + x @ self.W_skip
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [..., d_in] -> (out [..., d_out], z [..., d_sae])."""
+        z = self.encode(x)
+        return self.decode(z, x), z
+
+    # ------------------------------------------------------------------ decoder norms
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale decoder rows to unit norm, moving the scale into the encoder (the function stays the same for ReLU)."""
+        norms = self.W_dec.norm(dim=1).clamp_min(1e-12)
+        self.W_dec.div_(norms[:, None])
+        self.W_enc.mul_(norms[None, :])
+        self.b_enc.mul_(norms)
+
+    @torch.no_grad()
+    def remove_parallel_gradient(self) -> None:
+        """Project out of ``W_dec.grad`` the component along each decoder row (keeps rows on the unit sphere)."""
+        if self.W_dec.grad is None:
+            return
+        w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.W_dec.grad.sub_((self.W_dec.grad * w).sum(1, keepdim=True) * w)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def expansion_width(d_in: int, expansion: float) -> int:
+    """Latent count for an expansion factor (``round(d_in * expansion)``, at least 1)."""
+    if not math.isfinite(expansion) or expansion <= 0:
+        raise DictionaryConfigError(f"expansion must be a positive number, got {expansion}")
+    return max(1, round(d_in * expansion))
