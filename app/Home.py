@@ -107,6 +107,57 @@ def _runs_section() -> None:
     st.json(info.manifest)
 
 
+def _option_widget(spec: Any, key: str) -> Any:
+    """One input widget for a verb option (see workbench.cli.launch.OptionSpec)."""
+    label = spec.flag.lstrip("-") + (" *" if spec.required else "")
+    if spec.type == "flag":
+        return st.checkbox(label, value=bool(spec.default), help=spec.help, key=key)
+    if spec.choices:
+        options = list(spec.choices)
+        index = options.index(spec.default) if spec.default in options else 0
+        return st.selectbox(label, options, index=index, help=spec.help, key=key)
+    default = "" if spec.default is None else str(spec.default)
+    return st.text_input(label, value=default, help=spec.help, key=key)
+
+
+def _launch_section() -> None:
+    """A form per analysis verb, generated from its command-line options; runs it with a progress bar."""
+    from workbench.cli import launch
+
+    st.header("Start an analysis")
+    try:
+        verbs = launch.analysis_verbs()
+    except Exception as exc:
+        st.error(f"Cannot list the analyses: {exc}")
+        return
+    if not verbs:
+        st.info("No analysis verbs are installed.")
+        return
+    verb = st.selectbox("Analysis", verbs, key="launch_verb")
+    specs = launch.verb_options(verb)
+    with st.form(f"launch-{verb}"):
+        cols = st.columns(3)
+        values = {}
+        for i, spec in enumerate(specs):
+            with cols[i % 3]:
+                values[spec.dest] = _option_widget(spec, key=f"launch-{verb}-{spec.dest}")
+        submitted = st.form_submit_button("Run")
+    if not submitted:
+        return
+    argv = launch.build_argv(verb, values)
+    st.code("workbench " + " ".join(argv), language="bash")
+    bar = st.progress(0.0, text="starting ...")
+    try:
+        result = launch.run_verb(argv, on_progress=lambda f, line: bar.progress(f, text=line[-120:] or "running"))
+    except Exception as exc:
+        bar.empty()
+        st.error(str(exc))
+        return
+    bar.progress(1.0, text="done")
+    st.success(f"Stored run: {result.get('run', {}).get('path', '(no run folder reported)')}")
+    st.json(result, expanded=False)
+
+
 def _models_section() -> None:
     st.header("Models")
     try:
@@ -130,6 +181,7 @@ def main() -> None:
     st.set_page_config(page_title=TITLE, layout="wide")
     st.title(TITLE)
     _runs_section()
+    _launch_section()
     _models_section()
 
 

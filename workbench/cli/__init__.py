@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 import sys
 
-_SKIP = {"common"}
+_SKIP = {"common", "launch", "__main__"}
 
 
 def build_parser() -> argparse.ArgumentParser:
