@@ -152,7 +152,7 @@ def visit(driver, base_url: str, name: str, timeout: float = 60.0, settle: float
     driver.get(url)
     start = time.monotonic()
     first_paint = None
-    last_text, stable_since = None, None
+    last_text, stable_since, stable_at = None, None, 0.0
     state: dict = {}
     while time.monotonic() - start < timeout:
         state = driver.execute_script(_JS_STATE)
@@ -161,14 +161,14 @@ def visit(driver, base_url: str, name: str, timeout: float = 60.0, settle: float
         idle = not state["running"] and not state["skeleton"] and state["heading"]
         if idle and state["text"] == last_text:
             if stable_since is None:
-                stable_since = time.monotonic()
+                stable_since, stable_at = time.monotonic(), state["now"]
             elif time.monotonic() - stable_since >= settle:
                 break
         else:
             stable_since = None
         last_text = state["text"]
         time.sleep(0.1)
-    settled = state.get("now", 0.0) / 1000.0
+    settled = (stable_at or state.get("now", 0.0)) / 1000.0
     return PageVisit(
         name=name or "Home", url=url, first_paint_s=first_paint if first_paint is not None else float("inf"),
         settled_s=settled, errors=list(state.get("errors", [])), exceptions=list(state.get("exceptions", [])),
