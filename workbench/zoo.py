@@ -60,12 +60,53 @@ def _induction_spec() -> ZooSpec:
     )
 
 
-_REGISTRY: dict[str, Callable[[], ZooSpec]] = {"induction-2l": _induction_spec}
+def _family_spec(cfg) -> ZooSpec:
+    from workbench.zoo_families import FAMILIES, train_member
+
+    return ZooSpec(
+        name=cfg.name,
+        description=f"{cfg.family} family ({FAMILIES[cfg.family]}), trained on the bundled text; log-spaced checkpoints.",
+        architecture=cfg.architecture(),
+        parameters=f"{cfg.n_parameters() / 1e6:.2f}M",
+        config=cfg.to_dict(),
+        train=lambda folder, progress: train_member(cfg, folder, progress=progress),
+    )
+
+
+def _family_registry() -> dict[str, Callable[[], ZooSpec]]:
+    from workbench.zoo_families import MEMBERS
+
+    return {name: (lambda cfg=cfg: _family_spec(cfg)) for name, cfg in MEMBERS.items()}
+
+
+_REGISTRY: dict[str, Callable[[], ZooSpec]] = {"induction-2l": _induction_spec, **_family_registry()}
 
 
 def names() -> list[str]:
     """Names of the zoo's members."""
     return sorted(_REGISTRY)
+
+
+def families() -> dict[str, list[str]]:
+    """The checkpoint families and their members (smallest first)."""
+    from workbench.zoo_families import FAMILIES, family_members
+
+    return {family: family_members(family) for family in FAMILIES}
+
+
+def targets(name: str) -> list[str]:
+    """The members a build of ``name`` covers: a family's members, or the member itself.
+
+    An unknown name raises a ModelSpecError listing the families and members.
+    """
+    from workbench.models import ModelSpecError
+
+    fams = families()
+    if name in fams:
+        return fams[name]
+    if name in _REGISTRY:
+        return [name]
+    raise ModelSpecError(f"unknown zoo family or member {name!r}; families: {', '.join(fams)}; members: {', '.join(names())}")
 
 
 def get(name: str) -> ZooSpec:
@@ -109,6 +150,7 @@ def build(name: str, *, progress: bool = True, force: bool = False) -> Path:
     seconds = time.perf_counter() - t0
     report = spec.report(dest) if spec.report else {}
     losses = [h["loss"] for h in history if "loss" in h]
+    evals = [h["eval"] for h in history if "eval" in h]
     write_json(
         dest / MANIFEST,
         {
@@ -116,6 +158,7 @@ def build(name: str, *, progress: bool = True, force: bool = False) -> Path:
             "config": spec.config,
             "steps": checkpoint_steps(name),
             "final_loss": losses[-1] if losses else None,
+            "final_eval": evals[-1] if evals else None,
             "seconds_last_session": seconds,
             "history": history,
             "report": report,
