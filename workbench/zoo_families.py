@@ -42,14 +42,14 @@ class FamilyConfig:
     n_heads: int
     d_mlp: int
     activation: str  # "silu" (gated), "relu" or "gelu_new"
-    steps: int = 1000
-    batch: int = 16
+    steps: int = 500
+    batch: int = 8
     context: int = 128
     lr: float = 3e-3
     weight_decay: float = 0.01
     seed: int = 0
     n_checkpoints: int = 24
-    eval_windows: int = 32
+    eval_windows: int = 16
     resume_every: int = 100
     text: TextConfig = field(default_factory=TextConfig)
 
@@ -98,15 +98,15 @@ def _member(family: str, d: int, layers: int, activation: str, steps: int) -> Fa
 MEMBERS: dict[str, FamilyConfig] = {
     c.name: c
     for c in (
-        _member("llama", 64, 2, "silu", 600),
-        _member("llama", 128, 2, "silu", 600),
-        _member("llama", 64, 4, "silu", 600),
-        _member("llama", 128, 4, "silu", 600),
-        _member("gpt", 64, 2, "relu", 600),
-        _member("gpt", 128, 2, "relu", 600),
-        _member("gpt", 64, 4, "relu", 600),
-        _member("gpt", 128, 4, "relu", 600),
-        _member("gpt", 128, 2, "gelu_new", 600),
+        _member("llama", 64, 2, "silu", 500),
+        _member("llama", 128, 2, "silu", 500),
+        _member("llama", 64, 4, "silu", 500),
+        _member("llama", 128, 4, "silu", 500),
+        _member("gpt", 64, 2, "relu", 500),
+        _member("gpt", 128, 2, "relu", 500),
+        _member("gpt", 64, 4, "relu", 500),
+        _member("gpt", 128, 4, "relu", 500),
+        _member("gpt", 128, 2, "gelu_new", 500),
     )
 }
 

@@ -30,7 +30,7 @@ class TextConfig:
     """Which bundled corpora the tokenizer and the token streams are made of, and the vocabulary size."""
 
     corpora: tuple[str, ...] = ("wiki", "news", "shakespeare")
-    vocab: int = 4096
+    vocab: int = 2048
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()

@@ -26,7 +26,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_zoo_build(args: argparse.Namespace) -> int:
     from workbench import zoo
 
-    targets = [args.name] if args.name else zoo.names()
+    targets = zoo.targets(args.name) if args.name else zoo.names()
     built = {}
     for name in targets:
         folder = zoo.build(name, progress=not args.json, force=args.force)
@@ -41,7 +41,7 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
     from workbench import zoo
 
     rows = {n: {"built": zoo.is_built(n), "steps": zoo.checkpoint_steps(n) if zoo.is_built(n) else []} for n in zoo.names()}
-    emit(args, {"zoo": rows}, "\n".join(f"toy/{n}: {'built' if r['built'] else 'not built'}" for n, r in rows.items()))
+    emit(args, {"zoo": rows, "families": zoo.families()}, "\n".join(f"toy/{n}: {'built' if r['built'] else 'not built'}" for n, r in rows.items()))
     return 0
 
 
@@ -94,8 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("zoo", help="the project's own small models")
     zsub = p.add_subparsers(dest="zoo_verb", required=True, metavar="<zoo verb>")
-    b = zsub.add_parser("build", help="train zoo models (all, or NAME), resuming an interrupted build")
-    b.add_argument("name", nargs="?", help="member name, e.g. induction-2l (default: all)")
+    b = zsub.add_parser("build", help="train zoo models (all, a FAMILY or a member NAME), resuming an interrupted build")
+    b.add_argument("name", nargs="?", help="family (llama, gpt) or member name, e.g. induction-2l (default: all)")
     b.add_argument("--force", action="store_true", help="retrain from scratch")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_zoo_build)
