@@ -108,6 +108,7 @@ class Dictionary(nn.Module):
         self.hook_in = hook_in
         self.hook_out = hook_in if hook_out is None else hook_out
         self.d_in, self.d_sae, self.d_out = int(d_in), int(d_sae), d_out
+        self.model_name: str | None = None
         self.apply_b_dec_to_input = (kind == "sae") if apply_b_dec_to_input is None else bool(apply_b_dec_to_input)
         if self.apply_b_dec_to_input and d_out != d_in:
             raise DictionaryConfigError("apply_b_dec_to_input needs d_out == d_in")

@@ -1,0 +1,160 @@
+"""A shuffled activation buffer fed by the streaming harvest, resumable block by block.
+
+The token stream is cut into *blocks* of ``block_batches`` token batches. Each block is run through the model once
+(all requested hooks in the same forward pass, stopping after the last one), the real tokens' activations are
+stored (in memory, or in a memory-mapped file under ``spill_dir``), and the rows are visited in a random order drawn
+from ``torch.Generator().manual_seed(seed * 1_000_003 + block)``. Memory is bounded by one block per hook.
+
+Everything is a pure function of (model, token source, block index): to resume at block ``b``, batch ``i``, the
+buffer skips ``b * block_batches`` token batches without running the model, harvests block ``b`` again and starts
+at batch ``i`` with the same permutation, so a resumed run sees exactly the rows an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from workbench.harvest import harvest
+
+#: a function returning a fresh iterator over token batches (``TokenBatch`` or LongTensor [batch, seq])
+TokenSource = Callable[[], Iterable[Any]]
+
+
+@dataclass
+class Block:
+    """One harvested block: ``rows[hook]`` [n_rows, width] and the visiting order ``perm`` [n_rows]."""
+
+    index: int
+    rows: dict[str, torch.Tensor]
+    perm: torch.Tensor
+    batch_size: int
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.perm.numel())
+
+    @property
+    def n_batches(self) -> int:
+        """Full training batches in this block (the remainder, fewer than ``batch_size`` rows, is not used)."""
+        return self.n_rows // self.batch_size
+
+    def batch(self, i: int) -> dict[str, torch.Tensor]:
+        """Training batch ``i``: ``{hook: [batch_size, width]}``, the same rows for every hook."""
+        idx = self.perm[i * self.batch_size : (i + 1) * self.batch_size]
+        return {h: r.index_select(0, idx) for h, r in self.rows.items()}
+
+
+class _Collector:
+    """Harvest consumer that appends the real tokens' activations of each hook into growing storage."""
+
+    def __init__(self, hooks: Sequence[str], capacity: int, spill_dir: Path | None, dtype: torch.dtype) -> None:
+        self.hooks = list(hooks)
+        self.capacity = capacity
+        self.spill_dir = spill_dir
+        self.dtype = dtype
+        self.store: dict[str, torch.Tensor] = {}
+        self.filled: dict[str, int] = {h: 0 for h in hooks}
+
+    def _alloc(self, hook: str, width: int) -> torch.Tensor:
+        if self.spill_dir is None:
+            return torch.empty(self.capacity, width, dtype=self.dtype)
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        path = self.spill_dir / f"{hook}.f32"
+        arr = np.memmap(path, dtype=np.float32, mode="w+", shape=(self.capacity, width))
+        return torch.from_numpy(arr)
+
+    def consume(self, name: str, activation: torch.Tensor, mask: torch.Tensor) -> None:
+        act = activation.reshape(*activation.shape[:2], -1)[mask.bool()].to("cpu", self.dtype)
+        if name not in self.store:
+            self.store[name] = self._alloc(name, act.shape[-1])
+        start = self.filled[name]
+        end = start + act.shape[0]
+        if end > self.store[name].shape[0]:
+            raise RuntimeError(f"activation buffer overflow at {name}: {end} rows > capacity {self.capacity}")
+        self.store[name][start:end] = act
+        self.filled[name] = end
+
+
+class ActivationBuffer:
+    """Shuffled blocks of activations of several hooks from one model.
+
+    model: a hooked bridge; source: :data:`TokenSource`; hooks: hook names (all harvested in the same forwards);
+    block_batches: token batches per block; batch_size: rows per training batch; seed: permutation seed;
+    spill_dir: keep blocks in memory-mapped files there instead of RAM.
+    """
+
+    def __init__(
+        self, model, source: TokenSource, hooks: Sequence[str], *, block_batches: int = 16, batch_size: int = 4096,
+        seed: int = 0, spill_dir: Path | str | None = None, device: str | None = None,
+    ) -> None:
+        if block_batches < 1 or batch_size < 1:
+            raise ValueError(f"block_batches and batch_size must be positive, got {block_batches}, {batch_size}")
+        if not hooks:
+            raise ValueError("the activation buffer needs at least one hook")
+        self.model, self.source, self.hooks = model, source, list(dict.fromkeys(hooks))
+        self.block_batches, self.batch_size, self.seed = block_batches, batch_size, seed
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self.device = device
+
+    def permutation(self, block: int, n_rows: int) -> torch.Tensor:
+        """The visiting order of block ``block`` (a pure function of seed, block and size)."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
+        return torch.randperm(n_rows, generator=gen)
+
+    def blocks(self, start_block: int = 0) -> Iterator[Block]:
+        """Blocks ``start_block``, ``start_block + 1``, ... until the token source ends."""
+        stream = iter(self.source())
+        for _ in islice(stream, start_block * self.block_batches):
+            pass
+        index = start_block
+        while True:
+            chunk = list(islice(stream, self.block_batches))
+            if not chunk:
+                return
+            yield self._harvest(index, chunk)
+            index += 1
+
+    def _harvest(self, index: int, chunk: list[Any]) -> Block:
+        capacity = sum(int(b.numel() if isinstance(b, torch.Tensor) else b.tokens.numel()) for b in chunk)
+        collector = _Collector(self.hooks, capacity, self.spill_dir, torch.float32)
+        harvest(self.model, chunk, [collector], progress=False, device=self.device)
+        n = min(collector.filled.values())
+        rows = {h: collector.store[h][:n] for h in self.hooks}
+        return Block(index=index, rows=rows, perm=self.permutation(index, n), batch_size=self.batch_size)
+
+
+def corpus_source(
+    tokenizer, corpus: str = "wiki", *, seq_len: int = 128, batch_size: int = 8, split: str = "train", seed: int = 0,
+    max_tokens: int | None = None,
+) -> TokenSource:
+    """A :data:`TokenSource` over a bundled corpus (see ``workbench.data.token_batches``), restartable at will."""
+    from workbench.data import token_batches
+
+    def make() -> Iterator[Any]:
+        return token_batches(corpus, tokenizer, seq_len=seq_len, batch_size=batch_size, split=split, seed=seed,
+                             max_tokens=max_tokens)
+
+    make()  # check the arguments now
+    return make
+
+
+def random_source(vocab_size: int, *, seq_len: int = 32, batch_size: int = 16, n_batches: int = 64, seed: int = 0,
+                  bos_id: int | None = None) -> TokenSource:
+    """A :data:`TokenSource` of uniformly random tokens [batch_size, seq_len] (optionally BOS-first), for toy models."""
+
+    def make() -> Iterator[torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(n_batches):
+            t = torch.randint(0, vocab_size, (batch_size, seq_len), generator=gen)
+            if bos_id is not None:
+                t[:, 0] = bos_id
+            yield t
+
+    return make
