@@ -1,0 +1,149 @@
+"""Greedy path search (beam search) from a target back to the embeddings (METHODS.md section 1).
+
+A path starts at the target and steps back one node at a time: to a transcoder feature at the same position (link
+``W_dec[i] . w``, the pullback; the path continues from that feature's encoder row), to an attention head from a
+source position (the path continues at the source with the vector ``A[t, s] / scale * P W_V W_O w``), or to the
+embedding (the path ends). Each path carries one State whose vector already holds the product of the links so far,
+so a path's value — its earliest node's contribution to the target along the path — is the product of its links
+times the activation of its earliest feature (a head step's link is folded into the vector it passes on).
+
+At each step every path in the beam is extended by all its candidates and the global top ``num_branches`` by
+absolute value are kept; every kept path is recorded, and those not ending in the embedding form the next beam.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from circuits.transcoder_paths.contributions import (
+    State,
+    Target,
+    embedding_contribution,
+    feature_contributions,
+    feature_state,
+    head_contributions,
+    head_state,
+)
+from circuits.transcoder_paths.frozen import FrozenRun
+
+__all__ = ["Path", "Step", "paths_table", "search_paths"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node of a path: its id, the contribution to the target of the path up to it (``value``), the node's
+    activation (a feature's z, a head's attention weight) and, for a head, the source position it reads."""
+
+    node: str
+    value: float
+    activation: float | None = None
+    source: int | None = None
+
+
+@dataclass
+class Path:
+    """Steps from the target (first) back to the earliest node (last); ``state`` is where the path would continue
+    (None once it ends in the embedding); ``expanded`` is True when the search extended it."""
+
+    steps: list[Step]
+    state: State | None
+    expanded: bool = False
+    children: list[Path] = field(default_factory=list, repr=False)
+
+    @property
+    def value(self) -> float:
+        """The contribution of the earliest node to the target along this path."""
+        return self.steps[-1].value
+
+    @property
+    def key(self) -> tuple:
+        return tuple((s.node, s.source) for s in self.steps)
+
+    def describe(self) -> str:
+        """``logit <- L5.H2@9 (from 3) <- tc3.f12@3 <- emb@3``."""
+        return " <- ".join(s.node + (f" (from {s.source})" if s.source is not None else "") for s in self.steps)
+
+
+def _candidates(run: FrozenRun, path: Path, limit: int, exclude_bos: bool) -> list[Path]:
+    """The ``limit`` largest extensions of ``path`` by absolute value."""
+    state = path.state
+    assert state is not None
+    t = state.position
+    found: list[tuple[float, str, tuple]] = [(embedding_contribution(run, state), "emb", ())]
+    for layer, contrib in feature_contributions(run, state).items():
+        active = torch.nonzero(run.z[layer][t]).flatten()
+        if active.numel():
+            top = contrib[active].abs().topk(min(limit, active.numel())).indices
+            found += [(float(contrib[i]), "feature", (layer, int(i))) for i in active[top].tolist()]
+    heads = head_contributions(run, state)  # [L, H, seq]
+    if exclude_bos and run.bos_id is not None and int(run.tokens[0]) == run.bos_id:
+        heads[:, :, 0] = 0
+    flat = heads.flatten()
+    n_keep = min(limit, int((flat != 0).sum()))
+    if n_keep:
+        for i in flat.abs().topk(n_keep).indices.tolist():
+            layer, rest = divmod(i, run.n_heads * run.seq_len)
+            head, source = divmod(rest, run.seq_len)
+            found.append((float(flat[i]), "head", (layer, head, source)))
+    found.sort(key=lambda c: -abs(c[0]))
+    out = []
+    for value, kind, where in found[:limit]:
+        if kind == "emb":
+            out.append(Path(path.steps + [Step(f"emb@{t}", value)], None))
+        elif kind == "feature":
+            layer, i = where
+            link = float(run.transcoders[layer].W_dec[i].to(state.vector.dtype) @ state.vector)
+            z = float(run.z[layer][t, i])
+            step = Step(f"tc{layer}.f{i}@{t}", value, activation=z)
+            out.append(Path(path.steps + [step], feature_state(run, layer, i, t, link=link)))
+        else:
+            layer, head, source = where
+            a = float(run.pattern[layer, head, t, source])
+            step = Step(f"L{layer}.H{head}@{t}", value, activation=a, source=source)
+            out.append(Path(path.steps + [step], head_state(run, state, layer, head, source)))
+    return out
+
+
+def search_paths(
+    run: FrozenRun, target: Target, *, num_branches: int = 8, max_depth: int = 4, exclude_bos: bool = True
+) -> tuple[Path, list[Path]]:
+    """Beam search back from ``target``: returns (the root path, every path kept at any step, largest |value| first).
+
+    num_branches: beam width (paths kept per step); max_depth: steps back from the target (nodes after it).
+    Head sources at a leading BOS token are skipped when ``exclude_bos`` (their contribution is mostly a bias).
+    """
+    if num_branches < 1 or max_depth < 1:
+        raise ValueError(f"num_branches and max_depth must be at least 1, got {num_branches} and {max_depth}")
+    root = Path([Step(target.node, target.value)], target.state)
+    beam, kept = [root], []
+    for _ in range(max_depth):
+        candidates: list[Path] = []
+        for path in beam:
+            path.expanded = True
+            candidates += _candidates(run, path, num_branches, exclude_bos)
+        candidates.sort(key=lambda p: -abs(p.value))
+        chosen = candidates[:num_branches]
+        for path in chosen:
+            parent = next(b for b in beam if b.key == path.key[:-1])
+            parent.children.append(path)
+        kept += chosen
+        beam = [p for p in chosen if p.state is not None]
+        if not beam:
+            break
+    kept.sort(key=lambda p: -abs(p.value))
+    return root, kept
+
+
+def paths_table(paths: list[Path]) -> pd.DataFrame:
+    """One row per path: rank, path (text), value, depth, start (earliest node), ends_in_embedding."""
+    return pd.DataFrame(
+        [
+            {"rank": i, "path": p.describe(), "value": p.value, "depth": len(p.steps) - 1, "start": p.steps[-1].node,
+             "ends_in_embedding": p.state is None}
+            for i, p in enumerate(paths)
+        ],
+        columns=["rank", "path", "value", "depth", "start", "ends_in_embedding"],
+    )
