@@ -173,7 +173,7 @@ def _step_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec
             e_hat = F.embedding_bag(a_idx, d.W_dec, per_sample_weights=a_acts, mode="sum")
             aux = (e_hat - resid).pow(2).sum(-1).mean() / resid.sub(resid.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
             loss = loss + auxk_coef * torch.nan_to_num(aux, 0.0)
-            logs["auxk"] = float(aux)
+            logs["auxk"] = float(aux.detach())
     logs["mse"] = float(mse.detach())
     return loss, logs, fired
 

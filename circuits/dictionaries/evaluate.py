@@ -1,0 +1,156 @@
+"""Evaluating dictionaries on held-out text, streamed batch by batch (METHODS.md section 1, "Metrics").
+
+For each dictionary: L0 (mean active latents per token), FVU = SSE / total variance of the target (explained
+variance = 1 - FVU), the model's next-token loss clean, spliced (the hook's output replaced by the dictionary's
+reconstruction), zero-ablated and mean-ablated (the target replaced by zeros / by its mean over the evaluation
+tokens, computed in a first pass that stops at the hook), CE-loss-recovered ``(L_abl - L_spliced) / (L_abl - L_clean)``
+against both, KL(clean || spliced) per token, per-latent firing frequencies, dead (never fired) and dense
+(fired on more than ``dense_threshold`` of tokens) fractions.
+Memory stays bounded by one batch whatever the token count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from circuits.dictionaries.buffer import TokenSource
+from circuits.dictionaries.model import Dictionary
+from workbench.harvest import _as_batch, harvest
+
+
+@dataclass
+class _Acc:
+    """Running sums for one dictionary (float64)."""
+
+    d_sae: int
+    d_out: int
+    tokens: int = 0
+    active: float = 0.0
+    sse: float = 0.0
+    sumsq: float = 0.0
+    loss_spliced: float = 0.0
+    kl: float = 0.0
+    fires: torch.Tensor | None = None
+    tsum: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.fires = torch.zeros(self.d_sae, dtype=torch.float64)
+        self.tsum = torch.zeros(self.d_out, dtype=torch.float64)
+
+
+@dataclass
+class EvalResult:
+    """Metrics per dictionary label (JSON numbers) and firing frequencies per label ([d_sae] float)."""
+
+    metrics: dict[str, dict[str, float]]
+    frequencies: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens: int = 0
+
+
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over positions whose token and next token are real; (sum, count)."""
+    valid = (mask[:, :-1] * mask[:, 1:]).bool()
+    logp = F.log_softmax(logits[:, :-1].double(), dim=-1)
+    nll = -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    return nll[valid].sum(), int(valid.sum())
+
+
+def _target_means(model, source: TokenSource, hooks: list[str], max_tokens: int | None, device) -> dict[str, torch.Tensor]:
+    class Mean:
+        def __init__(self) -> None:
+            self.hooks, self.s, self.n = hooks, {}, 0
+
+        def consume(self, name, act, mask) -> None:
+            rows = act.reshape(*act.shape[:2], -1)[mask.bool()].double()
+            self.s[name] = self.s.get(name, 0) + rows.sum(0)
+            if name == hooks[0]:
+                self.n += rows.shape[0]
+
+    m = Mean()
+    harvest(model, source(), [m], max_tokens=max_tokens, progress=False, device=device)
+    return {h: (m.s[h] / max(1, m.n)).float() for h in hooks}
+
+
+def _replace(value: torch.Tensor):
+    def hook(act, hook=None):  # noqa: ARG001
+        return value.to(act.dtype).expand_as(act).clone()
+    return hook
+
+
+@torch.no_grad()
+def evaluate_dictionaries(
+    model, dictionaries: Mapping[str, Dictionary], source: TokenSource, *, max_tokens: int | None = None,
+    dense_threshold: float = 0.1, progress: bool = True, device: str | None = None,
+) -> EvalResult:
+    """Evaluate every dictionary on the batches of ``source`` (held-out text) up to ``max_tokens`` real tokens."""
+    if not dictionaries:
+        raise ValueError("evaluate_dictionaries needs at least one dictionary")
+    device = device or str(getattr(model.cfg, "device", "cpu"))
+    dicts = {lab: d.to(device) for lab, d in dictionaries.items()}
+    outs = sorted({d.hook_out for d in dicts.values()})
+    hooks = sorted({d.hook_in for d in dicts.values()} | set(outs))
+    means = _target_means(model, source, outs, max_tokens, device)
+    acc = {lab: _Acc(d.d_sae, d.d_out) for lab, d in dicts.items()}
+    clean_loss = n_pred = n_tok = 0.0
+    abl = {h: {"zero": 0.0, "mean": 0.0} for h in outs}
+    bar = tqdm(total=max_tokens, desc="eval-dict", unit="tok", disable=not progress)
+    for batch in source():
+        tokens, mask = (t.to(device) for t in _as_batch(batch))
+        logits, cache = model.run_with_cache(tokens, names_filter=hooks)
+        loss, count = next_token_loss(logits, tokens, mask)
+        clean_loss += float(loss)
+        n_pred += count
+        real = mask.bool()
+        n_tok += int(real.sum())
+        logp_clean = F.log_softmax(logits.double(), -1)
+        for lab, d in dicts.items():
+            a = acc[lab]
+            x, y = cache[d.hook_in], cache[d.hook_out]
+            out, z = d(x)
+            zr, yr, orr = z[real], y[real].double(), out[real].double()
+            a.tokens += zr.shape[0]
+            a.active += float((zr > 0).sum())
+            a.fires += (zr > 0).sum(0).double().cpu()
+            a.sse += float((yr - orr).pow(2).sum())
+            a.sumsq += float(yr.pow(2).sum())
+            a.tsum += yr.sum(0).cpu()
+            fwd = [(d.hook_out, _replace(out))]
+            spliced = model.run_with_hooks(tokens, fwd_hooks=fwd, return_type="logits")
+            a.loss_spliced += float(next_token_loss(spliced, tokens, mask)[0])
+            logp = F.log_softmax(spliced.double(), -1)
+            kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1)
+            a.kl += float(kl[real].sum())
+        for h in outs:
+            for name, value in (("zero", torch.zeros_like(means[h])), ("mean", means[h])):
+                ablated = model.run_with_hooks(tokens, fwd_hooks=[(h, _replace(value.to(device)))], return_type="logits")
+                abl[h][name] += float(next_token_loss(ablated, tokens, mask)[0])
+        bar.update(int(real.sum()))
+        if max_tokens is not None and n_tok >= max_tokens:
+            break
+    bar.close()
+    if n_pred == 0:
+        raise ValueError("the evaluation text gave no next-token prediction (rows shorter than two tokens?)")
+    metrics, freqs = {}, {}
+    ce_clean = clean_loss / n_pred
+    for lab, d in dicts.items():
+        a = acc[lab]
+        total_var = a.sumsq - float(a.tsum.pow(2).sum()) / max(1, a.tokens)
+        fvu = a.sse / total_var if total_var > 0 else float("nan")
+        freq = (a.fires / max(1, a.tokens)).float()
+        ce_spliced = a.loss_spliced / n_pred
+        m = {"tokens": a.tokens, "l0": a.active / max(1, a.tokens), "fvu": fvu, "explained_variance": 1 - fvu,
+             "mse": a.sse / max(1, a.tokens), "ce_clean": ce_clean, "ce_spliced": ce_spliced,
+             "kl": a.kl / max(1, a.tokens), "dead_fraction": float((freq == 0).float().mean()),
+             "dense_fraction": float((freq > dense_threshold).float().mean())}
+        for name in ("zero", "mean"):
+            ce_abl = abl[d.hook_out][name] / n_pred
+            m[f"ce_{name}_ablated"] = ce_abl
+            gap = ce_abl - ce_clean
+            m[f"ce_recovered_{name}"] = (ce_abl - ce_spliced) / gap if abs(gap) > 1e-12 else float("nan")
+        metrics[lab], freqs[lab] = m, freq
+    return EvalResult(metrics=metrics, frequencies=freqs, tokens=int(n_tok))
