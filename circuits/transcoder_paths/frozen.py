@@ -186,7 +186,7 @@ def freeze(
         transcoders=transcoders,
     )
     for layer, tc in transcoders.items():
-        tc = copy.deepcopy(tc).to(device=run.ln2.device, dtype=dtype)
+        tc = copy.deepcopy(tc).to(device=run.ln2.device, dtype=dtype).requires_grad_(False)
         run.transcoders[layer] = tc
         run.z[layer] = tc.encode(run.ln2[layer]).to(dtype)
         run.error[layer] = run.mlp_out[layer] - run.transcoder_output(layer)
