@@ -8,14 +8,21 @@
 
 from circuits.patching.ablation import ABLATIONS, PatchingInputError, references
 from circuits.patching.activation import head_patching_scores, layer_patching_scores
+from circuits.patching.discovery import discover, prune_by_faithfulness
 from circuits.patching.faithfulness import faithfulness, faithfulness_many
+from circuits.patching.path import all_components, path_head_scores, path_patching_scores
 
 __all__ = [
     "ABLATIONS",
     "PatchingInputError",
+    "all_components",
+    "discover",
     "faithfulness",
     "faithfulness_many",
     "head_patching_scores",
     "layer_patching_scores",
+    "path_head_scores",
+    "path_patching_scores",
+    "prune_by_faithfulness",
     "references",
 ]

@@ -150,12 +150,14 @@ def patched_forward(
     start_layer: int = 0,
     capture: tuple[str, ...] = (),
     tokens: torch.Tensor | None = None,
+    hook_edits: dict[str, Edit] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One forward of ``n_rows`` rows (``n_rows = k * n``, the clean examples repeated k times) with edits.
 
     z_edits[layer] = (mask [R, pos, H] bool, values [R or 1, pos, H, dh]): where mask is True the head's z takes
     the value. mlp_edits[layer] = (mask [R, pos], values [R or 1, pos, d_model]) likewise for the MLP output.
-    start_layer > 0 starts from the clean ``hook_resid_pre`` of that layer (edits below it must be empty).
+    hook_edits[name] = (mask, values) edits any hook whose activation ends in a head axis ([R, pos, heads, dh]:
+    ``hook_q``, ``hook_k``, ``hook_v``). start_layer > 0 starts from the clean ``hook_resid_pre`` of that layer (edits below it must be empty).
     capture: hook names whose activations (computed, before any edit) are returned. tokens: the clean tokens
     [n, seq], needed when start_layer is 0.
     Returns (logits [R, pos, vocab], captured {hook name: Tensor}).
@@ -171,6 +173,9 @@ def patched_forward(
         wanted.discard(name)
     for layer, (mask, values) in (mlp_edits or {}).items():
         name = f"blocks.{layer}.hook_mlp_out"
+        hooks.append((name, _edit_hook(mask, values, captured if name in wanted else None, name)))
+        wanted.discard(name)
+    for name, (mask, values) in (hook_edits or {}).items():
         hooks.append((name, _edit_hook(mask, values, captured if name in wanted else None, name)))
         wanted.discard(name)
     hooks += [(name, _capture_hook(captured, name)) for name in sorted(wanted)]

@@ -1,0 +1,100 @@
+"""CD-T against path patching: time to score every head (and every head at every position) on one task.
+
+For each model and task, in one process and with the same ablation (mean over the task's corrupted prompts):
+
+- ``path``: path patching of every head to the logits (sender ablated, every other head frozen at its clean
+  output, MLPs recomputing; senders batched as rows, one sender per row), from :mod:`circuits.patching.path`;
+- ``activation``: activation patching of every head (the total effect), :func:`circuits.patching.head_patching_scores`;
+- ``cdt``: :func:`circuits.cdt.head_scores` (the beta part of the task metric with each head as source).
+
+Reported: seconds per method, the speed-up of CD-T over each (ratio of seconds), and the Spearman correlation of
+CD-T's ranking with each (flattened over heads, or heads x positions), plus the overlap of their top-10 heads.
+The patching times include the clean and corrupted reference runs they need; CD-T's include its own.
+
+    .venv/bin/python bench/cdt.py                   # toy/induction-2l (induction) and smollm2-135m (ioi), 8 prompts
+    .venv/bin/python bench/cdt.py --models toy --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+import torch
+from scipy.stats import spearmanr
+
+CASES = {
+    "toy": ("toy/induction-2l", "induction", {"half_len": 20}),
+    "smollm2": ("smollm2-135m", "ioi", {}),
+    "smollm2-gt": ("smollm2-135m", "greater-than", {}),
+}
+
+
+def _timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out.detach().float().cpu(), time.perf_counter() - t0
+
+
+def _top_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> float:
+    k = min(k, a.numel())
+    top_a = set(a.flatten().abs().argsort(descending=True)[:k].tolist())
+    top_b = set(b.flatten().abs().argsort(descending=True)[:k].tolist())
+    return len(top_a & top_b) / k
+
+
+def bench_case(name: str, n: int, per_position: bool, device: str | None) -> list[dict]:
+    from circuits import cdt
+    from circuits.patching import head_patching_scores, path_head_scores
+    from workbench.data import make_task
+    from workbench.models import load_model
+
+    spec, task_name, options = CASES[name]
+    model = load_model(spec, device=device)
+    task = make_task(task_name, model.tokenizer, n=n, seed=0, **options)
+    task = task.to(next(model.parameters()).device)
+    rows = []
+    modes = [False, True] if per_position else [False]
+    for pos in modes:
+        with torch.no_grad():
+            head_patching_scores(model, task.select(slice(0, 1)))  # warm-up of the hooks
+            cdt_scores, t_cdt = _timed(lambda pos=pos: cdt.head_scores(model, task, per_position=pos, ablation="mean"))
+            path, t_path = _timed(lambda pos=pos: path_head_scores(model, task, per_position=pos, ablation="mean", progress=True))
+            act, t_act = _timed(lambda pos=pos: head_patching_scores(model, task, per_position=pos, ablation="mean", progress=True))
+        for method, scores, seconds in (("path patching", path, t_path), ("activation patching", act, t_act)):
+            rho = spearmanr(cdt_scores.flatten().numpy(), scores.flatten().numpy()).statistic
+            rows.append({
+                "model": spec, "task": task_name, "prompts": n, "seq": task.seq_len,
+                "scored": "heads x positions" if pos else "heads", "n_scores": int(scores.numel()),
+                "baseline": method, "baseline_s": round(seconds, 3), "cdt_s": round(t_cdt, 3),
+                "speedup": round(seconds / t_cdt, 2), "spearman": round(float(rho), 4),
+                "top10_overlap": _top_overlap(cdt_scores, scores),
+            })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["toy", "smollm2"], choices=sorted(CASES))
+    parser.add_argument("--n", type=int, default=8, help="prompts per task (default 8)")
+    parser.add_argument("--no-positions", action="store_true", help="score whole heads only")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    for name in args.models:
+        rows += bench_case(name, args.n, not args.no_positions, args.device)
+    header = f"{'model':<18} {'task':<13} {'scored':<18} {'baseline':<20} {'base s':>8} {'cdt s':>7} {'x':>7} {'spearman':>8} {'top10':>6}"
+    print(header)
+    for r in rows:
+        print(f"{r['model']:<18} {r['task']:<13} {r['scored']:<18} {r['baseline']:<20} {r['baseline_s']:>8.2f} "
+              f"{r['cdt_s']:>7.2f} {r['speedup']:>7.1f} {r['spearman']:>8.3f} {r['top10_overlap']:>6.1f}")
+    if args.json:
+        print(json.dumps({"rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
