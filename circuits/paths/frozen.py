@@ -181,7 +181,7 @@ def validate_tokens(model: Any, tokens: torch.Tensor | str | list[str]) -> torch
         prompts = [tokens] if isinstance(tokens, str) else tokens
         if any(not p.strip() for p in prompts):
             raise PathInputError("empty prompt: give at least one non-blank character of text")
-        tokens = model.to_tokens(prompts)
+        tokens = model.to_tokens(prompts, truncate=False).cpu()
     if not isinstance(tokens, torch.Tensor):
         raise PathInputError(f"tokens must be a prompt string or a LongTensor [batch, pos], got {type(tokens).__name__}")
     if tokens.ndim == 1:
