@@ -70,6 +70,7 @@ def analyse_paths(
     beam: int = 8,
     top: int = 20,
     lesion_draws: int = 2,
+    lesion_step: int = 1,
     seed: int = 0,
     dtype: torch.dtype | None = torch.float64,
     progress: bool = False,
@@ -79,14 +80,14 @@ def analyse_paths(
 
     prompt: text, texts or ids [batch, pos]; task: a :class:`workbench.data.Task`. max_length: keep lengths up to it
     apart (>= 1; default all). search_length / beam / top: the path search. lesion_draws: random-lesion draws per
-    ``k`` (0: no lesion studies). dtype: of the decomposition (float64 by default, see :func:`decompose`).
+    ``k`` (0: no lesion studies); lesion_step: delete k = step, 2 step, ..., n sublayers. dtype: of the decomposition (float64 by default, see :func:`decompose`).
     """
     if (prompt is None) == (task is None):
         raise PathInputError("give either a prompt or a task (not both)")
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
         raise PathInputError(f"max length must be an integer >= 1, got {max_length!r}")
-    if lesion_draws < 0:
-        raise PathInputError(f"lesion draws must be >= 0, got {lesion_draws}")
+    if lesion_draws < 0 or lesion_step < 1:
+        raise PathInputError(f"lesion draws must be >= 0 and the lesion step >= 1, got {lesion_draws}, {lesion_step}")
     tokens = validate_tokens(model, task.clean_tokens if task is not None else prompt)
     frozen = freeze(model, tokens)
     target = LogitTarget.from_task(task) if task is not None else LogitTarget.top_prediction(frozen.clean_logits)
@@ -115,10 +116,12 @@ def analyse_paths(
     result = PathsResult(lengths, direct, paths_df, circuit, summary,
                          {"prompt": prompt if isinstance(prompt, (str, list)) else None,
                           "task": getattr(task, "name", None), "max_length": max_length, "search_length": search_length,
-                          "beam": beam, "top": top, "lesion_draws": lesion_draws, "seed": seed})
+                          "beam": beam, "top": top, "lesion_draws": lesion_draws, "lesion_step": lesion_step,
+                          "seed": seed})
     if lesion_draws:
         result.lesion_single = lesion_single(model, tokens, frozen=frozen, progress=progress)
-        result.lesion_random = lesion_random(model, tokens, draws=lesion_draws, seed=seed, frozen=frozen,
+        ks = sorted(set(range(lesion_step, frozen.n + 1, lesion_step)) | {frozen.n})
+        result.lesion_random = lesion_random(model, tokens, ks=ks, draws=lesion_draws, seed=seed, frozen=frozen,
                                              progress=progress)
         curve = lesion_curve(result.lesion_random)
         summary["worst_single_lesion"] = str(result.lesion_single.loc[result.lesion_single["delta"].idxmax(), "name"])

@@ -26,7 +26,8 @@ def cmd_paths(args: argparse.Namespace) -> int:
 
         task = make_task(args.task, model.tokenizer, n=args.n)
     result = analyse_paths(model, args.prompt, task=task, max_length=args.max_length, search_length=args.search_length,
-                           beam=args.beam, top=args.top, lesion_draws=args.lesion_draws, progress=not args.json)
+                           beam=args.beam, top=args.top, lesion_draws=args.lesion_draws, lesion_step=args.lesion_step,
+                           progress=not args.json)
     info = save_paths_run(Store(), result, args.model)
     s = result.summary
     lines = [f"paths run {info.run_id} ({info.path})",
@@ -51,4 +52,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beam", type=int, default=8, help="beam width of the top-path search (default 8)")
     p.add_argument("--top", type=int, default=20, help="number of top paths kept (default 20)")
     p.add_argument("--lesion-draws", type=int, default=2, help="random-lesion draws per k (0: no lesions; default 2)")
+    p.add_argument("--lesion-step", type=int, default=1, help="delete k = step, 2 step, ..., n sublayers (default 1)")
     p.set_defaults(func=cmd_paths)
