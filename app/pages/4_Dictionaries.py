@@ -11,7 +11,12 @@ import html
 import pandas as pd
 import streamlit as st
 
-from circuits.dictionaries.figures import activation_histogram, frequency_histogram, frontier_figure, training_figure
+from circuits.dictionaries.figures import (
+    activation_histogram,
+    frequency_histogram,
+    frontier_figure,
+    training_figure,
+)
 from workbench.store import Store
 
 st.set_page_config(page_title="Dictionaries", layout="wide")
