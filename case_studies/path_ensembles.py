@@ -18,6 +18,7 @@ Run: ``.venv/bin/python case_studies/path_ensembles.py [--windows 4] [--tokens 6
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -57,8 +58,9 @@ def profile(spec: str, n_windows: int, seq: int, store: Store, progress: bool,
     decs, errors = [], []
     for row in windows:
         dec = decompose(freeze(model, row[None]), dtype=torch.float64)
-        decs.append(dec)
         errors.append(dec.completeness_error())
+        dec.frozen = replace(dec.frozen, sublayers=[], clean_outputs=[])  # the readout is all that is needed from here
+        decs.append(dec)
     n = decs[0].frozen.n
     norms = torch.stack([d.logit_norms() for d in decs]).mean(0)
     share = norms / norms.sum()
