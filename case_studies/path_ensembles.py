@@ -61,7 +61,7 @@ def profile(spec: str, n_windows: int, seq: int, store: Store, progress: bool,
         errors.append(dec.completeness_error())
         dec.frozen = replace(dec.frozen, sublayers=[], clean_outputs=[])  # the readout is all that is needed from here
         decs.append(dec)
-    n = decs[0].frozen.n
+    n = decs[0].parts.shape[0] - 1
     norms = torch.stack([d.logit_norms() for d in decs]).mean(0)
     share = norms / norms.sum()
     losses = torch.stack([d.cumulative_losses() for d in decs]).mean(0)
