@@ -15,5 +15,5 @@ def demo(store: Any, device: str | None = None, progress: bool = True) -> Any:
     from workbench.models import load_model
 
     model = load_model(DEMO_MODEL, device=device)
-    result = analyse_paths(model, DEMO_PROMPT, lesion_draws=1, progress=progress)
+    result = analyse_paths(model, DEMO_PROMPT, lesion_draws=1, lesion_step=2, progress=progress)
     return save_paths_run(store, result, DEMO_MODEL)
