@@ -9,8 +9,8 @@ DEMO_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
 def demo(store: Any, device: str | None = None, progress: bool = True) -> Any:
-    """Analyse :data:`DEMO_PROMPT` on SmolLM2 (all 61 path lengths, top paths, lesion curves with one draw per k)
-    and store it as a ``paths`` run; returns its RunInfo. About a minute on two CPU cores."""
+    """Analyse :data:`DEMO_PROMPT` on SmolLM2 (all 61 path lengths, top paths, single lesions, random lesions with
+    one draw for every second k) and store it as a ``paths`` run; returns its RunInfo. About a minute on two CPU cores."""
     from circuits.paths.analysis import analyse_paths, save_paths_run
     from workbench.models import load_model
 
