@@ -1,0 +1,71 @@
+"""One call that measures, fits and stores the training dynamics of a zoo family (or member) as a ``dynamics`` run.
+
+Run kind ``dynamics``, model ``toy/<family or member>``; tables:
+- ``statistics``: per (member, step, layer): ``massive_ratio``, ``top1``, ``median``, ``mlp_active``;
+- ``fits``: per (member, layer, statistic): ``A, lam, gamma, t0, K, r2, t_peak, aic, aic_step, r2_step, n, preferred``;
+- ``predictor``: per (model, target): leave-one-model-out ``r2_lomo`` (absent with fewer than three members).
+Summary: members, checkpoints, mean / min R^2 of each statistic's fits, how many layers prefer the step model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from probes.dynamics import (
+    STATISTICS,
+    check_checkpoints,
+    fit_table,
+    member_config,
+    member_statistics,
+    resolve_members,
+)
+from probes.dynamics_predict import MIN_MEMBERS, predictor_scores
+from workbench.store import RunInfo, Store
+
+
+def analyse(target: str, n_sequences: int = 10, progress: bool = True) -> dict[str, Any]:
+    """Statistics, fits and predictor scores for ``target`` (family or member). Returns a dict of tables + summary."""
+    from workbench import zoo
+
+    members = resolve_members(target)
+    for name in members:
+        zoo.build(name, progress=progress)
+        check_checkpoints(name)
+    stats = pd.concat([member_statistics(n, n_sequences, progress=progress) for n in members], ignore_index=True)
+    fits = pd.concat([fit_table(stats, s) for s in STATISTICS], ignore_index=True)
+    configs = {n: member_config(n) for n in members}
+    predictor = None
+    if len(members) >= MIN_MEMBERS:
+        predictor = predictor_scores(fits[fits["statistic"] == "massive_ratio"].reset_index(drop=True), configs)
+    summary: dict[str, Any] = {"target": target, "members": members,
+                               "checkpoints": {n: int((stats["member"] == n).sum() // configs[n]["n_layers"]) for n in members}}
+    for s in STATISTICS:
+        f = fits[fits["statistic"] == s]
+        summary[f"{s}_r2_mean"] = float(f["r2"].mean())
+        summary[f"{s}_r2_min"] = float(f["r2"].min())
+        summary[f"{s}_prefers_step"] = int((f["preferred"] == "step").sum())
+        summary[f"{s}_layers"] = len(f)
+    last = stats[stats["step"] == stats.groupby("member")["step"].transform("max")]
+    summary["final_massive_ratio_max"] = float(last["massive_ratio"].max())
+    if predictor is not None:
+        best = predictor.sort_values("r2_lomo", ascending=False).groupby("target").head(1)
+        summary["predictor_best_r2"] = {r.target: {"model": r.model, "r2_lomo": r.r2_lomo} for r in best.itertuples()}
+    else:
+        summary["predictor"] = f"skipped: needs at least {MIN_MEMBERS} members"
+    return {"statistics": stats, "fits": fits, "predictor": predictor, "summary": summary, "configs": configs}
+
+
+def run_dynamics(target: str, store: Store | None = None, n_sequences: int = 10, progress: bool = True) -> RunInfo:
+    """Compute :func:`analyse` for ``target`` and store it as a ``dynamics`` run; returns the run's info."""
+    store = store or Store()
+    result = analyse(target, n_sequences, progress)
+    with store.create("dynamics", model=f"toy/{target}", params={"target": target, "n_sequences": n_sequences,
+                                                                  "configs": result["configs"]}) as run:
+        run.save_table("statistics", result["statistics"])
+        run.save_table("fits", result["fits"])
+        if result["predictor"] is not None:
+            run.save_table("predictor", result["predictor"])
+        run.summary.update(result["summary"])
+    return run.info
