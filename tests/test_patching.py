@@ -213,3 +213,30 @@ def test_discovery_finds_the_induction_circuit(toy):
     # every kept node was needed: dropping any one falls below the bound
     for node in heads:
         assert faithfulness(model, task, [n for n in heads if n != node]) < 0.8
+
+
+def test_demo_run_and_cli(induction_2l, tmp_path, monkeypatch, capsys):
+    import json
+
+    from circuits.patching.demo import demo
+    from workbench.cli import main
+    from workbench.store import Store
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    store = Store()
+    info = demo(store, "cpu", False)
+    run = store.load("patching", info.run_id)
+    table = run.table("scores")
+    assert list(table.columns) == ["layer", "head", "position", "component", "node", "score"]
+    circuit = Circuit.from_json(run.json("circuit"))
+    assert "L1.H0" in circuit and run.summary["faithfulness"] >= 0.8
+    assert run.tensors("scores")["scores"].shape == (len(table),)
+    assert main(["patch", "--model", "toy/induction-2l", "--task", "induction", "--n", "4", "--mode", "heads",
+                 "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    stored = Store().load("patching", payload["run"]["run_id"])
+    assert stored.tensors("scores")["scores"].shape == (2, 2)
+    assert len(stored.table("scores")) == 4 and payload["summary"]["mode"] == "heads"
+    assert main(["patch", "--model", "toy/induction-2l", "--task", "induction", "--mode", "path",
+                 "--receivers", "L0.H0"]) == 2
+    assert "senders must precede" in capsys.readouterr().err

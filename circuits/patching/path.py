@@ -183,13 +183,17 @@ def path_head_scores(
 ) -> torch.Tensor:
     """Path patching of every head to ``receivers``: Tensor [L, H] or [L, H, pos] (``per_position``).
 
-    Heads that cannot reach any receiver score 0.
+    Heads that cannot reach any receiver score 0; PatchingInputError when no head can.
     """
     L, H, P = model.cfg.n_layers, model.cfg.n_heads, task.seq_len
     ids = all_components(model, task, per_position=per_position)
     if not isinstance(receivers, str):
         recv = components(model, task, receivers)
         ids = [i for i, c in zip(ids, components(model, task, ids), strict=True) if any(reaches(c, r) for r in recv)]
+        if not ids:
+            raise PatchingInputError(
+                f"no head comes before the receivers {', '.join(receivers)}; senders must precede their receivers"
+            )
     scores = torch.zeros(L * H * P if per_position else L * H)
     if ids:
         values = path_patching_scores(

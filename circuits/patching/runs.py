@@ -27,7 +27,8 @@ from circuits.patching.ablation import PatchingInputError, references
 from circuits.patching.activation import head_patching_scores, layer_patching_scores
 from circuits.patching.discovery import discover
 from circuits.patching.faithfulness import faithfulness_many
-from circuits.patching.path import path_head_scores
+from circuits.patching.nodes import components
+from circuits.patching.path import path_head_scores, reaches
 from workbench.data.task_base import Task
 
 __all__ = ["MODES", "patching_run", "score_table"]
@@ -101,6 +102,10 @@ def patching_run(
             scores = path_head_scores(model, task, receivers, ablation=ablation, receiver_input=receiver_input,
                                       refs=refs, progress=progress)
         table = score_table(scores, mode, component)
+        if mode == "path" and not isinstance(receivers, str):  # only the heads that reach a receiver were scored
+            recv = components(model, task, receivers)
+            sent = components(model, task, list(table["node"]))
+            table = table[[any(reaches(s, r) for r in recv) for s in sent]].reset_index(drop=True)
         best = table.reindex(table["score"].abs().sort_values(ascending=False).index).head(top_k)
         circuit = Circuit(f"{mode} patching: {task.name}", {"method": f"{mode} patching", "task": task.name})
         for row in best.itertuples():
@@ -110,6 +115,9 @@ def patching_run(
                     circuit.add_node(f"L{row.layer}.H{h}@{row.position}", score=row.score)
             else:
                 circuit.add_node(node, score=row.score)
+        if mode == "path" and not isinstance(receivers, str):
+            for r in receivers:
+                circuit.add_node(r, role="receiver")
         (f_t,), _, m_empty = faithfulness_many(model, task, [circuit], ablation=ablation, refs=refs)
         f = float(f_t)
         circuit.metadata["faithfulness"] = f
