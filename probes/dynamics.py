@@ -38,9 +38,13 @@ def member_config(name: str) -> dict[str, Any]:
 
 def heldout_sequences(name: str, n_sequences: int = 10, seed: int = 4242) -> torch.Tensor:
     """``n_sequences`` fixed held-out windows of member ``name``'s text: LongTensor [n, context]."""
+    return config_sequences(member_config(name), n_sequences, seed)
+
+
+def config_sequences(cfg: dict[str, Any], n_sequences: int = 10, seed: int = 4242) -> torch.Tensor:
+    """Held-out windows for a member config dict (its ``text`` setting and ``context``): LongTensor [n, context]."""
     from workbench.zoo_tokenizer import TextConfig, load_text_tokenizer, token_streams, windows
 
-    cfg = member_config(name)
     text = TextConfig(corpora=tuple(cfg["text"]["corpora"]), vocab=int(cfg["text"]["vocab"]))
     bos = load_text_tokenizer(text).bos_token_id
     return windows(token_streams(text)["heldout"], n_sequences, int(cfg["context"]), torch.Generator().manual_seed(seed), bos)
@@ -94,23 +98,31 @@ def checkpoint_statistics(folder, tokens: torch.Tensor, relu: bool) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def member_statistics(name: str, n_sequences: int = 10, progress: bool = True) -> pd.DataFrame:
-    """Statistics of every saved checkpoint of member ``name`` (built on first use).
+def folder_statistics(root, steps: list[int], tokens: torch.Tensor, relu: bool, member: str,
+                      progress: bool = True) -> pd.DataFrame:
+    """Statistics of the checkpoints ``root/step-<N>`` for ``steps`` on ``tokens`` [n, seq].
 
     Returns columns ``member, step, layer, massive_ratio, top1, median, mlp_active`` (one row per step and layer).
     """
+    from workbench.train import step_dir
+
+    frames = []
+    for step in tqdm(steps, desc=f"dynamics {member}", disable=not progress, unit="ckpt"):
+        frames.append(checkpoint_statistics(step_dir(root, step), tokens, relu).assign(member=member, step=step))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["member", "step", "layer", "massive_ratio", "top1", "median", "mlp_active"]]
+
+
+def member_statistics(name: str, n_sequences: int = 10, progress: bool = True) -> pd.DataFrame:
+    """:func:`folder_statistics` of every saved checkpoint of zoo member ``name`` (built on first use)."""
     from workbench import zoo
-    from workbench.train import CHECKPOINTS, step_dir
+    from workbench.train import CHECKPOINTS
 
     cfg = member_config(name)
     zoo.build(name, progress=progress)
     tokens = heldout_sequences(name, n_sequences)
-    frames = []
-    for step in tqdm(zoo.checkpoint_steps(name), desc=f"dynamics {name}", disable=not progress, unit="ckpt"):
-        df = checkpoint_statistics(step_dir(zoo.folder(name) / CHECKPOINTS, step), tokens, cfg["activation"] == "relu")
-        frames.append(df.assign(member=name, step=step))
-    out = pd.concat(frames, ignore_index=True)
-    return out[["member", "step", "layer", "massive_ratio", "top1", "median", "mlp_active"]]
+    return folder_statistics(zoo.folder(name) / CHECKPOINTS, zoo.checkpoint_steps(name), tokens,
+                             cfg["activation"] == "relu", name, progress)
 
 
 def resolve_members(target: str) -> list[str]:

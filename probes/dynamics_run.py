@@ -25,22 +25,19 @@ from probes.dynamics_predict import MIN_MEMBERS, predictor_scores
 from workbench.store import RunInfo, Store
 
 
-def analyse(target: str, n_sequences: int = 10, progress: bool = True) -> dict[str, Any]:
-    """Statistics, fits and predictor scores for ``target`` (family or member). Returns a dict of tables + summary."""
-    from workbench import zoo
+def summarise(stats: pd.DataFrame, configs: dict[str, dict], target: str) -> dict[str, Any]:
+    """Fits, predictor scores and summary from per-checkpoint ``stats`` (as from :func:`member_statistics`).
 
-    members = resolve_members(target)
-    for name in members:
-        zoo.build(name, progress=progress)
-        check_checkpoints(name)
-    stats = pd.concat([member_statistics(n, n_sequences, progress=progress) for n in members], ignore_index=True)
+    ``configs`` maps each member to its config (``d_model, n_layers, n_heads, d_mlp``). Returns a dict with the
+    tables ``statistics``, ``fits``, ``predictor`` (None with fewer than three members), ``summary`` and ``configs``.
+    """
+    members = list(configs)
     fits = pd.concat([fit_table(stats, s) for s in STATISTICS], ignore_index=True)
-    configs = {n: member_config(n) for n in members}
     predictor = None
     if len(members) >= MIN_MEMBERS:
         predictor = predictor_scores(fits[fits["statistic"] == "massive_ratio"].reset_index(drop=True), configs)
     summary: dict[str, Any] = {"target": target, "members": members,
-                               "checkpoints": {n: int((stats["member"] == n).sum() // configs[n]["n_layers"]) for n in members}}
+                               "checkpoints": {n: int(stats.loc[stats["member"] == n, "step"].nunique()) for n in members}}
     for s in STATISTICS:
         f = fits[fits["statistic"] == s]
         summary[f"{s}_r2_mean"] = float(f["r2"].mean())
@@ -57,15 +54,30 @@ def analyse(target: str, n_sequences: int = 10, progress: bool = True) -> dict[s
     return {"statistics": stats, "fits": fits, "predictor": predictor, "summary": summary, "configs": configs}
 
 
-def run_dynamics(target: str, store: Store | None = None, n_sequences: int = 10, progress: bool = True) -> RunInfo:
-    """Compute :func:`analyse` for ``target`` and store it as a ``dynamics`` run; returns the run's info."""
-    store = store or Store()
-    result = analyse(target, n_sequences, progress)
-    with store.create("dynamics", model=f"toy/{target}", params={"target": target, "n_sequences": n_sequences,
-                                                                  "configs": result["configs"]}) as run:
+def analyse(target: str, n_sequences: int = 10, progress: bool = True) -> dict[str, Any]:
+    """Statistics, fits and predictor scores for ``target`` (family or member; built on first use)."""
+    from workbench import zoo
+
+    members = resolve_members(target)
+    for name in members:
+        zoo.build(name, progress=progress)
+        check_checkpoints(name)
+    stats = pd.concat([member_statistics(n, n_sequences, progress=progress) for n in members], ignore_index=True)
+    return summarise(stats, {n: member_config(n) for n in members}, target)
+
+
+def store_dynamics(result: dict[str, Any], store: Store, model: str, n_sequences: int) -> RunInfo:
+    """Store a :func:`summarise` result as a ``dynamics`` run of ``model``."""
+    params = {"target": result["summary"]["target"], "n_sequences": n_sequences, "configs": result["configs"]}
+    with store.create("dynamics", model=model, params=params) as run:
         run.save_table("statistics", result["statistics"])
         run.save_table("fits", result["fits"])
         if result["predictor"] is not None:
             run.save_table("predictor", result["predictor"])
         run.summary.update(result["summary"])
     return run.info
+
+
+def run_dynamics(target: str, store: Store | None = None, n_sequences: int = 10, progress: bool = True) -> RunInfo:
+    """Compute :func:`analyse` for ``target`` and store it as a ``dynamics`` run; returns the run's info."""
+    return store_dynamics(analyse(target, n_sequences, progress), store or Store(), f"toy/{target}", n_sequences)

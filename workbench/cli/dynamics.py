@@ -1,0 +1,37 @@
+"""``workbench dynamics``: massive-activation and MLP-sparsity dynamics over a zoo family's checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+
+from workbench.cli.common import emit, run_payload
+
+
+def cmd_dynamics(args: argparse.Namespace) -> int:
+    from probes.dynamics_run import run_dynamics
+    from workbench.store import Store
+
+    info = run_dynamics(args.target, Store(), n_sequences=args.sequences, progress=not args.json)
+    summary = Store().load("dynamics", info.run_id).summary
+    lines = [f"dynamics of toy/{args.target}: members {', '.join(summary['members'])}"]
+    for stat in ("massive_ratio", "mlp_active"):
+        lines.append(
+            f"  {stat}: five-parameter fit R^2 mean {summary[f'{stat}_r2_mean']:.3f}, min {summary[f'{stat}_r2_min']:.3f}; "
+            f"{summary[f'{stat}_prefers_step']} of {summary[f'{stat}_layers']} layers prefer a step (AIC)"
+        )
+    for target, best in (summary.get("predictor_best_r2") or {}).items():
+        lines.append(f"  predictor {target}: leave-one-model-out R^2 {best['r2_lomo']:.3f} ({best['model']})")
+    if "predictor" in summary:
+        lines.append(f"  predictor {summary['predictor']}")
+    lines.append(f"run: {info.path}")
+    emit(args, run_payload(info, summary), "\n".join(lines))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``workbench dynamics``."""
+    p = sub.add_parser("dynamics", help="fit massive-activation / MLP-sparsity curves over a zoo family's checkpoints")
+    p.add_argument("target", help="zoo family (llama, gpt) or member (e.g. llama-d64-l2); built on first use")
+    p.add_argument("--sequences", type=int, default=10, help="held-out sequences per checkpoint (default 10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (summary and run folder) last")
+    p.set_defaults(func=cmd_dynamics)
