@@ -7,7 +7,8 @@
 - ``contributions.parquet``: every direct contribution into the target (node, kind, layer, head, feature, source,
   value); they sum to the target's value;
 - summary: target, target_value, contributions_sum, completeness_rel_error, nodes, edges, paths, top_path,
-  error_total, and, when a task is given, metric_clean / metric_spliced (the task's metric, e.g. the probability
+  error_total, target_value_spliced (a logit target: the difference with the transcoder layers' MLPs replaced by
+  their transcoders), and, when a task is given, metric_clean / metric_spliced (the task's metric, e.g. the probability
   difference, clean and with the transcoder layers' MLPs replaced by their transcoders).
 """
 
@@ -104,6 +105,9 @@ def tc_circuit(
         "top_path_value": float(table["value"].iloc[0]) if len(table) else None,
         "transcoder_layers": sorted(run.transcoders),
     }
+    if tgt.node == "logit" and transcoders:
+        logits = spliced_logits(model, run.tokens[None], transcoders)[0, tgt.state.position]
+        summary["target_value_spliced"] = float(logits[int(correct)] - logits[int(incorrect)])
     if task is not None:
         clean, spliced = metric_clean_vs_spliced(model, task, transcoders)
         summary.update({"metric": task.metric_name, "metric_clean": clean, "metric_spliced": spliced})
