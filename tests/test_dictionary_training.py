@@ -33,18 +33,18 @@ def test_sparsity_sweep_trades_l0_against_spliced_loss(tiny_toy):
     _, cfg, model = tiny_toy
     hook = "blocks.0.hook_resid_post"
     ks = (32, 8, 2)
-    l1s = (0.003, 0.03, 0.3)
+    l1s = (0.003, 0.3)
     specs = [DictSpec(hook, activation="topk", k=k, expansion=2) for k in ks]
     specs += [DictSpec(hook, activation="relu", l1=l1, expansion=2) for l1 in l1s]
-    train_cfg = TrainDictConfig(tokens=96 * 512, batch_size=512, lr=3e-3, warmup_steps=5, block_batches=4, seed=0)
+    train_cfg = TrainDictConfig(tokens=80 * 512, batch_size=512, lr=3e-3, warmup_steps=5, block_batches=4, seed=0)
     res = train_dictionaries(model, induction_source(cfg, 24, seed=1), specs, train_cfg, progress=False)
     ev = evaluate_dictionaries(model, res.dictionaries, induction_source(cfg, 2, seed=99), progress=False)
     for group in (specs[:3], specs[3:]):
         m = [ev.metrics[s.label()] for s in group]
         l0 = [x["l0"] for x in m]
         ce = [x["ce_spliced"] for x in m]
-        assert l0[0] > l0[1] > l0[2], l0
-        assert ce[0] < ce[1] < ce[2], ce
+        assert all(a > b for a, b in zip(l0, l0[1:], strict=False)), l0
+        assert all(a < b for a, b in zip(ce, ce[1:], strict=False)), ce
         assert all(x["ce_spliced"] >= x["ce_clean"] - 1e-3 for x in m)
     assert ev.metrics[specs[0].label()]["ce_recovered_zero"] > 0.5
 
