@@ -276,3 +276,15 @@ def test_save_roundtrip(tiny_gpt2, tmp_path):
     run = Store(tmp_path).load("tc-circuit", info.run_id)
     assert Circuit.from_json(run.json("circuit")) == result.circuit
     assert run.summary["target_value"] == pytest.approx(result.target.value)
+
+
+def test_demo_stores_a_tc_circuit_run(tiny_llama, tmp_path):
+    from circuits.transcoder_paths.demo import demo
+    from workbench.store import Store
+
+    store = Store(tmp_path)
+    info = demo(store, "cpu", False, model_spec=tiny_llama.workbench_spec, tokens=1024, prompt="t3 t5 t7 t3 t5",
+                num_branches=3, max_depth=2)
+    run = store.load("tc-circuit", info.run_id)
+    assert run.summary["transcoder_layers"] == [0, 1] and run.summary["completeness_rel_error"] < REL
+    assert "target_value_spliced" in run.summary and len(run.table("paths")) > 0
