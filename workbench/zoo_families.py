@@ -15,6 +15,7 @@ so a rebuild gives the same weights, bit for bit, on the same machine.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ class FamilyConfig:
     n_heads: int
     d_mlp: int
     activation: str  # "silu" (gated), "relu" or "gelu_new"
-    steps: int = 500
+    steps: int = 400
     batch: int = 8
     context: int = 128
     lr: float = 3e-3
@@ -98,15 +99,15 @@ def _member(family: str, d: int, layers: int, activation: str, steps: int) -> Fa
 MEMBERS: dict[str, FamilyConfig] = {
     c.name: c
     for c in (
-        _member("llama", 64, 2, "silu", 500),
-        _member("llama", 128, 2, "silu", 500),
-        _member("llama", 64, 4, "silu", 500),
-        _member("llama", 128, 4, "silu", 500),
-        _member("gpt", 64, 2, "relu", 500),
-        _member("gpt", 128, 2, "relu", 500),
-        _member("gpt", 64, 4, "relu", 500),
-        _member("gpt", 128, 4, "relu", 500),
-        _member("gpt", 128, 2, "gelu_new", 500),
+        _member("llama", 64, 2, "silu", 400),
+        _member("llama", 128, 2, "silu", 400),
+        _member("llama", 64, 4, "silu", 400),
+        _member("llama", 128, 4, "silu", 400),
+        _member("gpt", 64, 2, "relu", 400),
+        _member("gpt", 128, 2, "relu", 400),
+        _member("gpt", 64, 4, "relu", 400),
+        _member("gpt", 128, 4, "relu", 400),
+        _member("gpt", 128, 2, "gelu_new", 400),
     )
 }
 
@@ -142,23 +143,31 @@ def make_model(cfg: FamilyConfig, bos_id: int, pad_id: int):
     raise ValueError(f"unknown architecture {cfg.arch!r}; accepted: llama, gpt2")
 
 
-def train_member(cfg: FamilyConfig, workdir: Path, progress: bool = True) -> list[dict]:
+def train_device() -> str:
+    """The device zoo families train on: ``$WORKBENCH_ZOO_DEVICE`` (e.g. ``cuda``), default the CPU."""
+    return os.environ.get("WORKBENCH_ZOO_DEVICE", "cpu")
+
+
+def train_member(cfg: FamilyConfig, workdir: Path, progress: bool = True, device: str | None = None) -> list[dict]:
     """Train (or resume) member ``cfg`` into ``workdir`` on one torch thread; returns the trainer's history.
 
     The history's ``eval`` entries (one per checkpoint) hold ``train_loss`` and ``heldout_loss``: mean next-token
-    loss on ``eval_windows`` fixed windows of each split.
+    loss on ``eval_windows`` fixed windows of each split. ``device`` defaults to :func:`train_device`; weights are
+    bit-identical across rebuilds on the same machine and device.
     """
+    device = device or train_device()
     tokenizer = load_text_tokenizer(cfg.text)
     streams = token_streams(cfg.text)
     bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
     fixed = {
-        split: windows(streams[split], cfg.eval_windows, cfg.context, torch.Generator().manual_seed(10_000 + i), bos)
+        split: windows(streams[split], cfg.eval_windows, cfg.context, torch.Generator().manual_seed(10_000 + i),
+                       bos).to(device)
         for i, split in enumerate(("train", "heldout"))
     }
 
     def batch_fn(step: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        return windows(streams["train"], cfg.batch, cfg.context, gen, bos)
+        return windows(streams["train"], cfg.batch, cfg.context, gen, bos).to(device)
 
     def eval_fn(model, step: int) -> dict[str, float]:
         return {f"{split}_loss": float(model(input_ids=t, labels=t).loss) for split, t in fixed.items()}
@@ -170,7 +179,7 @@ def train_member(cfg: FamilyConfig, workdir: Path, progress: bool = True) -> lis
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = make_model(cfg, bos, pad)
+        model = make_model(cfg, bos, pad).to(device)
         return train_causal_lm(model, batch_fn, train_cfg, workdir, tokenizer=tokenizer, eval_fn=eval_fn,
                                progress=progress, description=cfg.name)
     finally:

@@ -1,0 +1,114 @@
+"""Case study: the zoo's checkpoint families: what each member is, how long it took, its final held-out loss.
+
+For every built member of the ``llama`` and ``gpt`` families: stores its training curves as a ``zoo-training`` run,
+reads its size, checkpoints, build time and final train / held-out loss, checks that held-out loss falls with size
+within each family, and writes ``zoo.md`` next to this script. Members that are not built are listed as such
+(``--build`` trains them first, which takes tens of minutes on two CPU cores).
+
+Run: ``WORKBENCH_HOME=... .venv/bin/python case_studies/zoo.py [--build]``
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from workbench import zoo
+from workbench.store import Store
+from workbench.zoo_curves import store_training_run
+from workbench.zoo_families import FAMILIES, MEMBERS
+
+GPU_NOTE = """## Rebuilding larger members on a GPU
+
+No GPU was available for these builds; every member above was trained on the CPU, one torch thread. A larger member
+is a new entry in `MEMBERS` of `workbench/zoo_families.py` (for example `_member("llama", 256, 8, "silu", 4000)`);
+on a machine with CUDA, `WORKBENCH_ZOO_DEVICE=cuda` makes the same code train there:
+
+```bash
+export WORKBENCH_HOME=/path/to/cache
+WORKBENCH_ZOO_DEVICE=cuda workbench zoo build llama   # every member of the family, resuming interrupted builds
+```
+
+GPU kernels are not bit-for-bit reproducible across devices or
+library versions, so a GPU-built member is deterministic only on the same GPU model and software (set
+`torch.use_deterministic_algorithms(True)` and `CUBLAS_WORKSPACE_CONFIG=:4096:8`); copy its folder
+`$WORKBENCH_HOME/zoo/<member>/` (with `manifest.json`) into another cache to use it there.
+"""
+
+
+def member_rows(store: Store, build: bool) -> pd.DataFrame:
+    rows = []
+    for family in FAMILIES:
+        for name in zoo.families()[family]:
+            cfg = MEMBERS[name]
+            if build:
+                zoo.build(name)
+            row = {"family": family, "member": name, "d_model": cfg.d_model, "layers": cfg.n_layers,
+                   "heads": cfg.n_heads, "d_mlp": cfg.d_mlp, "activation": cfg.activation,
+                   "parameters": cfg.n_parameters(), "built": zoo.is_built(name)}
+            if row["built"]:
+                info = zoo.manifest(name)
+                store_training_run(name, store)
+                row.update(steps=cfg.steps, checkpoints=len(info["steps"]),
+                           seconds=round(info["seconds_last_session"]),
+                           train_loss=info["final_eval"]["train_loss"], heldout_loss=info["final_eval"]["heldout_loss"])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def size_check(table: pd.DataFrame) -> list[str]:
+    """Per family: whether held-out loss falls as parameters grow (the built members, sorted by size)."""
+    lines = []
+    for family, group in table[table["built"]].groupby("family", sort=False):
+        group = group.sort_values("parameters")
+        losses = group["heldout_loss"].tolist()
+        falls = all(b < a for a, b in zip(losses, losses[1:], strict=False))
+        rho = group["parameters"].rank().corr(group["heldout_loss"].rank())
+        lines.append(f"- `{family}`: held-out loss by size {', '.join(f'{x:.3f}' for x in losses)}: "
+                     f"{'falls at every step up in size' if falls else 'does not fall at every step up in size'} "
+                     f"(Spearman rank correlation of size and loss {rho:.2f}).")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--build", action="store_true", help="train members that are not built")
+    args = parser.parse_args()
+    store = Store()
+    table = member_rows(store, args.build)
+    shown = table.drop(columns=["built"]).copy()
+    md = [
+        "# The zoo's checkpoint families",
+        "",
+        "Two families of small language models trained by the workbench on the bundled text (Wikipedia articles, "
+        "Lee news corpus and Shakespeare, training split of `workbench.data`; held-out loss on the held-out split), "
+        "with one shared byte-level BPE tokenizer (vocabulary 2048) trained once with `tokenizers`. Context 128 "
+        "(a BOS token then 127 tokens of the stream), batch 8, AdamW (lr 3e-3, warm-up 40 steps, cosine to 10%), "
+        "weight decay 0.01, seed 0, one torch thread. Checkpoints are log-spaced, step 0 included.",
+        "",
+        *(f"- `{f}`: {d}." for f, d in FAMILIES.items()),
+        "",
+        "Load any checkpoint as `load_model(\"toy/<member>@<step>\")`; `workbench models` lists their sizes and steps.",
+        "",
+        "```",
+        shown.to_string(index=False, float_format=lambda x: f"{x:.3f}"),
+        "```",
+        "",
+        "Seconds are wall-clock seconds of the build on a shared two-core machine, with the build niced behind other "
+        "work; the CPU time is a fraction of that (see below).",
+        "",
+        "## Held-out loss against size",
+        "",
+        *size_check(table),
+        "",
+        GPU_NOTE,
+    ]
+    out = Path(__file__).with_suffix(".md")
+    out.write_text("\n".join(md) + "\n")
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()
