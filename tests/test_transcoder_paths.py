@@ -11,7 +11,9 @@ import torch
 from circuits.dictionaries.model import Dictionary
 from circuits.graph import Circuit, parse_node_id
 from circuits.transcoder_paths.contributions import (
+    de_embedding,
     direct_contributions,
+    feature_pullback,
     feature_target,
     head_contributions,
     head_state,
@@ -288,3 +290,21 @@ def test_demo_stores_a_tc_circuit_run(tiny_llama, tmp_path):
     run = store.load("tc-circuit", info.run_id)
     assert run.summary["transcoder_layers"] == [0, 1] and run.summary["completeness_rel_error"] < REL
     assert "target_value_spliced" in run.summary and len(run.table("paths")) > 0
+
+
+def test_pullback_and_de_embedding_are_the_input_invariant_parts(model):
+    """The contribution table's feature and embedding rows factor as (activation) x (weights-only term) / scale."""
+    tcs = _transcoders(model)
+    run = freeze(model, torch.tensor(PROMPT), tcs)
+    t, j = 5, 9
+    target = feature_target(run, 1, j, t)
+    rows = direct_contributions(run, target.state).set_index("node")
+    pull = feature_pullback(tcs[0], tcs[1], j, centered=run.centered)
+    for i in torch.nonzero(run.z[0][t]).flatten().tolist()[:5]:
+        expected = float(run.z[0][t, i]) * float(pull[i]) / float(run.ln2_scale[1, t])
+        assert rows.loc[f"tc0.f{i}@{t}", "value"] == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    scores = de_embedding(model.W_E.double(), tcs[1], j, centered=run.centered)
+    assert scores.shape == (model.cfg.d_vocab,)
+    if "hook_pos_embed" not in dict(model.hook_dict):  # the embedding row is the token's alone (no positions)
+        expected = float(scores[PROMPT[t]]) / float(run.ln2_scale[1, t])
+        assert rows.loc[f"emb@{t}", "value"] == pytest.approx(expected, rel=1e-5)

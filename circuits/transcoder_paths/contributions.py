@@ -23,14 +23,17 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from circuits.dictionaries.model import Dictionary
 from circuits.transcoder_paths.frozen import FrozenRun
 
 __all__ = [
     "State",
     "Target",
+    "de_embedding",
     "direct_contributions",
     "embedding_contribution",
     "feature_contributions",
+    "feature_pullback",
     "feature_pullbacks",
     "feature_state",
     "feature_target",
@@ -119,6 +122,25 @@ def state_value(run: FrozenRun, state: State) -> float:
 def feature_pullbacks(run: FrozenRun, layer: int, state: State) -> torch.Tensor:
     """``W_dec[i] . w`` for every latent ``i`` of the layer-``layer`` transcoder [d_sae] (input-invariant)."""
     return run.transcoders[layer].W_dec.detach().to(state.vector.dtype) @ state.vector
+
+
+def feature_pullback(source: Dictionary, target: Dictionary, feature: int, *, centered: bool = False) -> torch.Tensor:
+    """The input-invariant pullback of ``target``'s feature onto every latent of an earlier transcoder ``source``:
+    ``W_dec_source @ P W_enc_target[:, feature]`` [d_sae_source] (P centres when the model uses LayerNorm). The
+    contribution of source latent i to the feature's pre-activation at a token is ``z_i * pullback_i / scale2``."""
+    w_enc = target.W_enc[:, feature].detach()
+    if centered:
+        w_enc = w_enc - w_enc.mean()
+    return source.W_dec.detach().to(w_enc.dtype) @ w_enc
+
+
+def de_embedding(W_E: torch.Tensor, transcoder: Dictionary, feature: int, *, centered: bool = False) -> torch.Tensor:
+    """One score per vocabulary token [vocab]: ``W_E P W_enc[:, feature]``, how much each token's embedding alone
+    drives the feature (divide by the norm scale of a token to get its contribution at that token)."""
+    w_enc = transcoder.W_enc[:, feature].detach().to(W_E.dtype)
+    if centered:
+        w_enc = w_enc - w_enc.mean()
+    return W_E.detach() @ w_enc
 
 
 def feature_contributions(run: FrozenRun, state: State) -> dict[int, torch.Tensor]:
