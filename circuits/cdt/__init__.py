@@ -1,0 +1,29 @@
+"""Contextual decomposition for transformers (CD-T): every activation split into relevant + irrelevant parts.
+
+- :func:`head_scores`: relevance of each head (at each position) to a task's metric, [L, H] or [L, H, T].
+- :func:`decompose_sources`: any sources (heads, MLPs, input spans at positions) against the metric or later components.
+- :func:`discover`: the iterative CD-T circuit search with greedy pruning by faithfulness.
+- :func:`explain` / :func:`highlight_html`: word and phrase contributions to a classification (local interpretation).
+- :class:`Rules`: the propagation rules' options (sign rule, attention rule, bias split, norm epsilon).
+"""
+
+from circuits.cdt.discovery import candidates, discover, prune
+from circuits.cdt.nodes import CDTInputError, Node, parse_node
+from circuits.cdt.rules import Rules
+from circuits.cdt.scores import Context, Scores, check_task, decompose_sources, head_scores, prepare
+
+__all__ = [
+    "CDTInputError",
+    "Context",
+    "Node",
+    "Rules",
+    "Scores",
+    "candidates",
+    "check_task",
+    "decompose_sources",
+    "discover",
+    "head_scores",
+    "parse_node",
+    "prepare",
+    "prune",
+]

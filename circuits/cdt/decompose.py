@@ -1,0 +1,231 @@
+"""The model walk: many sources decomposed through the rest of the model in batched passes.
+
+Each source is one block of batch rows (``rows = sources x examples``). A group of sources that start at the same place
+(the embedding, the heads of layer l, or layer l's MLP) begins from the clean cache just there: the residual stream before
+it is all ``gamma``, the source's own activation is split ``beta = a - mu``, ``gamma = mu`` (mean ablation, ``mu`` the
+per-position mean over the reference prompts) or ``beta = a``, ``gamma = 0`` (zero ablation), everything else at that
+place is ``gamma``. The walk then applies the rules of :mod:`circuits.cdt.rules` layer by layer up to the task's metric,
+recording the parts of any target components on the way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from circuits.cdt import rules as R
+from circuits.cdt.nodes import Node
+from circuits.cdt.weights import CleanCache, Weights, clean_forward, rotate
+from workbench.data.task_base import Task
+
+__all__ = ["Decomposition", "Means", "decompose", "reference_means"]
+
+Probe = Callable[[str, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class Means:
+    """Per-position means over the reference prompts (zeros for zero ablation)."""
+
+    embed: torch.Tensor  # [T, d]
+    z: list[torch.Tensor]  # per layer [T, H, dh]
+    mlp_out: list[torch.Tensor]  # per layer [T, d]
+
+
+def reference_means(w: Weights, tokens: torch.Tensor | None, seq_len: int, ablation: str) -> Means:
+    """Means over ``tokens`` [N, T] for ``ablation == "mean"``; zeros for ``"zero"`` (then ``tokens`` is unused)."""
+    if ablation not in ("mean", "zero"):
+        raise ValueError(f"ablation must be 'mean' or 'zero', got {ablation!r}")
+    if ablation == "zero" or tokens is None:
+        d, zero = w.W_E.shape[1], torch.zeros((), dtype=w.W_E.dtype, device=w.W_E.device)
+        return Means(
+            zero.expand(seq_len, d),
+            [zero.expand(seq_len, w.n_heads, w.d_head)] * w.n_layers,
+            [zero.expand(seq_len, d)] * w.n_layers,
+        )
+    cache = clean_forward(w, tokens)
+    return Means(cache.embed.mean(0), [z.mean(0) for z in cache.z], [m.mean(0) for m in cache.mlp_out])
+
+
+@dataclass
+class Decomposition:
+    """What a walk returns, per source (rows of S sources) and example (B).
+
+    metric_beta: [S, B] the beta part of the task metric, ``m(total) - m(gamma)``; metric_total: [B] the clean metric.
+    target_beta / target_gamma: [S, n_targets] mean |beta| and mean |gamma| of each target component (over examples, its
+    positions and its output dimensions); NaN where the target does not come after the source.
+    """
+
+    metric_beta: torch.Tensor
+    metric_total: torch.Tensor
+    target_beta: torch.Tensor
+    target_gamma: torch.Tensor
+
+    def target_relevance(self) -> torch.Tensor:
+        """[S, n_targets] ``mean|beta| / (mean|beta| + mean|gamma|)`` (NaN where not after the source)."""
+        total = self.target_beta + self.target_gamma
+        return torch.where(total == 0, torch.zeros_like(total), self.target_beta / total)
+
+
+def _metric(task: Task, logits: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
+    """The task metric of rows whose logits [R, P, V'] were taken at the metric's positions (see ``_readout``)."""
+    name = task.metric_name
+    if name == "logit_diff":
+        return logits[:, 0, 0] - logits[:, 0, 1]
+    if name == "prob_diff":
+        probs = logits[:, 0].softmax(-1)[:, task.candidate_tokens.to(logits.device)]
+        return (probs * task.candidate_signs.to(logits.device, logits.dtype)[examples]).sum(-1)
+    targets = task.clean_tokens.to(logits.device)[examples][:, task.score_positions.to(logits.device) + 1]
+    return logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1).mean(-1)
+
+
+def _readout(w: Weights, task: Task, pair: R.Pair, examples: torch.Tensor, rules: R.Rules) -> R.Pair:
+    """Final norm and unembedding at the metric's positions only: logit pairs [R, P, V'] (V' = 2 for logit_diff:
+    the correct and incorrect tokens)."""
+    beta, gamma = pair
+    rows = torch.arange(beta.shape[0], device=beta.device)
+    if task.metric_name == "log_prob":
+        pos = task.score_positions.to(beta.device)
+        beta, gamma = beta[:, pos], gamma[:, pos]
+    else:
+        pos = task.answer_positions.to(beta.device)[examples]
+        beta, gamma = beta[rows, pos][:, None], gamma[rows, pos][:, None]
+    beta, gamma = R.norm((beta, gamma), w, w.lnf_w, w.lnf_b, rules)
+    if task.metric_name != "logit_diff":
+        return R.linear((beta, gamma), w.W_U, w.b_U, rules)
+    ids = torch.stack([task.correct, task.incorrect], -1).to(beta.device)[examples]  # [R, 2]
+    W = w.W_U.T[ids].transpose(1, 2)  # [R, d, 2]
+    return R.add_bias(beta @ W, gamma @ W, w.b_U[ids][:, None, :], rules)
+
+
+def _walk(w: Weights, task: Task, cache: CleanCache, start: Node, beta0: torch.Tensor, examples: torch.Tensor,
+          targets: list[Node], rules: R.Rules, probe: Probe | None):
+    """Walk one chunk of rows from ``start``'s place; returns (metric parts, {target index: (|beta|, |gamma|) [R]})."""
+    ex = examples
+    rot = w.rotary(cache.tokens.shape[1])
+    group = w.n_heads // w.n_kv
+    found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    note = probe or (lambda name, b, g: None)
+
+    def record(i: int, t: Node, pair: R.Pair) -> None:
+        b, g = pair
+        if t.positions is not None:
+            pos = torch.tensor(t.positions, device=b.device)
+            b, g = b[:, pos], g[:, pos]
+        found[i] = (b.abs().flatten(1).mean(1), g.abs().flatten(1).mean(1))
+
+    first = 0 if start.kind == "emb" else start.layer
+    if start.kind == "emb":
+        resid = (beta0, cache.embed[ex] - beta0)
+    else:
+        clean = (cache.resid_pre if start.kind == "head" else cache.resid_mid)[first][ex]
+        resid = (torch.zeros_like(clean), clean)
+    for layer in range(first, w.n_layers):
+        at_start = layer == first and start.kind != "emb"
+        if not (at_start and start.kind == "mlp"):
+            if at_start:
+                z = (beta0, cache.z[layer][ex] - beta0)
+            else:
+                note(f"blocks.{layer}.hook_resid_pre", *resid)
+                h = R.norm(resid, w, w.ln1_w[layer], w.ln1_b[layer], rules)
+                q = R.linear(h, w.W_Q[layer], w.b_Q[layer], rules, "rtd,hde->rthe")
+                k = R.linear(h, w.W_K[layer], w.b_K[layer], rules, "rtd,hde->rthe")
+                v = R.linear(h, w.W_V[layer], w.b_V[layer], rules, "rtd,hde->rthe")
+                if rot is not None:
+                    q = (rotate(q[0], *rot), rotate(q[1], *rot))
+                    k = (rotate(k[0], *rot), rotate(k[1], *rot))
+                z = R.attention(q, k, v, group, rules)
+            note(f"blocks.{layer}.attn.hook_z", *z)
+            for i, t in enumerate(targets):
+                if t.kind == "head" and t.layer == layer:
+                    W_O = w.W_O[layer, t.head]
+                    record(i, t, (z[0][:, :, t.head] @ W_O, z[1][:, :, t.head] @ W_O))
+            out = R.linear(z, w.W_O[layer], w.b_O[layer], rules, "rthe,hed->rtd")
+            resid = R.sign_rule((resid[0] + out[0], resid[1] + out[1]), rules)
+            note(f"blocks.{layer}.hook_resid_mid", *resid)
+        if at_start and start.kind == "mlp":
+            mlp = (beta0, cache.mlp_out[layer][ex] - beta0)
+        else:
+            h = R.norm(resid, w, w.ln2_w[layer], w.ln2_b[layer], rules)
+            up = R.linear(h, w.W_in[layer], w.b_in[layer], rules)
+            if w.gated:
+                gate = R.nonlinear(R.linear(h, w.W_gate[layer], None, rules), w.act)
+                post = R.gated_product(up, gate)
+            else:
+                post = R.nonlinear(up, w.act)
+            note(f"blocks.{layer}.mlp.hook_post", *post)
+            mlp = R.sign_rule(R.linear(post, w.W_out[layer], w.b_out[layer], rules), rules)
+        note(f"blocks.{layer}.hook_mlp_out", *mlp)
+        for i, t in enumerate(targets):
+            if t.kind == "mlp" and t.layer == layer:
+                record(i, t, mlp)
+        resid = R.sign_rule((resid[0] + mlp[0], resid[1] + mlp[1]), rules)
+        note(f"blocks.{layer}.hook_resid_post", *resid)
+    logits = _readout(w, task, resid, ex, rules)
+    note("logits", *logits)
+    return logits, found
+
+
+def _source_mask(node: Node, w: Weights, T: int, device) -> torch.Tensor:
+    """Where the source sits in its activation: [T, H] for heads, [T] otherwise (bool)."""
+    pos = torch.zeros(T, dtype=torch.bool, device=device)
+    pos[list(node.positions) if node.positions is not None else slice(None)] = True
+    if node.kind != "head":
+        return pos
+    heads = torch.zeros(w.n_heads, dtype=torch.bool, device=device)
+    heads[node.head] = True
+    return pos[:, None] & heads[None, :]
+
+
+@torch.no_grad()
+def decompose(w: Weights, task: Task, cache: CleanCache, means: Means, sources: list[Node], *,
+              targets: list[Node] = (), rules: R.Rules = R.Rules(), chunk_rows: int = 256,
+              probe: Probe | None = None, progress: bool = False) -> Decomposition:
+    """Decompose every source through the model; see :class:`Decomposition` for what comes back.
+
+    ``cache`` is :func:`clean_forward` of ``task.clean_tokens``, ``means`` from :func:`reference_means`. Sources are
+    grouped by where they start and walked ``max(1, chunk_rows // B)`` sources at a time. ``probe(name, beta, gamma)``
+    (optional) sees every recorded node (``blocks.L.hook_resid_pre``, ``blocks.L.attn.hook_z``, ``blocks.L.hook_resid_mid``,
+    ``blocks.L.mlp.hook_post``, ``blocks.L.hook_mlp_out``, ``blocks.L.hook_resid_post``, ``logits``) with rows
+    ``source x example``.
+    """
+    from tqdm.auto import tqdm
+
+    B, T = cache.tokens.shape
+    device = cache.embed.device
+    S, n_t = len(sources), len(targets)
+    metric_beta = torch.zeros(S, B, dtype=w.W_E.dtype, device=device)
+    t_beta = torch.full((S, n_t), float("nan"), dtype=w.W_E.dtype, device=device)
+    t_gamma = t_beta.clone()
+    per_chunk = max(1, chunk_rows // B)
+    order = sorted(range(S), key=lambda i: sources[i].order)
+    chunks: list[list[int]] = []
+    for i in order:
+        if chunks and len(chunks[-1]) < per_chunk and sources[chunks[-1][0]].order == sources[i].order:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    metric_total = None
+    for chunk in tqdm(chunks, desc="CD-T", disable=not progress, leave=False):
+        start = sources[chunk[0]]
+        if start.kind == "emb":
+            delta = cache.embed - means.embed  # [B, T, d]
+        elif start.kind == "head":
+            delta = cache.z[start.layer] - means.z[start.layer]  # [B, T, H, dh]
+        else:
+            delta = cache.mlp_out[start.layer] - means.mlp_out[start.layer]
+        masks = torch.stack([_source_mask(sources[i], w, T, device) for i in chunk])  # [s, T(, H)]
+        beta0 = (masks[:, None, ..., None].to(delta.dtype) * delta[None]).flatten(0, 1)  # [s*B, ...]
+        examples = torch.arange(B, device=device).repeat(len(chunk))
+        logits, found = _walk(w, task, cache, start, beta0, examples, targets, rules, probe)
+        total = _metric(task, logits[0] + logits[1], examples)
+        part = total - _metric(task, logits[1], examples)
+        metric_beta[chunk] = part.view(len(chunk), B)
+        metric_total = total.view(len(chunk), B)[0]
+        for j, (b, g) in found.items():
+            if targets[j].order > start.order:
+                t_beta[chunk, j] = b.view(len(chunk), B).mean(1)
+                t_gamma[chunk, j] = g.view(len(chunk), B).mean(1)
+    return Decomposition(metric_beta, metric_total, t_beta, t_gamma)

@@ -1,0 +1,135 @@
+"""Circuit discovery with CD-T: rank against the output, then against the nodes found, down to layer 0; union; prune.
+
+Candidates are each head at each position (optionally each MLP at each position). Rounds walk down the model one
+stage at a time (the last layer's MLP, its heads, the MLP before, ... down to layer 0's heads):
+
+1. Round 0 (the last stage): its candidates are scored against the task's metric (the beta part of the metric); the
+   ``top_k`` by absolute score are kept.
+2. Each later round scores its stage's candidates in one batched pass against the output and against every node kept
+   so far (``mean|beta_t| / (mean|beta_t| + mean|gamma_t|)``, averaged over those targets); the ``top_k`` by each
+   ranking are kept (the union of the two), so that a node reached only through later nodes (a previous-token head
+   feeding an induction head's keys) is found as well as one acting on the output directly.
+3. The union is pruned greedily: nodes are tried weakest first (score relative to the strongest of its round) and
+   removed whenever the faithfulness ``F = (m(C) - m(empty)) / (m(M) - m(empty))`` (everything outside the circuit
+   mean-ablated, :func:`circuits.patching.faithfulness`) stays at or above ``faithfulness_bound``.
+
+The returned :class:`~circuits.graph.Circuit` holds the kept nodes with their ``score`` (the beta part of the metric),
+``relevance_to_found`` (in [0, 1]), ``round`` and ``relative`` (the larger of the two scores relative to the round's
+best) attributes; edges go from each node to ``logit`` (weight = its score) and to the later kept nodes it is relevant
+to (weight = that relevance); ``metadata["faithfulness"]`` holds F.
+
+Counting: on per-position candidates a "node" is one head at one position, so a budget such as "a quarter of the heads"
+is counted over (head, position) pairs: ``n_layers * n_heads * seq_len`` candidates.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from circuits.cdt.nodes import CDTInputError, Node
+from circuits.cdt.scores import decompose_sources, head_nodes, prepare
+from circuits.graph import Circuit
+from workbench.data.task_base import Task
+
+__all__ = ["candidates", "discover", "prune"]
+
+
+def candidates(n_layers: int, n_heads: int, seq_len: int, *, per_position: bool = True,
+               include_mlps: bool = False) -> list[Node]:
+    """The nodes discovery ranks: every head (and MLP) at every position (or whole, without ``per_position``)."""
+    nodes = head_nodes(n_layers, n_heads, seq_len, per_position=per_position)
+    if include_mlps:
+        nodes += [Node("mlp", layer, None, (p,) if per_position else None)
+                  for layer in range(n_layers) for p in (range(seq_len) if per_position else [None])]
+    return sorted(nodes, key=lambda n: (n.order, n.head or 0, n.positions or ()))
+
+
+def prune(model, task: Task, circuit: Circuit, *, faithfulness_bound: float, ablation: str = "mean",
+          progress: bool = False) -> tuple[Circuit, float]:
+    """Greedy pruning of head/MLP nodes, weakest ``relative`` score first, while F stays >= ``faithfulness_bound``.
+
+    Returns the pruned circuit and its faithfulness (computed by :func:`circuits.patching.faithfulness_many`).
+    """
+    from circuits.patching import faithfulness_many, references
+
+    refs = references(model, task, ablation)
+    g = circuit.graph.copy()
+    (f_now,), _, _ = faithfulness_many(model, task, [list(g.nodes)], ablation=ablation, refs=refs)
+    f_now = float(f_now)
+    order = sorted((n for n, d in g.nodes(data=True) if d.get("kind") in ("head", "mlp")),
+                   key=lambda n: g.nodes[n].get("relative") or 0.0)
+    for node in tqdm(order, desc="pruning", disable=not progress, leave=False):
+        trial = [n for n in g.nodes if n != node]
+        (f_trial,), _, _ = faithfulness_many(model, task, [trial], ablation=ablation, refs=refs)
+        if float(f_trial) >= faithfulness_bound:
+            g.remove_node(node)
+            f_now = float(f_trial)
+    out = Circuit(circuit.name, dict(circuit.metadata))
+    out.graph = g
+    return out, f_now
+
+
+def discover(model, task: Task, *, top_k: int = 20, faithfulness_bound: float = 0.8, per_position: bool = True,
+             include_mlps: bool = False, ablation: str = "mean", do_prune: bool = True, chunk_rows: int = 256,
+             dtype: torch.dtype | None = None, progress: bool = False, **rule_options) -> Circuit:
+    """The CD-T circuit of ``task`` (see the module docstring); ``metadata["faithfulness"]`` holds its F.
+
+    top_k: nodes kept per round. faithfulness_bound: pruning keeps F at or above it. rule_options: see
+    :class:`circuits.cdt.rules.Rules`. Also in the metadata: the faithfulness before pruning, the candidate count,
+    the rounds' sizes and the rule options.
+    """
+    if not isinstance(top_k, int) or top_k < 1:
+        raise CDTInputError(f"top_k must be a positive integer, got {top_k!r}")
+    if not 0 < faithfulness_bound <= 1:
+        raise CDTInputError(f"faithfulness_bound must be in (0, 1], got {faithfulness_bound!r}")
+    ctx = prepare(model, task, ablation=ablation, dtype=dtype)
+    w = ctx.weights
+    pool = candidates(w.n_layers, w.n_heads, task.seq_len, per_position=per_position, include_mlps=include_mlps)
+    circuit = Circuit(f"CD-T: {task.name}", {
+        "method": "cdt", "task": task.name, "ablation": ablation, "top_k": top_k, "per_position": per_position,
+        "include_mlps": include_mlps, "faithfulness_bound": faithfulness_bound, "n_candidates": len(pool),
+    })
+    circuit.add_node("logit", kind="logit")
+    found: list[Node] = []
+    rounds: list[int] = []
+    rules = {}
+    stages = sorted({n.order for n in pool}, reverse=True)
+    for round_, stage in enumerate(stages):
+        sources = [n for n in pool if n.order == stage]
+        scores = decompose_sources(ctx, sources=sources, targets=["logit", *found], strict_order=False,
+                                   chunk_rows=chunk_rows, progress=progress, **rule_options)
+        rules = scores.rules
+        to_output = scores.metric
+        to_found = scores.relevance() if found else torch.zeros_like(to_output)
+        by_output = torch.argsort(to_output.abs(), descending=True)[:top_k].tolist()
+        by_found = torch.argsort(to_found, descending=True)[:top_k].tolist() if found else []
+        top_o = float(to_output.abs().max()) or 1.0
+        top_f = float(to_found.max()) or 1.0
+        kept = []
+        for i in dict.fromkeys(by_output + by_found):
+            node = sources[i]
+            kept.append(node)
+            relative = max(float(to_output[i].abs()) / top_o, float(to_found[i]) / top_f)
+            circuit.add_node(node.id, score=float(to_output[i]), relevance_to_found=float(to_found[i]),
+                             round=round_, relative=relative)
+            circuit.add_edge(node.id, "logit", float(to_output[i]))
+            for j, t in enumerate(found):
+                r = scores.target_relevance[i, j]
+                if not torch.isnan(r) and float(r) > 0:
+                    circuit.add_edge(node.id, t.id, float(r))
+        found += kept
+        rounds.append(len(kept))
+    from circuits.patching import faithfulness
+
+    f_before = faithfulness(model, task, circuit, ablation=ablation)
+    circuit.metadata.update({"rules": rules, "rounds": rounds, "faithfulness_before_pruning": f_before,
+                             "n_found": len(found)})
+    f_after = f_before
+    if do_prune:
+        circuit, f_after = prune(model, task, circuit, faithfulness_bound=faithfulness_bound, ablation=ablation,
+                                 progress=progress)
+    n_nodes = sum(1 for _, d in circuit.graph.nodes(data=True) if d.get("kind") in ("head", "mlp"))
+    circuit.metadata.update({"faithfulness": f_after, "n_nodes": n_nodes})
+    circuit.graph.graph["faithfulness"] = f_after
+    return circuit

@@ -1,0 +1,172 @@
+"""The CD-T propagation rules: each maps a decomposition ``(beta, gamma)`` of a layer's input to one of its output.
+
+Every rule keeps ``beta + gamma`` equal to what the layer computes from ``beta + gamma`` (the clean activation when the
+input was clean): this is the completeness identity the tests check in float64.
+
+Options (:class:`Rules`), each with the published behaviour available (``Rules.published()``). The defaults are this
+project's choice: no sign rule and the ``"ablated"`` attention rule, because on ``toy/induction-2l`` the published rules miss
+the previous-token heads, which act through keys (K-composition) rather than values, and their head rankings disagree with
+activation patching; the defaults agree with it (see ``case_studies/cdt_induction.md``).
+
+- ``sign_rule``: after MLPs and residual additions, where ``beta`` and ``gamma`` have opposite signs the sum goes to the
+  part of larger magnitude (published: on; default off).
+- ``attention``: ``"own"`` (published; default ``"ablated"``): ``A_beta = softmax(Q_beta K_beta^T / sqrt(dh) + mask)``, ``context_beta =
+  A_beta V_beta`` and ``context_gamma = A V - context_beta``; ``"total"``: the pattern ``A`` of the total is held fixed and
+  ``context_beta = A V_beta``; ``"ablated"`` (this project's addition): the attention block as one nonlinearity,
+  ``context_gamma = softmax(Q_gamma K_gamma^T) V_gamma`` and ``context_beta = A V - context_gamma``, which lets a source
+  act through queries and keys (K- and Q-composition), not only through values.
+- ``bias_split``: ``"proportional"`` (published): a bias ``b`` of ``W x + b`` is shared in proportion to ``|W beta|`` and
+  ``|W gamma|``; ``"gamma"``: biases stay irrelevant.
+- ``norm_eps``: the epsilon of LayerNorm/RMSNorm (None: the model's own). Any other value changes the model too, so the
+  totals then equal the activations of the model with that epsilon.
+
+Departure from METHODS.md (section 2): the published bias share ``b |W beta| / (|W beta| + |W gamma| + eps)`` loses a little
+of ``b`` through ``eps``; here beta gets ``b s`` and gamma ``b (1 - s)`` with ``s = |W beta| / (|W beta| + |W gamma|)``
+(``s = 0`` where both vanish), so the bias is shared exactly and completeness holds to float error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from circuits.cdt.weights import Weights, activation
+
+__all__ = ["Rules", "add_bias", "attention", "gated_product", "linear", "nonlinear", "norm", "sign_rule"]
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+ATTENTION_RULES = ("own", "total", "ablated")
+BIAS_SPLITS = ("proportional", "gamma")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The options of the decomposition (see the module docstring)."""
+
+    sign_rule: bool = False
+    attention: str = "ablated"
+    bias_split: str = "proportional"
+    norm_eps: float | None = None
+
+    @classmethod
+    def published(cls) -> Rules:
+        """The published CD-T behaviour: sign rule on, own-pattern attention, proportional bias split."""
+        return cls(sign_rule=True, attention="own", bias_split="proportional")
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_RULES:
+            raise ValueError(f"attention rule must be one of {ATTENTION_RULES}, got {self.attention!r}")
+        if self.bias_split not in BIAS_SPLITS:
+            raise ValueError(f"bias_split must be one of {BIAS_SPLITS}, got {self.bias_split!r}")
+        if self.norm_eps is not None and not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+            raise ValueError(f"norm_eps must be a positive number or None, got {self.norm_eps!r}")
+
+    @classmethod
+    def from_options(cls, **options) -> Rules:
+        """Rules from keyword options; an unknown option raises TypeError naming the known ones."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown CD-T rule option(s) {', '.join(unknown)}; options: {', '.join(sorted(known))}")
+        return cls(**options)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def add_bias(beta: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor, rules: Rules) -> Pair:
+    """Add ``bias`` (broadcast over the last dims) to the pair, shared as ``rules.bias_split`` says."""
+    if rules.bias_split == "gamma" or not bool(bias.any()):
+        return beta, gamma + bias
+    a, c = beta.abs(), gamma.abs()
+    total = a + c
+    share = torch.where(total > 0, a / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
+    return beta + bias * share, gamma + bias * (1 - share)
+
+
+def linear(pair: Pair, weight: torch.Tensor, bias: torch.Tensor | None, rules: Rules, equation: str | None = None) -> Pair:
+    """``W x + b`` on each part: ``x @ weight`` (or ``einsum(equation, x, weight)``), then the bias shared by magnitude."""
+    beta, gamma = pair
+    if equation is None:
+        beta, gamma = beta @ weight, gamma @ weight
+    else:
+        beta, gamma = torch.einsum(equation, beta, weight), torch.einsum(equation, gamma, weight)
+    if bias is None:
+        return beta, gamma
+    return add_bias(beta, gamma, bias, rules)
+
+
+def norm(pair: Pair, w: Weights, weight: torch.Tensor, bias: torch.Tensor, rules: Rules) -> Pair:
+    """LayerNorm/RMSNorm: statistics from the total; each part centred (LayerNorm) and scaled by them, then ``* weight``
+    and (LayerNorm) the bias shared by magnitude."""
+    beta, gamma = pair
+    x = beta + gamma
+    eps = w.eps if rules.norm_eps is None else float(rules.norm_eps)
+    if w.rms:
+        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        return beta * scale * weight, gamma * scale * weight
+    centred = x - x.mean(-1, keepdim=True)
+    scale = torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)
+    beta = (beta - beta.mean(-1, keepdim=True)) * scale * weight
+    gamma = (gamma - gamma.mean(-1, keepdim=True)) * scale * weight
+    return add_bias(beta, gamma, bias, rules)
+
+
+def nonlinear(pair: Pair, kind: str) -> Pair:
+    """Elementwise nonlinearity ``s``: ``gamma' = s(gamma)``, ``beta' = s(beta + gamma) - s(gamma)``."""
+    beta, gamma = pair
+    g = activation(kind, gamma)
+    return activation(kind, beta + gamma) - g, g
+
+
+def gated_product(up: Pair, gate: Pair) -> Pair:
+    """``u * g`` of a gated MLP: ``gamma' = u_gamma g_gamma``, ``beta' = u g - u_gamma g_gamma``."""
+    g = up[1] * gate[1]
+    return (up[0] + up[1]) * (gate[0] + gate[1]) - g, g
+
+
+def sign_rule(pair: Pair, rules: Rules) -> Pair:
+    """Where the parts have opposite signs, the sum goes to the one of larger magnitude (only when ``rules.sign_rule``)."""
+    if not rules.sign_rule:
+        return pair
+    beta, gamma = pair
+    total = beta + gamma
+    opposite = (beta * gamma) < 0
+    to_beta = beta.abs() > gamma.abs()
+    beta = torch.where(opposite, torch.where(to_beta, total, 0.0), beta)
+    return beta, total - beta
+
+
+def _pattern(q: torch.Tensor, k: torch.Tensor, group: int) -> torch.Tensor:
+    """Causal softmax pattern [R, H, Tq, Tk] from q [R, T, H, dh] and k [R, T, KV, dh]."""
+    k = k.repeat_interleave(group, dim=-2)
+    scores = torch.einsum("rqhe,rkhe->rhqk", q, k) / math.sqrt(q.shape[-1])
+    T = q.shape[1]
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    return scores.masked_fill(mask, float("-inf")).softmax(-1)
+
+
+def attention(q: Pair, k: Pair, v: Pair, group: int, rules: Rules) -> Pair:
+    """Attention of rotated ``q`` [R, T, H, dh], ``k``, ``v`` [R, T, KV, dh] pairs -> context pair [R, T, H, dh].
+
+    ``rules.attention == "own"``: ``context_beta = softmax(Q_beta K_beta^T) V_beta``, ``context_gamma = A V - context_beta``;
+    ``"total"``: ``context_beta = A V_beta``, ``context_gamma = A V_gamma``; ``"ablated"``: ``context_gamma =
+    softmax(Q_gamma K_gamma^T) V_gamma``, ``context_beta = A V - context_gamma``; ``A`` the pattern of the totals.
+    """
+    total_q, total_k = q[0] + q[1], k[0] + k[1]
+    A = _pattern(total_q, total_k, group)
+    v_beta = v[0].repeat_interleave(group, dim=-2)
+    if rules.attention == "total":
+        v_gamma = v[1].repeat_interleave(group, dim=-2)
+        return torch.einsum("rhqk,rkhe->rqhe", A, v_beta), torch.einsum("rhqk,rkhe->rqhe", A, v_gamma)
+    v_total = (v[0] + v[1]).repeat_interleave(group, dim=-2)
+    context = torch.einsum("rhqk,rkhe->rqhe", A, v_total)
+    if rules.attention == "ablated":
+        A_gamma = _pattern(q[1], k[1], group)
+        gamma = torch.einsum("rhqk,rkhe->rqhe", A_gamma, v[1].repeat_interleave(group, dim=-2))
+        return context - gamma, gamma
+    A_beta = _pattern(q[0], k[0], group)
+    beta = torch.einsum("rhqk,rkhe->rqhe", A_beta, v_beta)
+    return beta, context - beta
