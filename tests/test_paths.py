@@ -207,3 +207,18 @@ def test_figures(tiny_llama):
     for fig in [length_profile_figure(result.lengths), loss_by_length_figure(result.lengths),
                 direct_figure(result.direct), lesion_figure(result.lesion_single, result.lesion_random)]:
         assert len(fig.data) >= 1
+
+
+def test_task_metric_by_length(tiny_llama):
+    from workbench.data import make_task
+
+    task = make_task("induction", tiny_llama.tokenizer, n=2)
+    result = analyse_paths(tiny_llama, task=task, lesion_draws=0, top=3)
+    clean = tiny_llama(task.clean_tokens)
+    lengths = result.lengths
+    assert lengths["cumulative_metric"].iloc[-1] == pytest.approx(float(task.metric(clean).mean()), abs=1e-4)
+    rows = torch.arange(2)
+    diff = clean[rows, task.answer_positions, task.correct] - clean[rows, task.answer_positions, task.incorrect]
+    assert lengths["target"].sum() == pytest.approx(float(diff.mean()), abs=1e-5)
+    with pytest.raises(PathInputError, match="either a prompt or a task"):
+        analyse_paths(tiny_llama, TOKENS, task=task)

@@ -6,7 +6,8 @@ weights, and runs the lesion studies. :func:`save_paths_run` writes it as one ru
 
 - table ``lengths``: length (label), n_paths (``C(n, k)``), target (contribution to the target), target_per_path,
   cumulative_target, logit_norm (mean centred logit-vector norm), share (|target| share), norm_share (effective
-  path-length distribution), cumulative_loss (loss with the paths up to that length), loss_delta, weight (fitted);
+  path-length distribution), cumulative_loss (loss with the paths up to that length), loss_delta, weight (fitted),
+  and for a task cumulative_metric (the task's metric with the paths up to that length);
 - table ``direct``: component, kind, layer, head, score; table ``top_paths``: rank, path, source, length, score,
   virtual_heads; json ``circuit``: the top paths as a :class:`~circuits.graph.Circuit`;
 - tables ``lesion_single`` (sublayer, name, kind, layer, loss, delta, frozen_loss) and ``lesion_random`` (k, draw,
@@ -94,6 +95,8 @@ def analyse_paths(
     dec = decompose(frozen, max_length=max_length, dtype=dtype, progress=progress)
     fit = fit_length_weights([dec], l2=1e-3)
     lengths = _lengths_table(dec, target, fit.weights)
+    if task is not None:  # the task's own metric with the paths up to each length (exact also when non-linear)
+        lengths["cumulative_metric"] = dec.cumulative_metric(task.metric).double().cpu().numpy()
     direct = direct_attribution(frozen, target)
     found = top_paths(frozen, target, max_length=min(search_length, frozen.n), beam=beam, top=top, progress=progress)
     paths_df = pd.DataFrame([{"rank": r + 1, "path": p.label(), "source": p.source, "length": p.length, "score": p.score,
@@ -108,6 +111,7 @@ def analyse_paths(
         "n_sublayers": frozen.n, "n_tokens": int(tokens.numel()), "completeness_error": dec.completeness_error(),
         "clean_loss": clean_loss, "target": float(target.score_logits(frozen.clean_logits)),
         "target_token": target_tokens[0] if task is None else None,
+        "target_kind": "logit of the top prediction" if task is None else "logit difference correct - incorrect",
         "effective_length": float((torch.tensor(lengths["norm_share"].to_numpy()) * mid).sum()),
         "direct_share": float(lengths["share"].iloc[1]) if len(lengths) > 1 else None,
         "reweighted_loss": fit.fit_loss, "top_path": found[0].label() if found else None,

@@ -133,6 +133,16 @@ class PathDecomposition:
             out.append(next_token_loss(cum, tokens))
         return torch.stack(out)
 
+    def cumulative_metric(self, metric: Any) -> torch.Tensor:
+        """``metric`` (logits [batch, pos, vocab] -> number or [batch]) of the logits of the paths up to each length,
+        e.g. a task's metric (mean over the batch): [K]. The last entry is the clean run's value."""
+        cum = torch.zeros_like(self.frozen.clean_logits)
+        out = []
+        for k in range(len(self.counts)):
+            cum = cum + self.logits(k).to(cum)
+            out.append(torch.as_tensor(metric(cum)).float().mean())
+        return torch.stack(out)
+
     def reweighted_loss(self, weights: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token loss with part ``k`` scaled by ``weights[k]`` (weights [K]; differentiable)."""
         tokens = self.frozen.tokens if tokens is None else tokens
