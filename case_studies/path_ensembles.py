@@ -8,7 +8,7 @@ on text; members not built are skipped and named in the report), on windows of t
 - the next-token loss with only the paths up to each length, and the length from which it stays within 0.1 nats of
   the clean loss;
 - per-length ensemble weights fitted on half of the windows, evaluated on the other half;
-- one full ``paths`` run per model (top paths, direct attribution, lesion curves with two draws per k, at most 16
+- one full ``paths`` run per model (top paths, direct attribution, lesion curves with two draws per k, at most 9
   values of k), stored.
 
 Writes ``path_ensembles.md`` next to this script and a ``case-path-ensembles`` run with the tables.
@@ -51,7 +51,7 @@ def _settle(losses: list[float], tol: float = 0.1) -> int:
 
 
 def profile(spec: str, n_windows: int, seq: int, store: Store, progress: bool,
-            lesion_ks: int = 16) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+            lesion_ks: int = 8) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Profile one model: (summary row, per-length table, lesion curve)."""
     model = load_model(spec, device="cpu")
     windows = _windows(model, n_windows, seq)
