@@ -55,18 +55,19 @@ def profile(spec: str, n_windows: int, seq: int, store: Store, progress: bool,
     """Profile one model: (summary row, per-length table, lesion curve)."""
     model = load_model(spec, device="cpu")
     windows = _windows(model, n_windows, seq)
-    decs, errors = [], []
+    decs, errors, stats = [], [], []
     for row in windows:
         dec = decompose(freeze(model, row[None]), dtype=torch.float64)
-        errors.append(dec.completeness_error())
+        stats.append(dec.length_stats())
+        errors.append(stats[-1]["completeness_error"])
         dec.frozen = replace(dec.frozen, sublayers=[], clean_outputs=[])  # the readout is all that is needed from here
         decs.append(dec)
     n = decs[0].parts.shape[0] - 1
-    norms = torch.stack([d.logit_norms() for d in decs]).mean(0)
+    norms = torch.stack([st["logit_norm"] for st in stats]).mean(0)
     share = norms / norms.sum()
-    losses = torch.stack([d.cumulative_losses() for d in decs]).mean(0)
+    losses = torch.stack([st["cumulative_loss"] for st in stats]).mean(0)
     half = max(1, len(decs) // 2)
-    fit = fit_length_weights(decs[:half], l2=1e-3)
+    fit = fit_length_weights(decs[:half], steps=25, l2=1e-3)
     held = decs[half:] or decs
     held_clean = float(mean_loss(held, torch.ones(n + 1, dtype=torch.float64)))
     held_fit = float(mean_loss(held, fit.weights))

@@ -165,6 +165,9 @@ def test_lesions(tiny_gpt2):
 def test_reweighting_recovers_and_improves(tiny_llama):
     dec = decompose(freeze(tiny_llama, TOKENS))
     assert float(dec.reweighted_loss(torch.ones(5))) == pytest.approx(float(dec.cumulative_losses()[-1]), abs=1e-5)
+    stats = dec.length_stats()
+    assert torch.allclose(stats["logit_norm"], dec.logit_norms()) and stats["completeness_error"] < 1e-4
+    assert torch.allclose(stats["cumulative_loss"], dec.cumulative_losses())
     fit = fit_length_weights([dec], steps=20)
     assert fit.fit_clean == pytest.approx(float(dec.cumulative_losses()[-1]), abs=1e-5)
     assert fit.fit_loss <= fit.fit_clean + 1e-9 and fit.weights.shape == (5,)

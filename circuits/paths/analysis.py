@@ -47,10 +47,10 @@ class PathsResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _lengths_table(dec: Any, target: LogitTarget, weights: torch.Tensor) -> pd.DataFrame:
+def _lengths_table(dec: Any, target: LogitTarget, weights: torch.Tensor, stats: dict[str, Any]) -> pd.DataFrame:
     tc = dec.target_contributions(target).double().cpu()
-    norms = dec.logit_norms().double().cpu()
-    losses = dec.cumulative_losses().double().cpu()
+    norms = stats["logit_norm"].double().cpu()
+    losses = stats["cumulative_loss"].double().cpu()
     counts = torch.tensor(dec.counts, dtype=torch.float64)
     return pd.DataFrame({
         "length": dec.labels, "n_paths": dec.counts, "target": tc.numpy(),
@@ -93,8 +93,9 @@ def analyse_paths(
     frozen = freeze(model, tokens)
     target = LogitTarget.from_task(task) if task is not None else LogitTarget.top_prediction(frozen.clean_logits)
     dec = decompose(frozen, max_length=max_length, dtype=dtype, progress=progress)
-    fit = fit_length_weights([dec], l2=1e-3)
-    lengths = _lengths_table(dec, target, fit.weights)
+    fit = fit_length_weights([dec], steps=25, l2=1e-3)
+    stats = dec.length_stats()
+    lengths = _lengths_table(dec, target, fit.weights, stats)
     if task is not None:  # the task's own metric with the paths up to each length (exact also when non-linear)
         lengths["cumulative_metric"] = dec.cumulative_metric(task.metric).double().cpu().numpy()
     direct = direct_attribution(frozen, target)
@@ -108,7 +109,7 @@ def analyse_paths(
     clean_loss = float(lengths["cumulative_loss"].iloc[-1])
     mid = torch.arange(len(dec.counts), dtype=torch.float64)
     summary: dict[str, Any] = {
-        "n_sublayers": frozen.n, "n_tokens": int(tokens.numel()), "completeness_error": dec.completeness_error(),
+        "n_sublayers": frozen.n, "n_tokens": int(tokens.numel()), "completeness_error": stats["completeness_error"],
         "clean_loss": clean_loss, "target": float(target.score_logits(frozen.clean_logits)),
         "target_token": target_tokens[0] if task is None else None,
         "target_kind": "logit of the top prediction" if task is None else "logit difference correct - incorrect",

@@ -133,6 +133,21 @@ class PathDecomposition:
             out.append(next_token_loss(cum, tokens))
         return torch.stack(out)
 
+    def length_stats(self) -> dict[str, Any]:
+        """One pass over the lengths (each ``c_k`` computed once): ``logit_norm`` [K] (as :meth:`logit_norms`),
+        ``cumulative_loss`` [K] (as :meth:`cumulative_losses`) and ``completeness_error`` (as
+        :meth:`completeness_error`)."""
+        cum = torch.zeros_like(self.frozen.clean_logits, dtype=self.parts.dtype)
+        norms, losses = [], []
+        for k in range(len(self.counts)):
+            c = self.logits(k)
+            norms.append((c - c.mean(-1, keepdim=True)).norm(dim=-1).mean())
+            cum = cum + c
+            losses.append(next_token_loss(cum, self.frozen.tokens))
+        clean = self.frozen.clean_logits.to(cum)
+        error = float((cum - clean).abs().max() / clean.abs().max())
+        return {"logit_norm": torch.stack(norms), "cumulative_loss": torch.stack(losses), "completeness_error": error}
+
     def cumulative_metric(self, metric: Any) -> torch.Tensor:
         """``metric`` (logits [batch, pos, vocab] -> number or [batch]) of the logits of the paths up to each length,
         e.g. a task's metric (mean over the batch): [K]. The last entry is the clean run's value."""
