@@ -31,8 +31,20 @@ def summarise(stats: pd.DataFrame, configs: dict[str, dict], target: str) -> dic
     ``configs`` maps each member to its config (``d_model, n_layers, n_heads, d_mlp``). Returns a dict with the
     tables ``statistics``, ``fits``, ``predictor`` (None with fewer than three members), ``summary`` and ``configs``.
     """
-    members = list(configs)
     fits = pd.concat([fit_table(stats, s) for s in STATISTICS], ignore_index=True)
+    return _finish(stats, fits, configs, target)
+
+
+def combine(results: list[dict[str, Any]], target: str) -> dict[str, Any]:
+    """Several :func:`summarise` results (e.g. one per member) as one, with the predictor across all their members."""
+    stats = pd.concat([r["statistics"] for r in results], ignore_index=True)
+    fits = pd.concat([r["fits"] for r in results], ignore_index=True)
+    configs = {k: v for r in results for k, v in r["configs"].items()}
+    return _finish(stats, fits, configs, target)
+
+
+def _finish(stats: pd.DataFrame, fits: pd.DataFrame, configs: dict[str, dict], target: str) -> dict[str, Any]:
+    members = list(configs)
     predictor = None
     if len(members) >= MIN_MEMBERS:
         predictor = predictor_scores(fits[fits["statistic"] == "massive_ratio"].reset_index(drop=True), configs)

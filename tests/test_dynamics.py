@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,6 +20,7 @@ from probes.dynamics_fit import TooFewCheckpointsError, dynamics_curve, fit_dyna
 from probes.dynamics_predict import FEATURES, layer_features, predictor_scores
 from probes.dynamics_run import run_dynamics
 from workbench import zoo
+from workbench.cli import main
 from workbench.models import load_model
 from workbench.store import Store
 from workbench.train import CHECKPOINTS, step_dir
@@ -130,17 +133,23 @@ def test_statistics_match_the_bridge_hooks(tiny_family):
     assert not torch.isnan(torch.tensor(stats["massive_ratio"].to_numpy())).any()
 
 
-def test_dynamics_run_is_stored_and_short_members_are_refused(tiny_family, tmp_path):
+def test_dynamics_run_is_stored_and_short_members_are_refused(tiny_family, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    assert main(["dynamics", "dyn-gpt", "--sequences", "3", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert payload["run"]["kind"] == "dynamics" and payload["summary"]["members"] == ["dyn-gpt"]
     store = Store(tmp_path / "runs")
-    info = run_dynamics("dyn-gpt", store, n_sequences=3, progress=False)
-    run = store.load("dynamics", info.run_id)
+    run = store.load("dynamics", payload["run"]["run_id"])
     fits = run.table("fits")
     assert set(fits["statistic"]) == {"massive_ratio", "mlp_active"} and len(fits) == 4
-    assert np.isfinite(fits["r2"]).all() and run.summary["members"] == ["dyn-gpt"]
+    assert np.isfinite(fits["r2"]).all() and fits["r2"].max() <= 1.0
     assert "predictor" not in run.names() and "skipped" in run.summary["predictor"]
+    assert len(run.table("statistics")) == 2 * len(zoo.checkpoint_steps("dyn-gpt"))
     fig = dynamics_figure(run.table("statistics"), fits)
     assert len(fig.data) == 4
     with pytest.raises(TooFewCheckpointsError, match=r"toy/dyn-short has 3 checkpoints \(steps \[0, 1, 2\]\)"):
         run_dynamics("dyn-short", store, progress=False)
+    assert main(["dynamics", "dyn-short"]) == 2
+    assert "needs at least 5" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not a checkpoint-family member"):
         run_dynamics("induction-2l", store, progress=False)
