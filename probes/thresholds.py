@@ -41,7 +41,7 @@ def _tensors(batch) -> tuple[torch.Tensor, torch.Tensor]:
 def next_token_loss_sum(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
     """(sum of next-token cross-entropies, number of targets); logits [b, s, vocab], tokens / mask [b, s]."""
     keep = (mask[:, 1:] * mask[:, :-1]).bool()
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    logp = F.log_softmax(logits[:, :-1].detach().float(), dim=-1)
     nll = -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
     return float(nll[keep].sum()), int(keep.sum())
 

@@ -18,7 +18,7 @@ def _batches(model, n=300):
 
 def test_stats_equal_brute_force(tiny_gpt2):
     batches = _batches(tiny_gpt2)  # the last batch has a short row and filler rows
-    stats = measure_massive(tiny_gpt2, batches, abs_threshold=0.5, ratio_threshold=3.0, progress=False)
+    stats = measure_massive(tiny_gpt2, batches, abs_threshold=0.01, ratio_threshold=3.0, progress=False)
     L, d = tiny_gpt2.cfg.n_layers, tiny_gpt2.cfg.d_model
     tops, medians, seqs = [], [], []
     max_first, max_rest = torch.zeros(L, d), torch.zeros(L, d)
@@ -38,7 +38,7 @@ def test_stats_equal_brute_force(tiny_gpt2):
             max_first = torch.maximum(max_first, h[:, 0].abs())
             if n > 1:
                 max_rest = torch.maximum(max_rest, h[:, 1:].abs().amax(1))
-            hit = (h.abs() > 0.5) & (h.abs() > 3.0 * med[:, None, None])
+            hit = (h.abs() > 0.01) & (h.abs() > 3.0 * med[:, None, None])
             massive[..., 0] += hit[:, 0]
             massive[..., 1] += hit[:, 1:].sum(1)
     assert stats.n_seqs == len(seqs) == 13
@@ -59,7 +59,7 @@ def test_stats_equal_brute_force(tiny_gpt2):
 
 def test_intervention_matches_hand_edit(tiny_gpt2):
     batches = _batches(tiny_gpt2)
-    stats = measure_massive(tiny_gpt2, batches, abs_threshold=0.5, ratio_threshold=3.0, progress=False)
+    stats = measure_massive(tiny_gpt2, batches, abs_threshold=0.01, ratio_threshold=3.0, progress=False)
     held = _batches(tiny_gpt2, 150)
     out = massive_intervention(tiny_gpt2, stats, held, layers=[1])
     assert out["changed_zero"] > 0 and out["changed_random"] == out["changed_zero"]
@@ -70,7 +70,7 @@ def test_intervention_matches_hand_edit(tiny_gpt2):
         for r in range(act.shape[0]):
             n = int(state["mask"][r].sum())
             a = act[r, :n]
-            a[massive_mask(a, a.abs().flatten().median(), 0.5, 3.0)] = 0
+            a[massive_mask(a, a.abs().flatten().median(), 0.01, 3.0)] = 0
         return act
 
     ref = heldout_loss(tiny_gpt2, held, [("blocks.1.hook_resid_post", zero)], on_batch=lambda m: state.update(mask=m))

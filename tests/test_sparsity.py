@@ -112,7 +112,7 @@ def test_thresholds_bound_the_loss_rise(relu_toy):
     assert (per_layer.rise <= 0.01 + 1e-9).all()
     assert ((per_layer.active_fraction > 0) & (per_layer.active_fraction <= 1)).all()
     # recompute one chosen cutoff by hand: zeroing |a| < cutoff on that layer gives the reported loss
-    row = per_layer[(per_layer.method == "quantile") & (per_layer.quantile > 0)].iloc[0]
+    row = per_layer[(per_layer.method == "quantile") & (per_layer["quantile"] > 0)].iloc[0]
     name = f"blocks.{int(row.layer)}.mlp.hook_post"
     loss = heldout_loss(relu_toy, held, [(name, lambda a, hook: a * (a.abs() >= row.cutoff))])
     assert abs(loss - row.loss) < 1e-4
