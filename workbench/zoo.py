@@ -7,10 +7,12 @@ step), ``resume/`` while training, and ``manifest.json``, written last, which ma
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,11 +145,29 @@ def build(name: str, *, progress: bool = True, force: bool = False) -> Path:
     dest = folder(name)
     if is_built(name) and not force:
         return dest
+    with _build_lock(name):  # another process building the same member: wait for it, then reuse its result
+        if is_built(name) and not force:
+            return dest
+        return _build_locked(name, spec, dest, progress, force)
+
+
+@contextmanager
+def _build_lock(name: str) -> Iterator[None]:
+    zoo_dir().mkdir(parents=True, exist_ok=True)
+    with open(zoo_dir() / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_locked(name: str, spec: ZooSpec, dest: Path, progress: bool, force: bool) -> Path:
     if force and dest.exists():
         shutil.rmtree(dest)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     history = spec.train(dest, progress)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     report = spec.report(dest) if spec.report else {}
     losses = [h["loss"] for h in history if "loss" in h]
     evals = [h["eval"] for h in history if "eval" in h]
@@ -160,6 +180,7 @@ def build(name: str, *, progress: bool = True, force: bool = False) -> Path:
             "final_loss": losses[-1] if losses else None,
             "final_eval": evals[-1] if evals else None,
             "seconds_last_session": seconds,
+            "cpu_seconds_last_session": cpu_seconds,
             "history": history,
             "report": report,
         },

@@ -70,7 +70,8 @@ class FamilyConfig:
         if self.arch == "llama":
             kind = "Llama-style: RMSNorm, rotary, SiLU-gated MLP"
         else:
-            kind = f"GPT-2-style: LayerNorm, learned positions, {self.activation.split('_')[0].upper()} MLP"
+            act = {"relu": "ReLU", "gelu_new": "GELU (tanh)", "gelu": "GELU"}.get(self.activation, self.activation)
+            kind = f"GPT-2-style: LayerNorm, learned positions, {act} MLP"
         return (f"{kind}; {self.n_layers} layers, d_model {self.d_model}, {self.n_heads} heads, d_mlp {self.d_mlp}, "
                 f"vocab {self.text.vocab}, context {self.context}")
 
