@@ -130,6 +130,33 @@ class ActivationBuffer:
         return Block(index=index, rows=rows, perm=self.permutation(index, n), batch_size=self.batch_size)
 
 
+class TensorBuffer:
+    """Activations already in memory, served like :class:`ActivationBuffer`: ``rows`` {hook: [N, width]} cut into
+    blocks of ``block_rows`` rows, each visited in its seeded random order (for benchmarks and notebooks)."""
+
+    def __init__(self, rows: dict[str, torch.Tensor], *, batch_size: int = 4096, block_rows: int | None = None,
+                 seed: int = 0, epochs: int = 1) -> None:
+        sizes = {int(r.shape[0]) for r in rows.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"every hook needs the same number of rows, got {sorted(sizes)}")
+        self.rows, self.batch_size, self.seed, self.epochs = rows, batch_size, seed, epochs
+        self.n = sizes.pop()
+        self.block_rows = block_rows or self.n
+        self.hooks = list(rows)
+
+    def widths(self) -> dict[str, int]:
+        return {h: int(r.shape[-1]) for h, r in self.rows.items()}
+
+    def blocks(self, start_block: int = 0) -> Iterator[Block]:
+        per_epoch = -(-self.n // self.block_rows)
+        for index in range(start_block, per_epoch * self.epochs):
+            lo = (index % per_epoch) * self.block_rows
+            chunk = {h: r[lo : lo + self.block_rows] for h, r in self.rows.items()}
+            n = next(iter(chunk.values())).shape[0]
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            yield Block(index=index, rows=chunk, perm=torch.randperm(n, generator=gen), batch_size=self.batch_size)
+
+
 def corpus_source(
     tokenizer, corpus: str = "wiki", *, seq_len: int = 128, batch_size: int = 8, split: str = "train", seed: int = 0,
     max_tokens: int | None = None,

@@ -105,10 +105,14 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def build_dictionaries(model, specs: Sequence[DictSpec], seed: int = 0) -> dict[str, Dictionary]:
-    """Randomly initialised dictionaries for ``specs`` with widths read from the model's hooks."""
+def build_dictionaries(model, specs: Sequence[DictSpec], seed: int = 0,
+                       widths: dict[str, int] | None = None) -> dict[str, Dictionary]:
+    """Randomly initialised dictionaries for ``specs`` with widths read from the model's hooks (or ``widths``)."""
     hooks = sorted({s.hook_in for s in specs} | {s.hook_out or s.hook_in for s in specs})
-    widths = hook_widths(model, hooks)
+    widths = widths if widths is not None else hook_widths(model, hooks)
+    missing = [h for h in hooks if h not in widths]
+    if missing:
+        raise ValueError(f"no activations for hooks {missing}; the buffer holds {sorted(widths)}")
     out: dict[str, Dictionary] = {}
     for i, s in enumerate(specs):
         label = s.label()
@@ -217,21 +221,24 @@ def _load(workdir: Path, dicts, optims, since) -> tuple[int, int, int, list[dict
 
 def train_dictionaries(
     model, source: TokenSource, specs: Sequence[DictSpec], cfg: TrainDictConfig, *, workdir: Path | str | None = None,
-    progress: bool = True, device: str | None = None, stop_after: int | None = None,
+    progress: bool = True, device: str | None = None, stop_after: int | None = None, buffer=None,
 ) -> TrainResult:
     """Train one dictionary per spec on activations harvested from ``model`` over ``source`` (one pass for all).
 
+    ``buffer``: instead of ``model`` and ``source``, any object with ``blocks(start_block)`` and ``widths()`` such as
+    :class:`circuits.dictionaries.buffer.TensorBuffer` (activations already in memory).
     ``stop_after`` ends the call after that many steps in total (used to test resumption); the run then continues
     from ``workdir`` when called again. Returns :class:`TrainResult` (dictionaries on the CPU, in eval form).
     """
     specs = list(specs)
-    dicts = build_dictionaries(model, specs, seed=cfg.seed)
+    dicts = build_dictionaries(model, specs, seed=cfg.seed, widths=buffer.widths() if buffer is not None else None)
     spec_of = dict(zip(dicts, specs, strict=True))
     optims = {lab: torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=cfg.betas) for lab, d in dicts.items()}
     since = {lab: torch.zeros(d.d_sae, dtype=torch.long) for lab, d in dicts.items()}
     hooks = sorted({d.hook_in for d in dicts.values()} | {d.hook_out for d in dicts.values()})
-    buffer = ActivationBuffer(model, source, hooks, block_batches=cfg.block_batches, batch_size=cfg.batch_size,
-                              seed=cfg.seed, spill_dir=cfg.spill_dir, device=device)
+    if buffer is None:
+        buffer = ActivationBuffer(model, source, hooks, block_batches=cfg.block_batches, batch_size=cfg.batch_size,
+                                  seed=cfg.seed, spill_dir=cfg.spill_dir, device=device)
     step, start_block, start_batch, history = 0, 0, 0, []
     workdir = Path(workdir) if workdir is not None else None
     if workdir is not None:

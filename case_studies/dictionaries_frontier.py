@@ -1,0 +1,55 @@
+"""Case study: transcoders against SAEs on the same SmolLM2 layer at matched budgets (the L0 / FVU / CE frontier).
+
+Dunefsky et al. (2024) report transcoders "at least on par" with SAEs on the MLP output for the sparsity-fidelity
+trade-off. Here both are trained in ONE pass over SmolLM2 (same tokens, same order, same optimiser settings, same
+width): TopK transcoders (``ln2.hook_normalized -> hook_mlp_out``) and TopK SAEs on ``hook_mlp_out`` for each k, then
+evaluated on held-out wiki text (spliced next-token loss with the MLP output replaced, CE-loss-recovered against
+zero and mean ablation of the MLP output, FVU of the MLP output).
+
+Run: ``flock /tmp/workbench-heavy.lock .venv/bin/python case_studies/dictionaries_frontier.py [--layer 3]
+[--tokens 131072] [--ks 8 16 32 64]``. Writes one ``dictionary`` run and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from circuits.dictionaries.runs import train_and_store
+from circuits.dictionaries.train import DictSpec, TrainDictConfig
+from workbench.store import Store
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layer", type=int, default=3)
+    p.add_argument("--tokens", type=int, default=131_072)
+    p.add_argument("--ks", type=int, nargs="+", default=[8, 16, 32, 64])
+    p.add_argument("--expansion", type=float, default=4.0)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-tokens", type=int, default=4096)
+    p.add_argument("--device", default=None)
+    args = p.parse_args()
+    L = args.layer
+    specs = []
+    for k in args.ks:
+        specs.append(DictSpec(f"blocks.{L}.ln2.hook_normalized", kind="transcoder", hook_out=f"blocks.{L}.hook_mlp_out",
+                              activation="topk", k=k, expansion=args.expansion, name=f"transcoder-k{k}"))
+        specs.append(DictSpec(f"blocks.{L}.hook_mlp_out", kind="sae", activation="topk", k=k,
+                              expansion=args.expansion, name=f"sae-k{k}"))
+    cfg = TrainDictConfig(tokens=args.tokens, batch_size=args.batch_size, lr=args.lr, warmup_steps=10,
+                          block_batches=16, seed=0)
+    info, result = train_and_store("smollm2-135m", specs, cfg, store=Store(), eval_tokens=args.eval_tokens,
+                                   feature_tokens=2048, device=args.device)
+    metrics = Store().load("dictionary", info.run_id).table("metrics")
+    print(f"run {info.path}; {result.steps} steps, {result.tokens} tokens, {result.seconds:.0f} s training")
+    print("| dictionary | k | L0 | FVU | CE spliced | CE clean | CE recovered (zero) | CE recovered (mean) | KL | dead |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for _, r in metrics.sort_values(["kind", "k"]).iterrows():
+        print(f"| {r['label']} | {int(r['k'])} | {r['l0']:.1f} | {r['fvu']:.3f} | {r['ce_spliced']:.4f} | "
+              f"{r['ce_clean']:.4f} | {r['ce_recovered_zero']:.3f} | {r['ce_recovered_mean']:.3f} | {r['kl']:.4f} | "
+              f"{r['dead_fraction']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
