@@ -18,7 +18,7 @@ import pandas as pd
 from workbench import zoo
 from workbench.store import Store
 from workbench.zoo_curves import store_training_run
-from workbench.zoo_families import FAMILIES, MEMBERS
+from workbench.zoo_families import FAMILIES, MEMBERS, split_loss
 
 GPU_NOTE = """## Rebuilding larger members on a GPU
 
@@ -38,6 +38,35 @@ library versions, so a GPU-built member is deterministic only on the same GPU mo
 """
 
 
+def cpu_seconds_per_step(name: str, steps: int = 5) -> float:
+    """CPU seconds of one training update of member ``name`` (one thread, fresh model, after one warm-up update)."""
+    import time
+
+    import torch
+
+    from workbench.zoo_families import make_model
+    from workbench.zoo_tokenizer import load_text_tokenizer, token_streams, windows
+
+    cfg = MEMBERS[name]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tok = load_text_tokenizer(cfg.text)
+        model = make_model(cfg, tok.bos_token_id, tok.pad_token_id).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        gen = torch.Generator().manual_seed(0)
+        for i in range(steps + 1):
+            if i == 1:
+                start = time.process_time()
+            batch = windows(token_streams(cfg.text)["train"], cfg.batch, cfg.context, gen, tok.bos_token_id)
+            model(input_ids=batch, labels=batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        return (time.process_time() - start) / steps
+    finally:
+        torch.set_num_threads(threads)
+
+
 def member_rows(store: Store, build: bool) -> pd.DataFrame:
     rows = []
     for family in FAMILIES:
@@ -51,9 +80,14 @@ def member_rows(store: Store, build: bool) -> pd.DataFrame:
             if row["built"]:
                 info = zoo.manifest(name)
                 store_training_run(name, store)
+                root = zoo.folder(name) / "checkpoints"
+                ckpts = sorted(root.iterdir())
                 row.update(steps=cfg.steps, checkpoints=len(info["steps"]),
-                           seconds=round(info["seconds_last_session"]),
-                           train_loss=info["final_eval"]["train_loss"], heldout_loss=info["final_eval"]["heldout_loss"])
+                           wall_seconds=round(ckpts[-1].stat().st_mtime - ckpts[0].stat().st_mtime),
+                           train_loss=info["final_eval"]["train_loss"], heldout_loss=info["final_eval"]["heldout_loss"],
+                           heldout_loss_256=split_loss(name, n_windows=256))
+                row["cpu_s_per_step"] = cpu_seconds_per_step(name)
+                row["cpu_minutes_est"] = row["cpu_s_per_step"] * cfg.steps * 1.1 / 60  # + checkpoint evaluations and saves
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -61,12 +95,14 @@ def member_rows(store: Store, build: bool) -> pd.DataFrame:
 def size_check(table: pd.DataFrame) -> list[str]:
     """Per family: whether held-out loss falls as parameters grow (the built members, sorted by size)."""
     lines = []
-    for family, group in table[table["built"]].groupby("family", sort=False):
+    for (family, act), group in table[table["built"]].groupby(["family", "activation"], sort=False):
         group = group.sort_values("parameters")
-        losses = group["heldout_loss"].tolist()
+        if len(group) < 2:
+            continue
+        losses = group["heldout_loss_256"].tolist()
         falls = all(b < a for a, b in zip(losses, losses[1:], strict=False))
-        rho = group["parameters"].rank().corr(group["heldout_loss"].rank())
-        lines.append(f"- `{family}`: held-out loss by size {', '.join(f'{x:.3f}' for x in losses)}: "
+        rho = group["parameters"].rank().corr(group["heldout_loss_256"].rank())
+        lines.append(f"- `{family}` ({act}; {', '.join(group['member'])}): held-out loss by size {', '.join(f'{x:.3f}' for x in losses)}: "
                      f"{'falls at every step up in size' if falls else 'does not fall at every step up in size'} "
                      f"(Spearman rank correlation of size and loss {rho:.2f}).")
     return lines
@@ -96,8 +132,11 @@ def main() -> None:
         shown.to_string(index=False, float_format=lambda x: f"{x:.3f}"),
         "```",
         "",
-        "Seconds are wall-clock seconds of the build on a shared two-core machine, with the build niced behind other "
-        "work; the CPU time is a fraction of that (see below).",
+        "`wall_seconds`: from the step-0 checkpoint to the last one, on a shared two-core machine with the build "
+        "niced behind other work (several times its CPU time). `cpu_s_per_step`: CPU seconds of one update measured "
+        "alone on one thread; `cpu_minutes_est`: that times the steps, plus 10% for the checkpoint evaluations and saves. "
+        "`train_loss` / `heldout_loss`: at the last checkpoint on the 16 fixed evaluation windows of each split "
+        "kept in the training curves; `heldout_loss_256`: on 256 held-out windows (a tighter estimate).",
         "",
         "## Held-out loss against size",
         "",

@@ -190,3 +190,25 @@ def train_member(cfg: FamilyConfig, workdir: Path, progress: bool = True, device
 def with_overrides(cfg: FamilyConfig, **changes: Any) -> FamilyConfig:
     """A copy of ``cfg`` with some fields changed (e.g. fewer steps for a quick build)."""
     return replace(cfg, **changes)
+
+
+@torch.no_grad()
+def split_loss(name: str, step: int | None = None, split: str = "heldout", n_windows: int = 256,
+               batch: int = 32, seed: int = 777) -> float:
+    """Mean next-token loss (nats) of built member ``name`` at ``step`` (default: last) on ``n_windows`` random
+    windows of the ``split`` token stream ("train" or "heldout"), drawn with ``seed``."""
+    from transformers import AutoModelForCausalLM
+
+    from workbench import zoo
+
+    if split not in ("train", "heldout"):
+        raise ValueError(f"unknown split {split!r}; accepted: train, heldout")
+    cfg = zoo.get(name).config
+    if "text" not in cfg:
+        raise ValueError(f"toy/{name} is not a checkpoint-family member")
+    text = TextConfig(corpora=tuple(cfg["text"]["corpora"]), vocab=int(cfg["text"]["vocab"]))
+    model = AutoModelForCausalLM.from_pretrained(str(zoo.model_dir(name, step))).eval()
+    bos = load_text_tokenizer(text).bos_token_id
+    tokens = windows(token_streams(text)[split], n_windows, int(cfg["context"]), torch.Generator().manual_seed(seed), bos)
+    losses = [float(model(input_ids=chunk, labels=chunk).loss) * len(chunk) for chunk in tokens.split(batch)]
+    return sum(losses) / n_windows
