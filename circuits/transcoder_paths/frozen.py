@@ -197,7 +197,11 @@ def freeze(
 def spliced_logits(model, tokens: torch.Tensor, transcoders: Mapping[int, Dictionary]) -> torch.Tensor:
     """Logits [batch, seq, vocab] of ``model`` on tokens [batch, seq] with each given layer's MLP output replaced
     by its transcoder's output (read from ``blocks.L.ln2.hook_normalized``)."""
-    transcoders = _check_transcoders(model, dict(transcoders))
+    device = model.W_E.device
+    transcoders = {
+        layer: tc if tc.W_enc.device == device else copy.deepcopy(tc).to(device)
+        for layer, tc in _check_transcoders(model, dict(transcoders)).items()
+    }
     inputs: dict[int, torch.Tensor] = {}
 
     def save_input(layer: int):
