@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--bound", type=float, default=0.8)
+    parser.add_argument("--max-rounds", type=int, default=None, help="cap on discovery rounds (default: down to layer 0)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     store = Store()
@@ -49,7 +50,7 @@ def main() -> None:
     rows = []
     t0 = time.perf_counter()
     info = patching_run(store, model, MODEL, task, mode="discover", top_k=args.top_k,
-                        min_faithfulness=args.bound, params={"seed": 0, "case_study": "circuit_smollm2"}, progress=True)
+                        min_faithfulness=args.bound, max_rounds=args.max_rounds, params={"seed": 0, "case_study": "circuit_smollm2"}, progress=True)
     t_path = time.perf_counter() - t0
     path_circuit = Circuit.from_json(store.load("patching", info.run_id).json("circuit"))
     rows.append(("path patching", path_circuit, t_path))

@@ -69,6 +69,7 @@ def discover(
     ablation: str = "mean",
     min_faithfulness: float = 0.8,
     prune: bool = True,
+    max_rounds: int | None = None,
     max_rows: int | None = None,
     progress: bool = False,
 ) -> Circuit:
@@ -76,6 +77,7 @@ def discover(
 
     top_k: nodes kept per round. per_position: nodes are ``L{l}.H{h}@{p}`` instead of whole heads. include_mlps:
     MLPs are candidates too. ablation: for path patching and faithfulness (``mean``, ``zero`` or ``corrupted``).
+    max_rounds: stop after this many rounds (default: until no earlier component is left).
     """
     check_ablation(ablation)
     if top_k < 1:
@@ -86,12 +88,13 @@ def discover(
     circuit = Circuit(
         f"path patching: {task.name}",
         {"method": "path patching", "task": task.name, "ablation": ablation, "top_k": top_k,
-         "per_position": per_position, "include_mlps": include_mlps},
+         "per_position": per_position, "include_mlps": include_mlps, "max_rounds": max_rounds},
     )
     circuit.add_node("logit", kind="logit")
     found: list[str] = []
     receivers: list[str] | str = "logits"
-    for round_ in range(2 * model.cfg.n_layers + 1):
+    rounds = 2 * model.cfg.n_layers + 1 if max_rounds is None else max_rounds
+    for round_ in range(rounds):
         if isinstance(receivers, str):
             pool = list(candidates)
         else:
@@ -113,6 +116,7 @@ def discover(
                 circuit.add_edge(pool[i], t, float(scores[i]))
         found += new
         receivers = new
+        circuit.metadata["rounds"] = round_ + 1
     (f_full,), m_full, m_empty = faithfulness_many(model, task, [circuit], ablation=ablation, refs=refs)
     circuit.metadata.update({"faithfulness_unpruned": float(f_full), "nodes_unpruned": len(found),
                              "metric_model": m_full, "metric_empty": m_empty})

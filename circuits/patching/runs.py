@@ -68,6 +68,7 @@ def patching_run(
     component: str = "attn",
     top_k: int = 5,
     min_faithfulness: float = 0.8,
+    max_rounds: int | None = None,
     params: dict[str, Any] | None = None,
     progress: bool = False,
 ):
@@ -78,11 +79,12 @@ def patching_run(
     run_params = {"mode": mode, "task": task.name, "n": task.batch_size, "ablation": ablation, "top_k": top_k,
                   **({"receivers": receivers, "receiver_input": receiver_input} if mode == "path" else {}),
                   **({"component": component} if mode == "layers" else {}),
-                  **({"min_faithfulness": min_faithfulness} if mode == "discover" else {}), **(params or {})}
+                  **({"min_faithfulness": min_faithfulness, "max_rounds": max_rounds} if mode == "discover" else {}),
+                  **(params or {})}
     tokens = [model.tokenizer.decode([int(t)]) for t in task.clean_tokens[0]]
     if mode == "discover":
         circuit = discover(model, task, top_k=top_k, ablation=ablation, min_faithfulness=min_faithfulness,
-                           progress=progress)
+                           max_rounds=max_rounds, progress=progress)
         found = [n for n in circuit if circuit.graph.nodes[n].get("kind") in ("head", "mlp")]
         scores = torch.tensor([circuit.graph.nodes[n]["score"] for n in found])
         table = pd.DataFrame([
