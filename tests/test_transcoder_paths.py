@@ -167,7 +167,7 @@ def test_feature_pullback_matches_brute_force(tiny_llama):
              ("blocks.1.ln2.hook_normalized", lambda x, hook: cache.setdefault("x", x))]
     with tiny_llama.hooks(fwd_hooks=hooks):
         tiny_llama(run.tokens[None])
-    moved = target.value - float(tcs[1].pre_activation(cache["x"][0, t].double().float())[5])
+    moved = target.value - float(tcs[1].pre_activation(cache["x"][0, t].detach())[5].detach())
     assert abs(moved - float(feats["value"].iloc[0])) < 1e-4
     assert abs(float(feats["value"].iloc[0])) > 1e-3
 
