@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 app: $(STAMP)
-	$(VENV)/bin/workbench demo
+	$(VENV)/bin/workbench demo || echo "Some demo runs failed (listed above); serving what is stored."
 	$(VENV)/bin/workbench app --host $(HOST) --port $(PORT)
 
 demo: $(STAMP)

@@ -71,3 +71,27 @@ def test_unknown_model_is_a_clear_error(capsys):
 
     with pytest.raises(ModelSpecError, match="available: \\['smollm2-135m'"):
         load_model("gpt-17")
+
+
+def test_every_demo_names_an_importable_function():
+    for demo in demo_module.DEMOS:
+        assert callable(demo.function()), demo.kind
+    assert len({d.kind for d in demo_module.DEMOS}) == len(demo_module.DEMOS)
+
+
+def test_a_failing_demo_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+
+    def broken(store, device, progress):
+        raise RuntimeError("no such model")
+
+    def fine(store, device, progress):
+        with store.create("fine", model="m") as run:
+            run.summary["ok"] = 1
+        return run.info
+
+    monkeypatch.setattr(demo_module, "DEMOS", [demo_module.Demo("broken", "m", broken), demo_module.Demo("fine", "m", fine)])
+    done = demo_module.run_demos(progress=False)
+    assert [d["status"] for d in done] == ["failed", "computed"]
+    assert "RuntimeError: no such model" in done[0]["error"]
+    assert main(["demo", "--json"]) == 1  # the failure is still stored as failed, the fine one as stored

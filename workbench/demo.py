@@ -1,11 +1,13 @@
 """``workbench demo``: compute the demo run of every analysis that exists, skipping those already stored.
 
 Each demo is small (toy models, small budgets) so that ``make app`` has something to show within minutes.
-Analyses add themselves to :data:`DEMOS`; a demo is a function that writes one run to the store.
+A demo is a function ``(store, device, progress) -> RunInfo`` that writes one run; :data:`DEMOS` names each by
+``"module:function"`` so that the core never imports an analysis package until the demo runs.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +20,15 @@ class Demo:
     """A demo run: its run kind, the model it uses, and the function that computes and stores it."""
 
     kind: str
-    model: str
-    run: Callable[[Store, str | None, bool], Any]
+    model: str | None
+    run: Callable[[Store, str | None, bool], Any] | str
+
+    def function(self) -> Callable[[Store, str | None, bool], Any]:
+        """The demo's function (imported on first use when given as ``"module:function"``)."""
+        if callable(self.run):
+            return self.run
+        module, _, name = self.run.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
 def zoo_training_demo(store: Store, device: str | None, progress: bool, name: str = "induction-2l") -> Any:
@@ -51,11 +60,25 @@ def zoo_training_demo(store: Store, device: str | None, progress: bool, name: st
     return run.info
 
 
-DEMOS: list[Demo] = [Demo(kind="zoo-training", model="toy/induction-2l", run=zoo_training_demo)]
+DEMOS: list[Demo] = [
+    Demo(kind="zoo-training", model="toy/induction-2l", run=zoo_training_demo),
+    Demo(kind="sparsity", model="smollm2-135m", run="probes.demos:sparsity_demo"),
+    Demo(kind="massive", model="smollm2-135m", run="probes.demos:massive_demo"),
+    Demo(kind="probe", model="smollm2-135m", run="probes.demos:probe_demo"),
+    Demo(kind="dynamics", model=None, run="probes.dynamics_demo:demo"),
+    Demo(kind="dictionary", model="smollm2-135m", run="circuits.dictionaries.demo:demo"),
+    Demo(kind="cdt", model="toy/induction-2l", run="circuits.cdt.demo:demo"),
+    Demo(kind="patching", model="toy/induction-2l", run="circuits.patching.demo:demo"),
+    Demo(kind="paths", model="smollm2-135m", run="circuits.paths.demo:demo"),
+    Demo(kind="tc-circuit", model="toy/llama-d64-l4", run="circuits.transcoder_paths.demo:demo"),
+]
 
 
 def run_demos(device: str | None = None, force: bool = False, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every demo whose run is not stored yet (all with ``force``); returns one status dict per demo."""
+    """Run every demo whose run is not stored yet (all with ``force``); returns one status dict per demo.
+
+    A demo that raises is reported with status ``failed`` and its error; the others still run.
+    """
     store = Store()
     done = []
     for demo in DEMOS:
@@ -63,6 +86,10 @@ def run_demos(device: str | None = None, force: bool = False, progress: bool = T
         if existing is not None and not force:
             done.append({"kind": demo.kind, "model": demo.model, "status": "stored", "path": str(existing.path)})
             continue
-        info = demo.run(store, device, progress)
+        try:
+            info = demo.function()(store, device, progress)
+        except Exception as exc:  # one failing demo must not keep the others (or the dashboard) from running
+            done.append({"kind": demo.kind, "model": demo.model, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            continue
         done.append({"kind": demo.kind, "model": demo.model, "status": "computed", "path": str(info.path)})
     return done

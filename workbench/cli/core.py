@@ -63,8 +63,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from workbench.demo import run_demos
 
     done = run_demos(device=args.device, force=args.force, progress=not args.json)
-    emit(args, {"demos": done}, "\n".join(f"{d['kind']}: {d['status']} ({d.get('path', '')})" for d in done))
-    return 0
+    emit(args, {"demos": done}, "\n".join(f"{d['kind']}: {d['status']} ({d.get('path') or d.get('error', '')})" for d in done))
+    return 1 if any(d["status"] == "failed" for d in done) else 0
 
 
 def app_dir() -> Path:
