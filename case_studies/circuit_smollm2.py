@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--bound", type=float, default=0.8)
     parser.add_argument("--max-rounds", type=int, default=None, help="cap on discovery rounds (default: down to layer 0)")
+    parser.add_argument("--no-cdt", action="store_true", help="path patching only")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     store = Store()
@@ -54,7 +55,7 @@ def main() -> None:
     t_path = time.perf_counter() - t0
     path_circuit = Circuit.from_json(store.load("patching", info.run_id).json("circuit"))
     rows.append(("path patching", path_circuit, t_path))
-    if importlib.util.find_spec("circuits.cdt") is not None:
+    if not args.no_cdt and importlib.util.find_spec("circuits.cdt") is not None:
         from circuits import cdt
 
         t0 = time.perf_counter()

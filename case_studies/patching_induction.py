@@ -38,25 +38,25 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
-def _cdt_side_by_side(store: Store, model, task) -> list[str]:
-    runs = [r for r in store.list(kind="cdt", model=MODEL) if r.ok]
-    if not runs:
-        return ["No CD-T run of this model is stored yet (run `case_studies/cdt_induction.py` first)."]
+def _cdt_side_by_side(store: Store, model, task, path_nodes: list[str], path_f: float) -> list[str]:
+    """Rows for every stored CD-T circuit of this model (runs of a kind containing ``cdt``), beside ours."""
     from circuits.graph import Circuit
 
-    lines = ["| method | nodes | faithfulness (mean ablation, recomputed here) |", "|---|---|---|"]
-    for info in runs[:3]:
-        run = store.load("cdt", info.run_id)
-        names = [a["name"] for a in run.artifacts if a["type"] == "json"]
-        if "circuit" not in names:
-            continue
-        circuit = Circuit.from_json(run.json("circuit"))
-        nodes = sorted(n for n in circuit if n[0] in "Lm")
-        try:
-            f = f"{faithfulness(model, task, circuit):.3f}"
-        except ValueError as err:  # positions beyond this task's prompts
-            f = f"n/a ({err})"
-        lines.append(f"| CD-T (`cdt/{info.run_id}`) | {', '.join(nodes)} | {f} |")
+    lines = ["| method | run | nodes | faithfulness (mean ablation, this task) |", "|---|---|---|---|",
+             f"| path patching | this study | {', '.join(path_nodes)} | {path_f:.3f} |"]
+    for kind in [k for k in store.kinds() if "cdt" in k]:
+        for info in [r for r in store.list(kind=kind, model=MODEL) if r.ok][:3]:
+            run = store.load(kind, info.run_id)
+            for name in [a["name"] for a in run.artifacts if a["type"] == "json" and a["name"].startswith("circuit")]:
+                try:
+                    circuit = Circuit.from_json(run.json(name))
+                    nodes = sorted(n for n in circuit if n[0] in "Lm")
+                    f = f"{faithfulness(model, task, circuit):.3f}"
+                except ValueError as err:  # e.g. positions beyond this task's prompts
+                    nodes, f = [], f"n/a ({err})"
+                lines.append(f"| CD-T | `{kind}/{info.run_id}` | {', '.join(nodes)} | {f} |")
+    if len(lines) == 3:
+        lines.append("| CD-T | none stored yet (run `case_studies/cdt_induction.py`, then this script) | | |")
     return lines
 
 
@@ -112,7 +112,7 @@ def main() -> None:
         "",
         "## Side by side with CD-T",
         "",
-        *_cdt_side_by_side(store, model, task),
+        *_cdt_side_by_side(store, model, task, circuit_nodes, info.summary["faithfulness"]),
         "",
         f"Stored as run `patching/{info.run_id}`; {seconds:.1f} s on this machine's CPU.",
     ]
