@@ -122,6 +122,22 @@ def main() -> None:
     write_report(Path(__file__).with_suffix(".md"), args, task, effects, layers, result, per_layer, info)
 
 
+def reading(result, layers, tokens, by_source) -> str:
+    """Two sentences read off the contribution table: where attention reads from, how much the transcoders explain."""
+    c = result.contributions
+    feat = float(c.loc[c["kind"] == "feature", "value"].sum())
+    err = float(c.loc[c["kind"] == "error", "value"].sum())
+    src = int(by_source.index[0]) if len(by_source) else None
+    parts = []
+    if src is not None:
+        parts.append(f"Attention's largest direct effect comes from position {src} ({tokens[src]!r}): "
+                     f"{float(by_source.iloc[0]):+.4f} summed over heads.")
+    parts.append(f"Into the target, the features of the replaced layers {layers} write {feat:+.4f} and their error "
+                 f"nodes {err:+.4f}: the transcoders carry {abs(feat) / max(abs(feat) + abs(err), 1e-12):.0%} of "
+                 "those layers' direct effect at this token.")
+    return " ".join(parts)
+
+
 def write_report(out: Path, args, task, effects, layers, result, per_layer, info) -> None:
     """The markdown report next to this script: every number below comes from this run."""
     s = result.summary
@@ -168,6 +184,8 @@ def write_report(out: Path, args, task, effects, layers, result, per_layer, info
         "```",
         by_kind.to_string(float_format=fmt),
         "```",
+        reading(result, layers, tokens, by_source),
+        "",
         "Attention's direct contribution by source position (largest five):",
         "",
         "```",
