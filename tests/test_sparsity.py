@@ -13,12 +13,11 @@ DOCS = [" ".join(f"t{(7 * i + j * j) % 64}" for j in range(40 + i)) for i in ran
 
 
 @pytest.fixture(scope="module")
-def relu_toy(tmp_path_factory):
-    """A random GPT-style model with ReLU MLPs: 2 layers, d_model 32, d_mlp 128, toy word-level tokenizer."""
+def relu_folder(tmp_path_factory):
+    """A random GPT-style model with ReLU MLPs saved as a Hugging Face folder: 2 layers, d_model 32, d_mlp 128."""
     from transformers import AutoModelForCausalLM, GPT2Config
 
     from workbench.induction_toy import make_tokenizer
-    from workbench.models import load_model
 
     config = GPT2Config(vocab_size=65, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=64,
                         eos_token_id=64, activation_function="relu")
@@ -26,7 +25,15 @@ def relu_toy(tmp_path_factory):
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).eval().save_pretrained(folder)
     make_tokenizer(config.vocab_size - 1).save_pretrained(folder)
-    return load_model(str(folder), device="cpu")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def relu_toy(relu_folder):
+    """The ReLU toy's bridge."""
+    from workbench.models import load_model
+
+    return load_model(str(relu_folder), device="cpu")
 
 
 def _batches(model, n=2048, seq_len=32, batch_size=4):
@@ -123,3 +130,29 @@ def test_thresholds_bound_the_loss_rise(relu_toy):
         topk_losses(relu_toy, held, [0])
     with pytest.raises(ValueError, match="threshold method"):
         performance_thresholds(relu_toy, calib, held, methods=["cats"])
+
+
+def test_cli_sparsity_and_massive(relu_folder, tmp_path, monkeypatch, capsys):
+    import json
+
+    from workbench.cli import main
+    from workbench.store import Store
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    base = ["--model", str(relu_folder), "--corpus", "news", "--seq-len", "32", "--batch-size", "4"]
+    assert main(["sparsity", *base, "--tokens", "256", "--topk", "1,128", "--eval-tokens", "128", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run = Store().load("sparsity", out["run"]["run_id"])
+    assert out["summary"]["activation"] == "relu" and out["summary"]["tokens_train"] == 256
+    assert set(run.table("layers").split) == {"train", "heldout"} and len(run.table("topk")) == 2
+    assert main(["massive", *base, "--tokens", "256", "--abs-threshold", "0.01", "--ratio-threshold", "3",
+                 "--eval-tokens", "128", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "loss_zero" in out["summary"] and Store().load("massive", out["run"]["run_id"]).table("layers").shape[0] == 2
+    assert main(["sparsity", *base, "--tokens", "64"]) == 2
+    assert "below one batch" in capsys.readouterr().err
+    assert main(["massive", *base, "--layers", "9"]) == 2
+    assert "layers 0..1" in capsys.readouterr().err
+    assert main(["sparsity", "--model", str(relu_folder), "--corpus", "nope", "--seq-len", "32", "--batch-size", "4",
+                 "--tokens", "256"]) == 2
+    assert "unknown corpus" in capsys.readouterr().err
