@@ -126,36 +126,50 @@ class MassiveCounter:
 
     def consume(self, name: str, activation: torch.Tensor, mask: torch.Tensor) -> None:
         i = self._index[name]
-        lengths = mask.sum(1).tolist()
+        lengths = mask.sum(1)
         if i == 0:
-            self.n_seqs += sum(1 for n in lengths if n > 0)
-            self.n_tokens += int(sum(lengths))
-        for b, n in enumerate(lengths):
-            if n == 0:
-                continue
-            a = activation[b, : int(n)].float()
-            mag = a.abs()
-            flat = mag.flatten()
-            top = flat.topk(min(3, flat.numel()))
-            median = flat.median()
-            self.top_sum[i, : top.values.numel()] += top.values.double().cpu()
-            self.median_sum[i] += float(median)
-            self.max_first[i] = torch.maximum(self.max_first[i], mag[0].cpu())
-            if n > 1:
-                self.max_rest[i] = torch.maximum(self.max_rest[i], mag[1:].amax(0).cpu())
-            self._update_record(i, b, top, a.shape[1])
-            hit = massive_mask(a, median, self.abs_threshold, self.ratio_threshold)
-            if hit.any():
-                self._add_massive(i, b, a, hit)
+            self.n_seqs += int((lengths > 0).sum())
+            self.n_tokens += int(lengths.sum())
+        full = lengths == activation.shape[1]
+        if bool(full.any()):  # rows without padding: one batched pass
+            self._rows(i, activation[full], full.nonzero().flatten().tolist())
+        for b in ((~full) & (lengths > 0)).nonzero().flatten().tolist():
+            self._rows(i, activation[b : b + 1, : int(lengths[b])], [b])
 
-    def _update_record(self, i: int, b: int, top, d: int) -> None:
-        values = torch.cat([self.record[i], top.values.double().cpu()])
-        seq = self._seq_base + b
-        new = torch.stack([torch.tensor([seq, int(k) // d, int(k) % d, self._token(b, int(k) // d)])
-                           for k in top.indices.tolist()])
-        where = torch.cat([self.where[i], new])
-        keep = values.argsort(descending=True)[:3]
-        self.record[i], self.where[i] = values[keep], where[keep]
+    def _rows(self, i: int, act: torch.Tensor, rows: list[int]) -> None:
+        """Statistics of sequences ``act`` [r, n, d] (all real tokens), batch rows ``rows``."""
+        a = act.float()
+        mag = a.abs()
+        r, n, d = mag.shape
+        flat = mag.flatten(1)
+        top = flat.topk(min(3, flat.shape[1]), dim=1)
+        median = flat.median(dim=1).values  # [r]
+        self.top_sum[i, : top.values.shape[1]] += top.values.double().sum(0).cpu()
+        self.median_sum[i] += float(median.double().sum())
+        self.max_first[i] = torch.maximum(self.max_first[i], mag[:, 0].amax(0).cpu())
+        if n > 1:
+            self.max_rest[i] = torch.maximum(self.max_rest[i], mag[:, 1:].amax((0, 1)).cpu())
+        self._update_record(i, rows, top.values, top.indices, d)
+        hit = massive_mask(a, median[:, None, None], self.abs_threshold, self.ratio_threshold)
+        for j in hit.flatten(1).any(1).nonzero().flatten().tolist():
+            self._add_massive(i, rows[j], a[j], hit[j])
+
+    def _update_record(self, i: int, rows: list[int], values: torch.Tensor, indices: torch.Tensor, d: int) -> None:
+        """Merge candidates values / flat indices [r, k] into the layer's three largest records."""
+        cand = torch.cat([self.record[i], values.double().flatten().cpu()])
+        keep = cand.argsort(descending=True)[:3]
+        where = self.where[i].clone()
+        k = values.shape[1]
+        new = []
+        for c in keep.tolist():
+            if c < 3:
+                new.append(where[c])
+                continue
+            j, idx = divmod(c - 3, k)
+            flat = int(indices[j, idx])
+            b = rows[j]
+            new.append(torch.tensor([self._seq_base + b, flat // d, flat % d, self._token(b, flat // d)]))
+        self.record[i], self.where[i] = cand[keep], torch.stack(new)
 
     def _token(self, b: int, pos: int) -> int:
         return int(self._tokens[b, pos]) if self._tokens is not None else -1
