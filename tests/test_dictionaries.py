@@ -196,7 +196,8 @@ def test_evaluation_metrics_against_direct_computation(tiny_llama):
         z = tiny_llama.run_with_hooks(tokens, fwd_hooks=[(hook, lambda a, hook=None: torch.zeros_like(a))])
         zero.append(next_token_loss(z, tokens, torch.ones_like(tokens)))
     x = torch.cat(xs)
-    out, z = noisy.double()(x)
+    with torch.no_grad():
+        out, z = noisy.double()(x)
     fvu = float((x - out).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
     n = sum(c for _, c in losses)
     assert res.metrics["noisy"]["fvu"] == pytest.approx(fvu, rel=1e-5)
@@ -228,3 +229,26 @@ def test_top_contexts_and_logit_views_against_brute_force(tiny_llama):
     assert (bv <= tv[:, -1:]).all()
     dv, _ = de_embeddings(tiny_llama, d, k=4)
     torch.testing.assert_close(dv, (tiny_llama.W_E.detach() @ d.W_enc.detach()).t().topk(4, -1).values)
+
+
+def test_cli_eval_dict_stores_a_run_and_rejects_misfits(tiny_llama, tmp_path, monkeypatch, capsys):
+    from workbench.cli import main
+    from workbench.store import Store
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    spec = tiny_llama.workbench_spec
+    good = Dictionary.create("transcoder", 32, 48, activation="topk", k=4, hook_in="blocks.0.ln2.hook_normalized",
+                             hook_out="blocks.0.hook_mlp_out")
+    save_dictionary(good, tmp_path / "good")
+    code = main(["eval-dict", str(tmp_path / "good"), "--model", spec, "--device", "cpu", "--json", "--seq-len", "16",
+                 "--eval-tokens", "64"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run = Store().load("dictionary", payload["run"]["run_id"])
+    (label,) = [k for k in payload["summary"] if k != "eval_tokens"]
+    assert run.table("metrics")["l0"].iloc[0] == pytest.approx(payload["summary"][label]["l0"])
+    save_dictionary(Dictionary.create("sae", 40, 48, hook_in="blocks.0.hook_resid_post"), tmp_path / "wide")
+    assert main(["eval-dict", str(tmp_path / "wide"), "--model", spec, "--device", "cpu"]) == 2
+    assert "d_in is 40 but the model's blocks.0.hook_resid_post is 32" in capsys.readouterr().err
+    assert main(["train-dict", "--model", spec, "--layer", "0", "--activation", "topk"]) == 2
+    assert "needs --k" in capsys.readouterr().err

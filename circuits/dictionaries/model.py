@@ -31,36 +31,40 @@ class DictionaryConfigError(ValueError):
 class _SparseGatherLinear(torch.autograd.Function):
     """Values of chosen pre-activations with a sparse backward.
 
-    forward(x [B, d_in], W_enc [d_in, d_sae], b_enc [d_sae], idx [B, k], values [B, k]) -> values [B, k]
-    where ``values[b, i] = x[b] @ W_enc[:, idx[b, i]] + b_enc[idx[b, i]]`` was already computed (densely, without grad).
-    Backward gives W_enc and b_enc the gradient of only the B*k chosen entries (a sparse [d_sae, B] @ [B, d_in] product)
-    instead of a dense [d_in, B] @ [B, d_sae] one; ``x`` receives its gradient through the gathered encoder columns.
+    forward(x [B, d_in], shift [d_in] or None, W_enc [d_in, d_sae], b_enc [d_sae], idx [B, k], values [B, k]) -> values
+    where ``values[b, i] = (x[b] - shift) @ W_enc[:, idx[b, i]] + b_enc[idx[b, i]]`` was already computed (densely,
+    without grad). Backward gives W_enc and b_enc the gradient of only the B*k chosen entries (a sparse [d_sae, B] @
+    [B, d_in] product) instead of a dense [d_in, B] @ [B, d_sae] one; ``shift`` (an SAE's b_dec) gets
+    ``-W_enc @ grad_b_enc``; ``x`` gets its gradient through the gathered encoder columns only when it asks for one.
     """
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, idx, values):  # noqa: ANN001, ANN205
-        ctx.save_for_backward(x, W_enc, idx)
+    def forward(ctx, x, shift, W_enc, b_enc, idx, values):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(x, shift if shift is not None else torch.zeros(0), W_enc, idx)
+        ctx.has_shift = shift is not None
         ctx.d_sae = W_enc.shape[1]
         return values.clone()
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        x, W_enc, idx = ctx.saved_tensors
+        x, shift, W_enc, idx = ctx.saved_tensors
         B, k = idx.shape
-        g_x = g_w = g_b = None
+        g_x = g_s = g_w = g_b = None
         flat_idx = idx.reshape(-1)
         flat_g = grad.reshape(-1).contiguous()
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[2]:
+            xin = x - shift if ctx.has_shift else x
             rows = torch.arange(B, device=idx.device).repeat_interleave(k)
             # sparse G^T [d_sae, B] with B*k entries, times x [B, d_in] -> [d_sae, d_in]
-            gt = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), flat_g, (ctx.d_sae, B), check_invariants=False
-            ).coalesce()
-            g_w = torch.sparse.mm(gt, x).t()
-        if ctx.needs_input_grad[2]:
+            gt = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), flat_g, (ctx.d_sae, B), check_invariants=False)
+            g_w = torch.sparse.mm(gt.coalesce(), xin).t()
+        if ctx.needs_input_grad[3] or (ctx.has_shift and ctx.needs_input_grad[1]):
             g_b = torch.zeros(ctx.d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, flat_idx, flat_g)
+            if ctx.has_shift and ctx.needs_input_grad[1]:
+                g_s = -(W_enc @ g_b)
         if ctx.needs_input_grad[0]:
-            g_x = F.embedding_bag(idx, W_enc.t(), per_sample_weights=grad, mode="sum")
-        return g_x, g_w, g_b, None, None
+            g_x = F.embedding_bag(idx, W_enc.t().contiguous(), per_sample_weights=grad, mode="sum")
+        return g_x, g_s, g_w, g_b if ctx.needs_input_grad[3] else None, None, None
 
 
 class Dictionary(nn.Module):
@@ -180,11 +184,11 @@ class Dictionary(nn.Module):
         """TopK only: x [B, d_in] -> (values [B, k] >= 0, indices [B, k]); the encoder's backward is sparse."""
         if self.activation != "topk":
             raise ValueError("encode_sparse needs a TopK dictionary; use encode() for ReLU")
-        xin = x - self.b_dec if self.apply_b_dec_to_input else x
+        shift = self.b_dec if self.apply_b_dec_to_input else None
         with torch.no_grad():
-            pre = xin @ self.W_enc + self.b_enc
+            pre = torch.addmm(self.b_enc, x - shift if shift is not None else x, self.W_enc)
             vals, idx = pre.topk(self.k, dim=-1, sorted=False)
-        vals = _SparseGatherLinear.apply(xin, self.W_enc, self.b_enc, idx, vals)
+        vals = _SparseGatherLinear.apply(x, shift, self.W_enc, self.b_enc, idx, vals)
         return F.relu(vals), idx
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:

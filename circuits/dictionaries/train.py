@@ -91,7 +91,7 @@ class TrainDictConfig:
         return self.lr * warm
 
     def dead_after(self) -> int:
-        return self.dead_tokens if self.dead_tokens is not None else max(self.batch_size, self.tokens // 10)
+        return self.dead_tokens if self.dead_tokens is not None else max(10 * self.batch_size, self.tokens // 10)
 
 
 @dataclass
@@ -158,10 +158,11 @@ def _step_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec
         logs["l0"] = float(active.sum()) / x.shape[0]
         logs["l1"] = float(penalty.detach())
     else:
+        shift = d.b_dec if d.apply_b_dec_to_input else None
         with torch.no_grad():
             pre = torch.addmm(d.b_enc, xin, d.W_enc)
             vals, idx = pre.topk(d.k, dim=-1, sorted=False)
-        acts = F.relu(_SparseGatherLinear.apply(xin, d.W_enc, d.b_enc, idx, vals))
+        acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, idx, vals))
         out = d.decode_sparse(acts, idx, x)
         mse = (out - y).pow(2).sum(-1).mean()
         loss = mse
@@ -172,7 +173,7 @@ def _step_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec
             k_aux = min(max(1, d.d_in // 2), n_dead)
             with torch.no_grad():
                 a_vals, a_idx = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)
-            a_acts = F.relu(_SparseGatherLinear.apply(xin, d.W_enc, d.b_enc, a_idx, a_vals))
+            a_acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, a_idx, a_vals))
             resid = (y - out).detach()
             e_hat = F.embedding_bag(a_idx, d.W_dec, per_sample_weights=a_acts, mode="sum")
             aux = (e_hat - resid).pow(2).sum(-1).mean() / resid.sub(resid.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
