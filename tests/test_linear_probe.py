@@ -62,3 +62,15 @@ def test_bad_input(tiny_gpt2):
 def test_labelled_texts_balanced():
     texts, labels = labelled_texts("reviews", 20)
     assert len(texts) == 20 and sum(labels) == 10
+
+
+def test_store_probe_run(tiny_gpt2, tmp_path):
+    from probes.demos import store_probe
+    from workbench.store import Store
+
+    store = Store(tmp_path / "runs")
+    info = store_probe(store, tiny_gpt2, corpus="reviews", n=30, folds=3, max_tokens=16, progress=False)
+    run = store.load("probe", info.run_id)
+    table = run.table("layers")
+    assert list(table.layer) == [-1, 0, 1] and run.summary["n"] == 30
+    assert run.summary["best_accuracy"] == table.accuracy.max()
