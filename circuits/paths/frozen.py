@@ -175,6 +175,11 @@ class FrozenRun:
                          [c.to(dtype) for c in self.clean_outputs], self.n_layers)
 
 
+def model_device(model: Any) -> torch.device:
+    """The device of the model's weights."""
+    return next(model.parameters()).device
+
+
 def validate_tokens(model: Any, tokens: torch.Tensor | str | list[str]) -> torch.Tensor:
     """Token ids [batch, pos] for ``tokens`` (a prompt, prompts or ids), with clear errors for empty or too long input."""
     if isinstance(tokens, str) or (isinstance(tokens, list) and tokens and isinstance(tokens[0], str)):
@@ -234,7 +239,7 @@ def freeze(model: Any, tokens: torch.Tensor | str | list[str]) -> FrozenRun:
     center = str(getattr(cfg, "normalization_type", "LN") or "").startswith("LN")
     names = _hook_names(n_layers, gated, has_mlp)
     with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n in names)
+        logits, cache = model.run_with_cache(tokens.to(model_device(model)), names_filter=lambda n: n in names)
 
     def norm(module: Any, scale: torch.Tensor) -> Norm:
         w, b = _norm_params(module)

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuits.paths.decompose import next_token_loss
-from circuits.paths.frozen import FrozenRun, PathInputError, validate_tokens
+from circuits.paths.frozen import FrozenRun, PathInputError, model_device, validate_tokens
 
 __all__ = ["frozen_lesion_loss", "lesion_curve", "lesion_loss", "lesion_random", "lesion_single", "sublayer_names"]
 
@@ -45,7 +45,7 @@ def lesion_loss(model: Any, tokens: torch.Tensor, deleted: list[int]) -> float:
         raise PathInputError(f"sublayer indices {bad} out of range: the model has {len(names)} sublayers (0..{len(names) - 1})")
     hooks = [(_hook_name(names[i]), _zero) for i in deleted]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        logits = model(tokens.to(model.cfg.device))
+        logits = model(tokens.to(model_device(model)))
     return float(next_token_loss(logits, tokens))
 
 
