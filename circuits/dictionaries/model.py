@@ -15,6 +15,7 @@ Shapes (``d_in`` input width, ``d_sae`` latents, ``d_out`` output width)::
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,43 @@ ACTIVATIONS = ("relu", "topk")
 
 class DictionaryConfigError(ValueError):
     """A dictionary was asked for with an unknown kind/activation or inconsistent widths."""
+
+
+def _sparse_t_matmul(idx: torch.Tensor, vals: torch.Tensor, dense: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """``G^T @ dense`` for the sparse G [B, n_rows] with ``G[b, idx[b, i]] = vals[b, i]`` (idx [B, k] distinct per row):
+    one CSR product, [n_rows, dense.shape[1]]."""
+    B, k = idx.shape
+    flat = idx.reshape(-1)
+    order = flat.argsort()
+    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=idx.device)
+    crow[1:] = torch.bincount(flat, minlength=n_rows).cumsum(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        gt = torch.sparse_csr_tensor(crow, order // k, vals.reshape(-1)[order].contiguous(), (n_rows, B),
+                                     check_invariants=False)
+    return gt @ dense
+
+
+class _SparseDecode(torch.autograd.Function):
+    """out [B, d_out] = sum_i acts[b, i] * W_dec[idx[b, i]], touching only the chosen rows in both directions."""
+
+    @staticmethod
+    def forward(ctx, acts, idx, W_dec):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(acts, idx, W_dec)
+        return F.embedding_bag(idx, W_dec, per_sample_weights=acts, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        acts, idx, W_dec = ctx.saved_tensors
+        g_acts = g_w = None
+        if ctx.needs_input_grad[0]:
+            with torch.enable_grad():  # embedding_bag's own per-sample-weight gradient (no [B, k, d_out] gather)
+                a = acts.detach().requires_grad_()
+                out = F.embedding_bag(idx, W_dec.detach(), per_sample_weights=a, mode="sum")
+                (g_acts,) = torch.autograd.grad(out, a, grad)
+        if ctx.needs_input_grad[2]:
+            g_w = _sparse_t_matmul(idx, acts, grad.contiguous(), W_dec.shape[0])
+        return g_acts, None, g_w
 
 
 class _SparseGatherLinear(torch.autograd.Function):
@@ -48,16 +86,13 @@ class _SparseGatherLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         x, shift, W_enc, idx = ctx.saved_tensors
-        B, k = idx.shape
         g_x = g_s = g_w = g_b = None
         flat_idx = idx.reshape(-1)
         flat_g = grad.reshape(-1).contiguous()
         if ctx.needs_input_grad[2]:
             xin = x - shift if ctx.has_shift else x
-            rows = torch.arange(B, device=idx.device).repeat_interleave(k)
             # sparse G^T [d_sae, B] with B*k entries, times x [B, d_in] -> [d_sae, d_in]
-            gt = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), flat_g, (ctx.d_sae, B), check_invariants=False)
-            g_w = torch.sparse.mm(gt.coalesce(), xin).t()
+            g_w = _sparse_t_matmul(idx, grad, xin.contiguous(), ctx.d_sae).t()
         if ctx.needs_input_grad[3] or (ctx.has_shift and ctx.needs_input_grad[1]):
             g_b = torch.zeros(ctx.d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, flat_idx, flat_g)
             if ctx.has_shift and ctx.needs_input_grad[1]:
@@ -193,7 +228,7 @@ class Dictionary(nn.Module):
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """(values [B, k], indices [B, k]) -> out [B, d_out], reading only the k chosen decoder rows."""
-        out = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
+        out = _SparseDecode.apply(values, indices, self.W_dec) + self.b_dec
         return self._add_skip(out, x)
 
     def decode(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from circuits.dictionaries.buffer import ActivationBuffer, TokenSource
-from circuits.dictionaries.model import Dictionary, _SparseGatherLinear, expansion_width
+from circuits.dictionaries.model import Dictionary, _SparseDecode, _SparseGatherLinear, expansion_width
 from circuits.dictionaries.saelens_io import hook_widths
 from workbench.atomic import atomic_dir, clean_stale_tmp, write_json
 from workbench.train import _optim_from_tensors, _optim_to_tensors, saved_steps, step_dir
@@ -175,7 +175,7 @@ def _step_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec
                 a_vals, a_idx = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)
             a_acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, a_idx, a_vals))
             resid = (y - out).detach()
-            e_hat = F.embedding_bag(a_idx, d.W_dec, per_sample_weights=a_acts, mode="sum")
+            e_hat = _SparseDecode.apply(a_acts, a_idx, d.W_dec)
             aux = (e_hat - resid).pow(2).sum(-1).mean() / resid.sub(resid.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
             loss = loss + auxk_coef * torch.nan_to_num(aux, 0.0)
             logs["auxk"] = float(aux.detach())
