@@ -225,3 +225,14 @@ def test_task_metric_by_length(tiny_llama):
     assert lengths["target"].sum() == pytest.approx(float(diff.mean()), abs=1e-5)
     with pytest.raises(PathInputError, match="either a prompt or a task"):
         analyse_paths(tiny_llama, TOKENS, task=task)
+
+
+def test_demo_writes_a_paths_run(tiny_llama, tmp_path, monkeypatch):
+    from circuits.paths import demo as demo_module
+    from workbench.store import Store
+
+    monkeypatch.setattr(demo_module, "DEMO_MODEL", tiny_llama.workbench_spec)
+    monkeypatch.setattr(demo_module, "DEMO_PROMPT", "t3 t5 t7 t9 t3 t5 t7")
+    info = demo_module.demo(Store(tmp_path / "runs"), "cpu", False)
+    run = Store(tmp_path / "runs").load("paths", info.run_id)
+    assert run.summary["n_sublayers"] == 4 and {"lesion_single", "lesion_random"} <= set(run.names("table"))
