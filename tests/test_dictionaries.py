@@ -252,3 +252,11 @@ def test_cli_eval_dict_stores_a_run_and_rejects_misfits(tiny_llama, tmp_path, mo
     assert "d_in is 40 but the model's blocks.0.hook_resid_post is 32" in capsys.readouterr().err
     assert main(["train-dict", "--model", spec, "--layer", "0", "--activation", "topk"]) == 2
     assert "needs --k" in capsys.readouterr().err
+    code = main(["train-dict", "--model", spec, "--device", "cpu", "--layer", "1", "--kind", "transcoder",
+                 "--activation", "topk", "--k", "2", "6", "--expansion", "2", "--tokens", "1024", "--batch-size", "128",
+                 "--warmup", "2", "--seq-len", "16", "--eval-tokens", "64", "--json"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = Store().load("dictionary", payload["run"]["run_id"]).table("metrics")
+    assert list(metrics["k"]) == [2, 6] and set(metrics["hook_out"]) == {"blocks.1.hook_mlp_out"}
+    assert (metrics["l0"] <= metrics["k"]).all()
