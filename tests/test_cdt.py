@@ -188,3 +188,26 @@ def test_bad_input_is_a_clear_error(tiny_gpt2, induction_2l):
     # metric tokens that are not single tokens for the model's tokenizer
     with pytest.raises(ValueError, match="single"):
         make_task("sentiment", tiny_gpt2.tokenizer, n=2)
+
+
+def test_cdt_verb_stores_a_run(tiny_gpt2, tmp_path, monkeypatch, capsys):
+    import json
+
+    from workbench.cli import main
+    from workbench.store import Store
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    spec = tiny_gpt2.workbench_spec
+    code = main(["cdt", "--model", spec, "--device", "cpu", "--n", "2", "--half-len", "4", "--top-k", "3",
+                 "--sources", "L0.H1@2", "emb@1-3", "mlp0", "--targets", "logit", "L1.H0@5", "--json"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run = Store().load("cdt", payload["run"]["run_id"])
+    table = run.table("scores")
+    assert table["source"].tolist() == ["L0.H1@2", "emb@1-3", "mlp0"]
+    assert "relevance:L1.H0@5" in table.columns
+    assert run.tensors("head_scores")["per_position"].shape == (2, 4, 9)
+    assert run.params["rules"]["attention"] == "ablated"
+    assert main(["cdt", "--model", spec, "--device", "cpu", "--n", "2", "--half-len", "4",
+                 "--sources", "L7.H0"]) == 2
+    assert "layer 7 out of range" in capsys.readouterr().err
