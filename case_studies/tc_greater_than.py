@@ -156,6 +156,10 @@ def write_report(out: Path, args, task, effects, layers, result, per_layer, info
         f"{args.batch_size}` (TopK k={args.k}, expansion {args.expansion:g}, lr {args.lr:g}; one pass over "
         f"{args.tokens} wiki tokens; beam width {args.beam_width}, depth {args.depth}).",
         "",
+        f"The transcoders see {args.tokens} training tokens (the paper's: 60M) on two CPU cores, so they are far from "
+        "converged: their error nodes carry most of what the replaced MLPs do, and the circuit's features are only the "
+        "part the transcoders already explain. The completeness identity holds whatever their quality.",
+        "",
         f"Task: {task.description}",
         "",
         "## Which MLPs matter (frozen patterns and norm scales)",
