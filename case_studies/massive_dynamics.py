@@ -71,6 +71,30 @@ def family_section(name: str, result: dict, run_id: str) -> list[str]:
     return lines
 
 
+CAVEATS = """How to read these numbers. The zoo's members are tiny (0.2-1.1 M parameters) and short-trained (400 updates
+of 8 x 127 tokens), so the top-1 / median ratio stays below about 20: nothing here reaches the |a| > 100, ratio ~1000
+regime of massive activations in large models (SmolLM2-135M: ratio > 10,000 from layer 12 on). What the curves show is
+the early-training transient: during warm-up (the first ~40 updates) the ratio first moves away from its value at
+initialisation, dips or spikes, and then settles; the five-parameter model describes a single rise-and-decay (or a
+logarithmic rise), so a curve with a dip followed by a rise fits it poorly, and those layers carry the low R^2 values.
+The predictor is scored leave-one-model-out over a handful of members: negative R^2 means it predicts a held-out
+member's parameters worse than their mean; the scores are reported as measured.
+"""
+
+
+def overview(results: dict) -> list[str]:
+    """Headline numbers over every fitted layer."""
+    fits = pd.concat([r["fits"] for r in results.values()], ignore_index=True)
+    lines = ["## Summary", ""]
+    for stat, group in fits.groupby("statistic"):
+        lines.append(
+            f"- `{stat}`: {len(group)} layer curves over {group['member'].nunique()} members; five-parameter fit R^2 "
+            f"mean {group['r2'].mean():.3f}, median {group['r2'].median():.3f}, {int((group['r2'] > 0.9).sum())} above "
+            f"0.9; the logistic step has the lower AIC in {int((group['preferred'] == 'step').sum())} of them."
+        )
+    return lines + [""]
+
+
 def main() -> None:
     store = Store()
     md = ["# Training dynamics of massive activations across the zoo", ""]
@@ -95,7 +119,7 @@ def main() -> None:
                  f"{whole['predictor']['n_layers_total'].iloc[0]} layers:", "", "```",
                  md_pred.to_string(float_format=lambda x: f"{x:.3f}"), "```", ""]
     out = Path(__file__).with_suffix(".md")
-    text = "\n".join(md + body)
+    text = "\n".join(md + overview(per_family) + [CAVEATS] + body)
     out.write_text(text + "\n")
     print(text)
 

@@ -142,6 +142,13 @@ def main() -> None:
         "",
         *size_check(table),
         "",
+        "At 400 updates of 8 x 127 tokens (about 0.4 M tokens, a tenth of one pass over the training stream) the "
+        "members are far from converged, and the deeper and wider ones, which learn more slowly per update at this "
+        "learning rate, have not yet overtaken the small ones: held-out loss does not fall with size at every step "
+        "here. The whole zoo costs about ten CPU-minutes at this budget (`cpu_minutes_est`), so on an idle machine "
+        "the step count in `workbench/zoo_families.py` (`MEMBERS`) can be raised several-fold within the intended "
+        "budget of 40-60 core-minutes; the builds above ran on a machine shared with other jobs.",
+        "",
         GPU_NOTE,
     ]
     out = Path(__file__).with_suffix(".md")
