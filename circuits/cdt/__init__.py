@@ -8,6 +8,7 @@
 """
 
 from circuits.cdt.discovery import candidates, discover, prune
+from circuits.cdt.local import Explanation, explain, highlight_html
 from circuits.cdt.nodes import CDTInputError, Node, parse_node
 from circuits.cdt.rules import Rules
 from circuits.cdt.scores import Context, Scores, check_task, decompose_sources, head_scores, prepare
@@ -15,6 +16,7 @@ from circuits.cdt.scores import Context, Scores, check_task, decompose_sources, 
 __all__ = [
     "CDTInputError",
     "Context",
+    "Explanation",
     "Node",
     "Rules",
     "Scores",
@@ -22,7 +24,9 @@ __all__ = [
     "check_task",
     "decompose_sources",
     "discover",
+    "explain",
     "head_scores",
+    "highlight_html",
     "parse_node",
     "prepare",
     "prune",
