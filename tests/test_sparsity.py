@@ -103,7 +103,7 @@ def test_corpus_sparsity_splits_and_bad_input(relu_toy):
 
 def test_loss_helper_matches_cross_entropy(relu_toy):
     b = _batches(relu_toy, n=200)[-1]
-    logits = relu_toy(b.tokens)
+    logits = relu_toy(b.tokens).detach()
     s, n = next_token_loss_sum(logits, b.tokens, b.attention_mask)
     keep = (b.attention_mask[:, 1:] * b.attention_mask[:, :-1]).bool()
     ref = torch.nn.functional.cross_entropy(logits[:, :-1][keep].double(), b.tokens[:, 1:][keep], reduction="sum")
