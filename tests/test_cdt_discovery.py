@@ -101,7 +101,7 @@ def test_word_contributions_of_a_tweet(smollm2):
     assert words["phrase"].tolist() == text.split()
     assert len(ex.table) == 6 + 5  # words and bigrams
     contrib = dict(zip(words["phrase"], words["contribution"], strict=True))
-    assert contrib["love"] > 0 and contrib["love"] > contrib["this"]
+    assert contrib["wonderful"] > 0 and contrib["wonderful"] > contrib["this"]
     page = ex.html()
     assert page.count("<span") == 6 and "wonderful" in page
     assert "&lt;b&gt;" in highlight_html(["<b>"], [1.0])
