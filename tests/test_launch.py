@@ -52,3 +52,15 @@ def test_run_verb_returns_the_json_object(tmp_path):
 def test_run_verb_raises_with_the_verbs_message(tmp_path):
     with pytest.raises(RuntimeError, match="exit 2.*unrecognized arguments: --bogus"):
         launch.run_verb(["runs", "--bogus"], env=dict(os.environ, WORKBENCH_RUNS=str(tmp_path)))
+
+
+def test_options_with_several_values_are_split():
+    many = [s for verb in launch.analysis_verbs() for s in launch.verb_options(verb) if s.many]
+    assert many, "some analysis verb takes several values"
+    verb = next(v for v in launch.analysis_verbs() if any(s.many for s in launch.verb_options(v)))
+    spec = next(s for s in launch.verb_options(verb) if s.many)
+    argv = launch.build_argv(verb, {spec.dest: "1, 2 3"})
+    if spec.flag.startswith("-"):
+        assert argv[argv.index(spec.flag) + 1 : argv.index(spec.flag) + 4] == ["1", "2", "3"]
+    else:
+        assert argv[1:4] == ["1", "2", "3"]

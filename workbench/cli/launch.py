@@ -35,6 +35,7 @@ class OptionSpec:
     type: str
     help: str
     required: bool
+    many: bool = False  # takes several values (nargs "+" or "*"): the form's text is split on spaces and commas
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -71,7 +72,8 @@ def verb_options(verb: str) -> list[OptionSpec]:
             kind = "str"
         specs.append(OptionSpec(flag=flag, dest=action.dest, default=action.default,
                                 choices=tuple(action.choices) if action.choices else None, type=kind,
-                                help=action.help or "", required=bool(action.required)))
+                                help=action.help or "", required=bool(action.required),
+                                many=action.nargs in ("+", "*")))
     return specs
 
 
@@ -86,10 +88,11 @@ def build_argv(verb: str, values: dict[str, Any]) -> list[str]:
             continue
         if value is None or value == "":
             continue
+        parts = [v for v in re.split(r"[\s,]+", str(value).strip()) if v] if spec.many else [str(value)]
         if not spec.flag.startswith("-"):
-            argv.append(str(value))
+            argv += parts
         elif value != spec.default:
-            argv += [spec.flag, str(value)]
+            argv += [spec.flag, *parts]
     return argv + ["--json"]
 
 
