@@ -28,6 +28,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/harvest.py
+	$(PY) bench/probes.py
+	$(PY) bench/dictionaries.py
+	$(PY) bench/cdt.py
+	$(PY) bench/paths.py
+	$(PY) bench/app.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
