@@ -14,7 +14,9 @@ activation patching; the defaults agree with it (see ``case_studies/cdt_inductio
   A_beta V_beta`` and ``context_gamma = A V - context_beta``; ``"total"``: the pattern ``A`` of the total is held fixed and
   ``context_beta = A V_beta``; ``"ablated"`` (this project's addition): the attention block as one nonlinearity,
   ``context_gamma = softmax(Q_gamma K_gamma^T) V_gamma`` and ``context_beta = A V - context_gamma``, which lets a source
-  act through queries and keys (K- and Q-composition), not only through values.
+  act through queries and keys (K- and Q-composition), not only through values. Known limit: gamma then follows a run
+  with the source ablated but with norm statistics frozen from the total, and on deep models (SmolLM2's 30 layers) it
+  can grow so large that beta + gamma keeps only a few digits even in float64; use ``"own"`` or ``"total"`` there.
 - ``bias_split``: ``"proportional"`` (published): a bias ``b`` of ``W x + b`` is shared in proportion to ``|W beta|`` and
   ``|W gamma|``; ``"gamma"``: biases stay irrelevant.
 - ``norm_eps``: the epsilon of LayerNorm/RMSNorm (None: the model's own). Any other value changes the model too, so the
