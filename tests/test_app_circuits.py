@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy.stats import spearmanr
 from streamlit.testing.v1 import AppTest
 
@@ -44,12 +45,14 @@ def circuit_store(tmp_path, monkeypatch) -> Store:
     monkeypatch.setenv("WORKBENCH_RUNS", str(root))
     store = Store(root)
     with store.create("patching", model="toy/induction-2l", run_id="20240101-000000-aaaaaa") as w:
-        w.save_table("head_scores", _heads(PATCH))
+        heads = _heads(PATCH).assign(position=-1, component="head")
+        layers = pd.DataFrame({"layer": [0, 1], "head": [-1, -1], "position": -1, "component": "mlp", "score": [9.0, 9.0]})
+        w.save_table("scores", pd.concat([heads, layers], ignore_index=True))
         w.summary["faithfulness"] = 0.91
     with store.create("cdt", model="toy/induction-2l", run_id="20240102-000000-bbbbbb") as w:
         w.save_json("circuit", _circuit().to_json())
-        w.save_table("head_scores", _heads(CDT))
-        w.save_table("words", pd.DataFrame({"token": ["I", " love", " it"], "contribution": [0.1, 2.5, -0.4]}))
+        w.save_tensors("head_scores", {"per_head": torch.tensor(CDT)})
+        w.save_table("words", pd.DataFrame({"text_index": 0, "phrase": ["I", "love", "it"], "contribution": [0.1, 2.5, -0.4]}))
         w.summary.update({"faithfulness": 0.87, "nodes": 3})
     (root / "cdt" / "20240103-000000-cccccc").mkdir(parents=True)
     (root / "cdt" / "20240103-000000-cccccc" / "manifest.json").write_text("{broken")

@@ -35,18 +35,45 @@ def circuit_artifacts(run: Run) -> dict[str, Circuit]:
 
 
 def score_tables(run: Run) -> dict[str, pd.DataFrame]:
-    """Tables of ``run`` with ``layer``, ``head`` and a score column (head scores), by artifact name."""
+    """Head scores of ``run`` as tables with ``layer``, ``head`` and ``score`` (and ``position`` when per position).
+
+    Found in tables with ``layer``, ``head`` and a score column (rows of whole layers, ``head`` -1, are left out) and
+    in tensors named ``head_scores`` (``per_head`` [L, H], ``per_position`` [L, H, T]).
+    """
     out = {}
     for name in run.names("table"):
         df = run.table(name)
         if {"layer", "head"} <= set(df.columns) and any(c in df.columns for c in SCORE_COLUMNS):
-            out[name] = df
+            df = df[df["head"] >= 0]
+            if "component" in df.columns:
+                df = df[df["component"] == "head"]
+            if len(df):
+                out[name] = df
+    if "head_scores" in run.names("tensors"):
+        tensors = run.tensors("head_scores")
+        for key in ("per_head", "per_position"):
+            if key in tensors:
+                t = tensors[key].double().numpy()
+                idx = np.indices(t.shape).reshape(t.ndim, -1)
+                cols = {"layer": idx[0], "head": idx[1], "score": t.ravel()}
+                if t.ndim == 3:
+                    cols["position"] = idx[2]
+                out[f"head_scores.{key}"] = pd.DataFrame(cols)
     return out
 
 
+TEXT_COLUMNS = ("token", "phrase", "word")
+GROUP_COLUMNS = ("example", "text_index", "label")
+
+
 def word_tables(run: Run) -> dict[str, pd.DataFrame]:
-    """Tables of ``run`` with ``token`` and ``contribution`` columns (word-level explanations), by name."""
-    return {n: run.table(n) for n in run.names("table") if {"token", "contribution"} <= set(run.table(n).columns)}
+    """Tables of ``run`` with a text column (token, phrase or word) and ``contribution``: word-level explanations."""
+    out = {}
+    for name in run.names("table"):
+        df = run.table(name)
+        if "contribution" in df.columns and any(c in df.columns for c in TEXT_COLUMNS):
+            out[name] = df
+    return out
 
 
 def head_matrix(df: pd.DataFrame) -> tuple[np.ndarray, str]:
@@ -68,14 +95,16 @@ def heatmap(matrix: np.ndarray, title: str) -> go.Figure:
 
 def highlighted_html(df: pd.DataFrame) -> str:
     """Tokens as inline spans coloured by contribution: blue pushes the target up, red pushes it down."""
+    text_col = next(c for c in TEXT_COLUMNS if c in df.columns)
     values = df["contribution"].astype(float).to_numpy()
     bound = float(np.max(np.abs(values))) if len(values) else 1.0
     spans = []
-    for token, value in zip(df["token"].astype(str), values, strict=True):
+    separator = " " if text_col != "token" else ""
+    for token, value in zip(df[text_col].astype(str), values, strict=True):
         alpha = min(abs(value) / bound, 1.0) if bound > 0 else 0.0
         rgb = "33,102,172" if value >= 0 else "178,24,43"
         spans.append(f'<span title="{value:+.4g}" style="background: rgba({rgb},{alpha:.2f}); padding: 1px 2px; '
-                     f'border-radius: 3px; white-space: pre">{html.escape(token)}</span>')
+                     f'border-radius: 3px; white-space: pre">{html.escape(token)}</span>{separator}')
     return '<div style="line-height: 2; font-family: monospace">' + "".join(spans) + "</div>"
 
 
@@ -178,7 +207,7 @@ def _run_view(store: Store, info: RunInfo) -> None:
         st.plotly_chart(heatmap(matrix, f"{name} ({col}, summed over positions)"), key=f"{info.run_id}-hm-{name}")
     for name, df in words.items():
         st.subheader(f"Word-level explanation: {name}")
-        group = "example" if "example" in df.columns else None
+        group = next((c for c in GROUP_COLUMNS if c in df.columns), None)
         examples = sorted(df[group].unique()) if group else [None]
         for ex in examples[:10]:
             part = df[df[group] == ex] if group else df
