@@ -18,7 +18,7 @@ from test_app_circuits import circuit_store  # noqa: F401  (fixtures: each write
 from test_app_dictionaries import dictionary_store  # noqa: F401
 from test_app_paths import paths_store  # noqa: F401
 from test_app_probes import probe_store  # noqa: F401
-from test_app_training import store  # noqa: F401
+from test_app_training import _dynamics, _zoo_training, store  # noqa: F401
 
 from workbench.store import Run, Store
 from workbench.testing.browser import browser_missing, chromium, page_names, serve, visit
@@ -41,11 +41,15 @@ def _readable(run: Run) -> bool:
 def every_page_store(tmp_path, circuit_store, dictionary_store, paths_store, probe_store, store):  # noqa: F811
     """One store holding the fixture runs of every page, without the deliberately corrupt ones (the AppTest tests
     check their error boxes; here an error box is a failure)."""
+    _zoo_training(store, "llama-d64-l2", 1.0)
+    _zoo_training(store, "gpt-relu-d64-l2", 0.9)
+    _dynamics(store, with_predictor=True)
     runs = Store(tmp_path / "runs")
     for info in runs.list():
         if not info.ok or not _readable(runs.load(info.kind, info.run_id)):
             shutil.rmtree(info.path)
-    assert runs.list() and all(i.ok for i in runs.list())
+    kinds = {i.kind for i in runs.list()}
+    assert {"sparsity", "massive", "probe", "dictionary", "cdt", "patching", "paths", "zoo-training", "dynamics"} <= kinds
     return runs.root
 
 
