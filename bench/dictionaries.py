@@ -1,32 +1,53 @@
-"""Benchmark: dictionary training throughput of our trainer against a plain PyTorch loop on the same activations.
+"""Benchmark: dictionary training throughput of our trainer against a plain PyTorch loop, SAELens and sparsify.
 
-Run: ``.venv/bin/python bench/dictionaries.py [--source smollm2|random] [--tokens 65536] [--steps 16]``.
-Activations: SmolLM2's ``blocks.3.ln2.hook_normalized`` harvested once (or random ones of the same width), 4,608
-latents (8x), batch 4,096. Rows (all measured in this process, interleaved in rounds, best round kept):
+Run: ``.venv/bin/python bench/dictionaries.py [--source smollm2|random] [--tokens 65536] [--steps 16] [--rounds 2]
+[--threads 2] [--saelens-python /tmp/venv-saelens/bin/python] [--sparsify-python /tmp/venv-sparsify/bin/python]``.
 
-- ``plain relu``: the straightforward loop (dense encoder and decoder, L1 penalty, Adam);
-- ``ours relu``: :func:`circuits.dictionaries.train.train_dictionaries` (ReLU, norm-weighted L1) on a TensorBuffer;
+Activations: SmolLM2's ``blocks.3.ln2.hook_normalized`` harvested once (or random ones of the same width); every
+row trains an SAE on exactly these rows, in the same order (consecutive slices of ``--batch`` rows), with 4,608 latents
+(8 x 576), batch 4,096, Adam (lr 4e-4, betas 0.9/0.999), ReLU with an L1 coefficient of 1e-3 on decoder-norm-weighted
+activations, or TopK with k = 32, and the same torch thread count. Rows:
+
+- ``plain relu``: the straightforward loop (dense encoder and decoder, decoder-norm-weighted L1 as ours, Adam);
+- ``ours relu``: :func:`circuits.dictionaries.train.train_dictionaries` (fused ReLU step) on a TensorBuffer;
+- ``saelens relu``: SAELens' ``StandardTrainingSAE`` driven by its own ``SAETrainer.step`` (its public per-batch
+  training seam: ``training_forward_pass``, firing statistics, backward, gradient clipping, Adam, schedulers);
 - ``plain topk``: dense TopK (scatter into a dense code, dense decoder);
-- ``ours topk``: our TopK with the sparse encoder-gradient / embedding-bag decoder path (and AuxK bookkeeping).
+- ``ours topk``: our TopK with the sparse encoder-gradient / embedding-bag decoder path (and AuxK bookkeeping);
+- ``saelens topk`` / ``saelens topk sparse``: SAELens' ``TopKTrainingSAE`` through ``SAETrainer.step``, with dense
+  activations (its default) and with ``use_sparse_activations=True``;
+- ``sparsify topk``: EleutherAI sparsify's ``SparseCoder`` with the inner step of its ``Trainer.fit`` (decoder rows
+  set to unit norm, ``forward(x, dead_mask=...)``, loss ``fvu + auxk_alpha * auxk_loss``, parallel decoder gradient
+  removed, Adam, linear warm-up); sparsify has no ReLU/L1 coder, so it has only a TopK row.
 
-Also prints this machine's fp32 matmul rate ([4096, 576] @ [576, 4608]) and each row's achieved FLOP rate, counting
-the dense work of a ReLU step as ``10 * B * d_in * d_sae`` (encoder forward and weight gradient, decoder forward and
-both gradients) and of a sparse TopK step as ``2 * B * d_in * d_sae`` plus the k-sparse terms.
+Latents count as dead after 10 steps without firing in every implementation that tracks them (ours, SAELens,
+sparsify), so AuxK terms switch on at the same time. The libraries run in their own virtualenvs (``--saelens-python``,
+``--sparsify-python``; rows are skipped with a note when a path is absent), in a child process that loads the same
+activations from a temporary safetensors file and times its own step loop; ours times the whole
+``train_dictionaries`` call (model build and data-dependent initialisation included). Measured: SAELens 6.54.12 and
+eai-sparsify 1.3.3, both on torch 2.13.0 (CPU wheels), installed with ``pip install torch==2.13.0 sae-lens`` /
+``... eai-sparsify`` in fresh virtualenvs.
+
+Rounds run the rows in turn (best round kept). Also printed: this machine's fp32 matmul rate ([B, 576] @ [576, 4608])
+and each row's achieved rate in *useful* FLOPs: the work the step's mathematics needs, the same count for every row of a
+kind, whatever an implementation does on top. ReLU: ``10 * B * d_in * d_sae`` (encoder forward and weight gradient,
+decoder forward and both gradients). TopK: ``2 * B * d_in * d_sae`` (dense encoder forward, needed to rank the
+latents) plus ``8 * B * k * d_in`` (k-sparse decoder forward, both decoder gradients, encoder weight gradient).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from circuits.dictionaries.buffer import TensorBuffer
-from circuits.dictionaries.train import DictSpec, TrainDictConfig, train_dictionaries
-
-D_SAE_MULT, BATCH, K = 8, 4096, 32
+D_SAE_MULT, BATCH, K, L1, LR, WARMUP, DEAD_STEPS = 8, 4096, 32, 1e-3, 4e-4, 10, 10
 HOOK = "blocks.3.ln2.hook_normalized"
 
 
@@ -44,27 +65,36 @@ def activations(source: str, tokens: int) -> torch.Tensor:
 
 
 def matmul_rate(d_in: int, d_sae: int, reps: int = 10) -> float:
+    """fp32 FLOP/s of [BATCH, d_in] @ [d_in, d_sae] (best of three timings)."""
     a, b = torch.randn(BATCH, d_in), torch.randn(d_in, d_sae)
     a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * BATCH * d_in * d_sae * reps / (time.perf_counter() - t)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * BATCH * d_in * d_sae * reps / best
+
+
+def batch_at(x: torch.Tensor, step: int) -> torch.Tensor:
+    """The step's [BATCH, d_in] rows: consecutive slices of x, wrapping around (a view, no copy)."""
+    n = x.shape[0] // BATCH
+    return x[(step % n) * BATCH : (step % n + 1) * BATCH]
 
 
 def plain_loop(x: torch.Tensor, steps: int, topk: bool) -> float:
-    """The straightforward loop; returns tokens/s."""
+    """The straightforward loop (autograd through the formulas, Adam); returns tokens/s."""
     d_in, d_sae = x.shape[1], x.shape[1] * D_SAE_MULT
     g = torch.Generator().manual_seed(0)
     W_enc = torch.nn.Parameter(torch.randn(d_in, d_sae, generator=g) * 0.01)
     W_dec = torch.nn.Parameter(torch.randn(d_sae, d_in, generator=g) * 0.01)
     b_enc = torch.nn.Parameter(torch.zeros(d_sae))
     b_dec = torch.nn.Parameter(torch.zeros(d_in))
-    opt = torch.optim.Adam([W_enc, W_dec, b_enc, b_dec], lr=4e-4)
-    n = x.shape[0] // BATCH
+    opt = torch.optim.Adam([W_enc, W_dec, b_enc, b_dec], lr=LR)
     t = time.perf_counter()
     for s in range(steps):
-        xb = x[(s % n) * BATCH : (s % n + 1) * BATCH]
+        xb = batch_at(x, s)
         pre = (xb - b_dec) @ W_enc + b_enc
         if topk:
             v, i = pre.topk(K, dim=-1)
@@ -72,7 +102,8 @@ def plain_loop(x: torch.Tensor, steps: int, topk: bool) -> float:
             loss = (z @ W_dec + b_dec - xb).pow(2).sum(-1).mean()
         else:
             z = F.relu(pre)
-            loss = (z @ W_dec + b_dec - xb).pow(2).sum(-1).mean() + 1e-3 * z.sum(-1).mean()
+            penalty = (z * W_dec.norm(dim=1)).sum(-1).mean()
+            loss = (z @ W_dec + b_dec - xb).pow(2).sum(-1).mean() + L1 * penalty
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -80,12 +111,102 @@ def plain_loop(x: torch.Tensor, steps: int, topk: bool) -> float:
 
 
 def ours(x: torch.Tensor, steps: int, topk: bool) -> float:
-    spec = DictSpec(HOOK, activation="topk" if topk else "relu", k=K if topk else None, l1=1e-3, expansion=D_SAE_MULT)
-    cfg = TrainDictConfig(tokens=steps * BATCH, batch_size=BATCH, warmup_steps=10, log_every=10**9)
+    """Our trainer on a TensorBuffer over x; returns tokens/s (the whole call timed)."""
+    from circuits.dictionaries.buffer import TensorBuffer
+    from circuits.dictionaries.train import DictSpec, TrainDictConfig, train_dictionaries
+
+    spec = DictSpec(HOOK, activation="topk" if topk else "relu", k=K if topk else None, l1=L1, expansion=D_SAE_MULT)
+    cfg = TrainDictConfig(tokens=steps * BATCH, batch_size=BATCH, lr=LR, warmup_steps=WARMUP, log_every=10**9,
+                          dead_tokens=DEAD_STEPS * BATCH)
     buf = TensorBuffer({HOOK: x}, batch_size=BATCH, epochs=steps)
     t = time.perf_counter()
     train_dictionaries(None, None, [spec], cfg, buffer=buf, progress=False)
     return steps * BATCH / (time.perf_counter() - t)
+
+
+# ---------------------------------------------------------------- library rows (run in the library's own virtualenv)
+def child_saelens(x: torch.Tensor, steps: int, variant: str) -> float:
+    """SAELens: ``SAETrainer.step`` on each batch; variant ``relu``, ``topk`` or ``topk-sparse``."""
+    from sae_lens import (
+        StandardTrainingSAE,
+        StandardTrainingSAEConfig,
+        TopKTrainingSAE,
+        TopKTrainingSAEConfig,
+    )
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    d_in, d_sae = x.shape[1], x.shape[1] * D_SAE_MULT
+    if variant == "relu":
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=L1))
+    else:
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=K, aux_loss_coefficient=1 / 32,
+                                                    use_sparse_activations=variant == "topk-sparse"))
+    cfg = SAETrainerConfig(total_training_samples=steps * BATCH, train_batch_size_samples=BATCH, lr=LR,
+                           lr_warm_up_steps=WARMUP, dead_feature_window=DEAD_STEPS, device="cpu",
+                           logger=LoggingConfig(log_to_wandb=False))
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+    t = time.perf_counter()
+    for s in range(steps):
+        trainer.step(batch_at(x, s))
+        trainer.n_training_steps += 1
+    return steps * BATCH / (time.perf_counter() - t)
+
+
+def child_sparsify(x: torch.Tensor, steps: int, variant: str) -> float:  # noqa: ARG001
+    """sparsify: a TopK ``SparseCoder`` trained with the inner step of ``sparsify.Trainer.fit``."""
+    from sparsify import SparseCoder, SparseCoderConfig
+    from transformers import get_linear_schedule_with_warmup
+
+    d_in, d_sae = x.shape[1], x.shape[1] * D_SAE_MULT
+    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=K), device="cpu", dtype=torch.float32)
+    opt = torch.optim.Adam(sae.parameters(), lr=LR)
+    sched = get_linear_schedule_with_warmup(opt, WARMUP, steps)
+    since = torch.zeros(d_sae, dtype=torch.long)
+    auxk_alpha = 1 / 32
+    t = time.perf_counter()
+    for s in range(steps):
+        xb = batch_at(x, s)
+        if s == 0:
+            sae.b_dec.data = xb.mean(0)
+        sae.set_decoder_norm_to_unit_norm()
+        out = sae(x=xb, y=xb, dead_mask=since > DEAD_STEPS * BATCH)
+        did_fire = torch.zeros(d_sae, dtype=torch.bool)
+        did_fire[out.latent_indices.flatten()] = True
+        (out.fvu + auxk_alpha * out.auxk_loss).backward()
+        since += BATCH
+        since[did_fire] = 0
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    return steps * BATCH / (time.perf_counter() - t)
+
+
+CHILDREN = {"saelens": child_saelens, "sparsify": child_sparsify}
+
+
+def run_child(python: str, lib: str, variant: str, acts: Path, steps: int, threads: int) -> float | str:
+    """tokens/s of a library row measured in a child process of ``python``; an error message on failure."""
+    cmd = [python, __file__, "--child", lib, "--variant", variant, "--acts", str(acts), "--steps", str(steps),
+           "--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return f"{lib} {variant} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
+    return float(json.loads(lines[-1])["tokens_per_s"])
+
+
+def child_main(args: argparse.Namespace) -> None:
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(args.threads)
+    x = load_file(args.acts)["x"]
+    print(json.dumps({"tokens_per_s": CHILDREN[args.child](x, args.steps, args.variant)}))
+
+
+def useful_flops_per_token(name: str, d_in: int, d_sae: int) -> float:
+    return 10 * d_in * d_sae if "relu" in name else 2 * d_in * d_sae + 8 * K * d_in
 
 
 def main() -> None:
@@ -94,27 +215,61 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=65536)
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch threads in every row (default: torch's default)")
+    p.add_argument("--saelens-python", default="/tmp/venv-saelens/bin/python")
+    p.add_argument("--sparsify-python", default="/tmp/venv-sparsify/bin/python")
+    p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    p.add_argument("--variant", default="", help=argparse.SUPPRESS)
+    p.add_argument("--acts", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:
+        child_main(args)
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     x = activations(args.source, args.tokens)
     d_in, d_sae = x.shape[1], x.shape[1] * D_SAE_MULT
     rate = matmul_rate(d_in, d_sae)
-    rows = {"plain relu": (plain_loop, False), "ours relu": (ours, False),
-            "plain topk": (plain_loop, True), "ours topk": (ours, True)}
-    best = {name: 0.0 for name in rows}
+    rows = {"plain relu": lambda: plain_loop(x, args.steps, False), "ours relu": lambda: ours(x, args.steps, False),
+            "plain topk": lambda: plain_loop(x, args.steps, True), "ours topk": lambda: ours(x, args.steps, True)}
+    notes = []
+    tmp = tempfile.TemporaryDirectory()
+    acts = Path(tmp.name) / "acts.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"x": x.contiguous()}, str(acts))
+    libs = [("saelens", args.saelens_python, [("saelens relu", "relu"), ("saelens topk", "topk"),
+                                              ("saelens topk sparse", "topk-sparse")]),
+            ("sparsify", args.sparsify_python, [("sparsify topk", "topk")])]
+    for lib, python, variants in libs:
+        if not python or not Path(python).exists():
+            notes.append(f"{lib}: skipped (no interpreter at {python!r}; pass --{lib}-python)")
+            continue
+        for name, variant in variants:
+            rows[name] = (lambda py=python, lb=lib, v=variant: run_child(py, lb, v, acts, args.steps, threads))
+    best: dict[str, float] = {}
     for _ in range(args.rounds):
-        for name, (fn, topk) in rows.items():
-            best[name] = max(best[name], fn(x, args.steps, topk))
-    dense = {"plain relu": 10, "ours relu": 10, "plain topk": 10, "ours topk": 2}
-    print(f"activations: {args.source} {tuple(x.shape)}, d_sae {d_sae}, batch {BATCH}, TopK k={K}, "
-          f"{args.steps} steps x {args.rounds} rounds (best kept), threads {torch.get_num_threads()}")
+        for name, fn in rows.items():
+            got = fn()
+            if isinstance(got, str):
+                notes.append(got)
+                continue
+            best[name] = max(best.get(name, 0.0), got)
+    tmp.cleanup()
+    print(f"activations: {args.source} {tuple(x.shape)}, d_sae {d_sae}, batch {BATCH}, TopK k={K}, L1 {L1}, "
+          f"{args.steps} steps x {args.rounds} rounds (best kept), torch threads {threads}")
     print(f"fp32 matmul [{BATCH},{d_in}]@[{d_in},{d_sae}]: {rate / 1e9:.1f} GFLOP/s")
-    print(f"{'trainer':<12} {'tokens/s':>10} {'vs plain':>9} {'GFLOP/s':>8} {'of matmul':>9}")
-    out = {"matmul_gflops": rate / 1e9, "rows": {}}
+    print(f"{'trainer':<20} {'tokens/s':>10} {'ours/this':>10} {'useful GFLOP/s':>15} {'of matmul':>10}")
+    out = {"matmul_gflops": rate / 1e9, "threads": threads, "source": args.source, "rows": {}, "notes": notes}
     for name, tps in best.items():
-        base = best["plain topk" if "topk" in name else "plain relu"]
-        flops = tps * dense[name] * d_in * d_sae
-        out["rows"][name] = {"tokens_per_s": tps, "ratio_vs_plain": tps / base, "gflops": flops / 1e9}
-        print(f"{name:<12} {tps:>10.0f} {tps / base:>8.2f}x {flops / 1e9:>8.1f} {flops / rate:>8.0%}")
+        mine = best.get("ours topk" if "topk" in name else "ours relu", float("nan"))
+        flops = tps * useful_flops_per_token(name, d_in, d_sae)
+        out["rows"][name] = {"tokens_per_s": tps, "ours_over_this": mine / tps, "useful_gflops": flops / 1e9,
+                             "fraction_of_matmul": flops / rate}
+        print(f"{name:<20} {tps:>10.0f} {mine / tps:>9.2f}x {flops / 1e9:>15.1f} {flops / rate:>9.0%}")
+    for note in notes:
+        print("note:", note)
     print(json.dumps(out))
 
 

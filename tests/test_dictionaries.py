@@ -12,6 +12,7 @@ from circuits.dictionaries import Dictionary, DictionaryConfigError
 from circuits.dictionaries.buffer import random_source
 from circuits.dictionaries.evaluate import evaluate_dictionaries, next_token_loss
 from circuits.dictionaries.features import de_embeddings, logit_effects, top_contexts
+from circuits.dictionaries.fused import relu_code
 from circuits.dictionaries.saelens_io import (
     DictionaryFileError,
     DictionaryMismatchError,
@@ -48,6 +49,33 @@ def test_sparse_topk_path_matches_dense_in_value_and_gradient(kind):
     grads_sparse = torch.autograd.grad(out_sparse.sin().sum(), list(d.parameters()))
     for g_s, g_d in zip(grads_sparse, grads_dense, strict=True):
         torch.testing.assert_close(g_s, g_d, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["sae", "transcoder", "skip_transcoder"])
+def test_fused_relu_step_matches_autograd_of_the_formula(kind):
+    d = make(kind, "relu").double()
+    x = torch.randn(9, 12, dtype=torch.float64)
+    y = torch.randn(9, d.d_out, dtype=torch.float64)
+    l1 = 0.3
+
+    def plain():  # the training loss written out, differentiated by autograd
+        z = d.encode(x)
+        penalty = (z * d.W_dec.norm(dim=1)).sum(-1).mean()
+        return (d.decode(z, x) - y).pow(2).sum(-1).mean() + l1 * penalty, z
+
+    def fused():
+        recon, penalty, z_sum, z = relu_code(x, d.b_dec if d.apply_b_dec_to_input else None, d.W_enc, d.b_enc, d.W_dec)
+        return (d._add_skip(recon + d.b_dec, x) - y).pow(2).sum(-1).mean() + l1 * penalty, z, z_sum
+
+    params = list(d.parameters())
+    loss_p, z_p = plain()
+    loss_f, z_f, z_sum = fused()
+    assert 0 < int((z_f > 0).sum()) < z_f.numel()  # the ReLU mask matters
+    torch.testing.assert_close(loss_f, loss_p, rtol=1e-12, atol=0)
+    torch.testing.assert_close(z_f, z_p, rtol=0, atol=1e-14)
+    torch.testing.assert_close(z_sum, z_p.sum(0), rtol=1e-12, atol=0)
+    for g_f, g_p in zip(torch.autograd.grad(loss_f, params), torch.autograd.grad(loss_p, params), strict=True):
+        torch.testing.assert_close(g_f, g_p, rtol=1e-10, atol=1e-12)
 
 
 def test_encode_decode_follow_the_formulas():

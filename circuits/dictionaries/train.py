@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from circuits.dictionaries.buffer import ActivationBuffer, TokenSource
+from circuits.dictionaries.fused import relu_code
 from circuits.dictionaries.model import Dictionary, _SparseDecode, _SparseGatherLinear, expansion_width
 from circuits.dictionaries.saelens_io import hook_widths
 from workbench.atomic import atomic_dir, clean_stale_tmp, write_json
@@ -143,43 +144,46 @@ def init_from_data(d: Dictionary, x: torch.Tensor, y: torch.Tensor, ratio: float
 
 
 def _step_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec, dead: torch.Tensor,
-                 auxk_coef: float) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    """Loss of one batch (x [B, d_in], y [B, d_out]); returns (loss, numbers to log, latents fired [d_sae] bool)."""
-    xin = x - d.b_dec if d.apply_b_dec_to_input else x
+                 auxk_coef: float, log: bool = True) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """Loss of one batch (x [B, d_in], y [B, d_out]); returns (loss, numbers to log, latents fired [d_sae] bool).
+    The logged numbers (L0, MSE, penalty or AuxK) are computed only when ``log`` is true."""
     logs: dict[str, float] = {}
     if d.activation == "relu":
-        z = F.relu(torch.addmm(d.b_enc, xin, d.W_enc))
-        out = d._add_skip(torch.addmm(d.b_dec, z, d.W_dec), x)
+        recon, penalty, z_sum, z = relu_code(x, d.b_dec if d.apply_b_dec_to_input else None, d.W_enc, d.b_enc,
+                                             d.W_dec)
+        out = d._add_skip(recon + d.b_dec, x)
         mse = (out - y).pow(2).sum(-1).mean()
-        penalty = (z.sum(0) * d.W_dec.norm(dim=1)).sum() / x.shape[0]
         loss = mse + spec.l1 * penalty
-        active = z > 0
-        fired = active.any(0)
-        logs["l0"] = float(active.sum()) / x.shape[0]
-        logs["l1"] = float(penalty.detach())
+        fired = z_sum > 0  # the code is non-negative: a latent fired in the batch iff its column sum is positive
+        if log:
+            logs["l0"] = float((z > 0).sum()) / x.shape[0]
+            logs["l1"] = float(penalty.detach())
     else:
         shift = d.b_dec if d.apply_b_dec_to_input else None
         with torch.no_grad():
-            pre = torch.addmm(d.b_enc, xin, d.W_enc)
+            pre = torch.addmm(d.b_enc, x - shift if shift is not None else x, d.W_enc)
             vals, idx = pre.topk(d.k, dim=-1, sorted=False)
         acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, idx, vals))
         out = d.decode_sparse(acts, idx, x)
         mse = (out - y).pow(2).sum(-1).mean()
         loss = mse
         fired = torch.zeros(d.d_sae, dtype=torch.bool).index_fill_(0, idx[acts > 0], True)
-        logs["l0"] = float((acts > 0).sum()) / x.shape[0]
+        if log:
+            logs["l0"] = float((acts > 0).sum()) / x.shape[0]
         n_dead = int(dead.sum())
         if n_dead and auxk_coef > 0:
             k_aux = min(max(1, d.d_in // 2), n_dead)
             with torch.no_grad():
-                a_vals, a_idx = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)
+                a_vals, a_idx = pre.masked_fill_(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)
             a_acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, a_idx, a_vals))
             resid = (y - out).detach()
             e_hat = _SparseDecode.apply(a_acts, a_idx, d.W_dec)
             aux = (e_hat - resid).pow(2).sum(-1).mean() / resid.sub(resid.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
             loss = loss + auxk_coef * torch.nan_to_num(aux, 0.0)
-            logs["auxk"] = float(aux.detach())
-    logs["mse"] = float(mse.detach())
+            if log:
+                logs["auxk"] = float(aux.detach())
+    if log:
+        logs["mse"] = float(mse.detach())
     return loss, logs, fired
 
 
@@ -258,11 +262,12 @@ def train_dictionaries(
                 break
             batch = block.batch(i)
             row = {"step": step}
+            log = step % cfg.log_every == 0 or step == total - 1
             for lab, d in dicts.items():
                 for group in optims[lab].param_groups:
                     group["lr"] = cfg.lr_at(step)
                 loss, logs, fired = _step_losses(d, batch[d.hook_in], batch[d.hook_out], spec_of[lab],
-                                                 since[lab] >= dead_after, cfg.auxk_coef)
+                                                 since[lab] >= dead_after, cfg.auxk_coef, log=log)
                 optims[lab].zero_grad(set_to_none=True)
                 loss.backward()
                 if d.activation == "topk":
@@ -272,8 +277,8 @@ def train_dictionaries(
                     with torch.no_grad():
                         d.W_dec.div_(d.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
                 since[lab] += cfg.batch_size
-                since[lab][fired] = 0
-                if step % cfg.log_every == 0 or step == total - 1:
+                since[lab].masked_fill_(fired, 0)
+                if log:
                     row[lab] = {**logs, "dead": int((since[lab] >= dead_after).sum())}
             if len(row) > 1:
                 history.append(row)
