@@ -142,7 +142,7 @@ def child_saelens(x: torch.Tensor, steps: int, variant: str) -> float:
     else:
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=K, aux_loss_coefficient=1 / 32,
                                                     use_sparse_activations=variant == "topk-sparse"))
-    cfg = SAETrainerConfig(total_training_samples=steps * BATCH, train_batch_size_samples=BATCH, lr=LR,
+    cfg = SAETrainerConfig(total_training_samples=steps * BATCH, train_batch_size_samples=BATCH, lr=LR, lr_end=LR / 10,
                            lr_warm_up_steps=WARMUP, dead_feature_window=DEAD_STEPS, device="cpu",
                            logger=LoggingConfig(log_to_wandb=False))
     trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
@@ -193,7 +193,8 @@ def run_child(python: str, lib: str, variant: str, acts: Path, steps: int, threa
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        return f"{lib} {variant} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"{lib} {variant} failed (exit {proc.returncode}): {last[:300]}"
     return float(json.loads(lines[-1])["tokens_per_s"])
 
 

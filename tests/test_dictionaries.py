@@ -216,13 +216,16 @@ def test_evaluation_metrics_against_direct_computation(tiny_llama):
     assert m["fvu"] < 1e-10 and abs(m["ce_spliced"] - m["ce_clean"]) < 1e-5 and m["kl"] < 1e-8
     assert abs(m["ce_recovered_zero"] - 1) < 1e-3
     # brute force over the same batches
-    xs, losses, zero = [], [], []
+    xs, losses, zero, spliced = [], [], [], []
     for tokens in src():
         logits, cache = tiny_llama.run_with_cache(tokens, names_filter=[hook])
         xs.append(cache[hook].reshape(-1, 32).double())
         losses.append(next_token_loss(logits, tokens, torch.ones_like(tokens)))
         z = tiny_llama.run_with_hooks(tokens, fwd_hooks=[(hook, lambda a, hook=None: torch.zeros_like(a))])
         zero.append(next_token_loss(z, tokens, torch.ones_like(tokens)))
+        with torch.no_grad():  # the whole forward with the MLP output replaced by the noisy reconstruction
+            s = tiny_llama.run_with_hooks(tokens, fwd_hooks=[(hook, lambda a, hook=None: noisy(a)[0])])
+        spliced.append(next_token_loss(s, tokens, torch.ones_like(tokens)))
     x = torch.cat(xs)
     with torch.no_grad():
         out, z = noisy.double()(x)
@@ -233,6 +236,7 @@ def test_evaluation_metrics_against_direct_computation(tiny_llama):
     assert res.metrics["noisy"]["l0"] == pytest.approx(float((z > 0).sum(-1).double().mean()), rel=1e-9)
     assert m["ce_clean"] == pytest.approx(float(sum(s for s, _ in losses)) / n, rel=1e-9)
     assert m["ce_zero_ablated"] == pytest.approx(float(sum(s for s, _ in zero)) / n, rel=1e-6)
+    assert res.metrics["noisy"]["ce_spliced"] == pytest.approx(float(sum(s for s, _ in spliced)) / n, rel=1e-6)
     torch.testing.assert_close(res.frequencies["noisy"].double(), (z > 0).double().mean(0), rtol=0, atol=1e-6)
 
 

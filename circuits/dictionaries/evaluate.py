@@ -3,7 +3,8 @@
 For each dictionary: L0 (mean active latents per token), FVU = SSE / total variance of the target (explained
 variance = 1 - FVU), the model's next-token loss clean, spliced (the hook's output replaced by the dictionary's
 reconstruction), zero-ablated and mean-ablated (the target replaced by zeros / by its mean over the evaluation
-tokens, computed in a first pass that stops at the hook), CE-loss-recovered ``(L_abl - L_spliced) / (L_abl - L_clean)``
+tokens, computed in a first pass that stops at the hook; the spliced and ablated forwards restart at the hook's block
+from the clean run's cached residual stream), CE-loss-recovered ``(L_abl - L_spliced) / (L_abl - L_clean)``
 against both, KL(clean || spliced) per token, per-latent firing frequencies, dead (never fired) and dense
 (fired on more than ``dense_threshold`` of tokens) fractions.
 Memory stays bounded by one batch whatever the token count.
@@ -11,6 +12,7 @@ Memory stays bounded by one batch whatever the token count.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -82,6 +84,21 @@ def _replace(value: torch.Tensor):
     return hook
 
 
+def _layer_of(hook: str) -> int | None:
+    """The block index of a ``blocks.L....`` hook (the forward can start there), else None."""
+    m = re.match(r"blocks\.(\d+)\.", hook)
+    return int(m.group(1)) if m else None
+
+
+def _run_from(model, tokens: torch.Tensor, cache, hook: str, layer: int | None, fn) -> torch.Tensor:
+    """Logits with ``fn`` replacing ``hook``; the forward restarts at the hook's block from the cached residual
+    stream (the blocks before it are unchanged), or runs whole for hooks outside the blocks."""
+    if layer is None:
+        return model.run_with_hooks(tokens, fwd_hooks=[(hook, fn)], return_type="logits")
+    resid = cache[f"blocks.{layer}.hook_resid_pre"]
+    return model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=[(hook, fn)], return_type="logits")
+
+
 @torch.no_grad()
 def evaluate_dictionaries(
     model, dictionaries: Mapping[str, Dictionary], source: TokenSource, *, max_tokens: int | None = None,
@@ -93,7 +110,9 @@ def evaluate_dictionaries(
     device = device or str(getattr(model.cfg, "device", "cpu"))
     dicts = {lab: d.to(device) for lab, d in dictionaries.items()}
     outs = sorted({d.hook_out for d in dicts.values()})
-    hooks = sorted({d.hook_in for d in dicts.values()} | set(outs))
+    starts = {h: _layer_of(h) for h in outs}
+    resids = {f"blocks.{L}.hook_resid_pre" for L in starts.values() if L is not None}
+    hooks = sorted({d.hook_in for d in dicts.values()} | set(outs) | resids)
     means = _target_means(model, source, outs, max_tokens, device)
     acc = {lab: _Acc(d.d_sae, d.d_out) for lab, d in dicts.items()}
     clean_loss = n_pred = n_tok = 0.0
@@ -119,15 +138,14 @@ def evaluate_dictionaries(
             a.sse += float((yr - orr).pow(2).sum())
             a.sumsq += float(yr.pow(2).sum())
             a.tsum += yr.sum(0).cpu()
-            fwd = [(d.hook_out, _replace(out))]
-            spliced = model.run_with_hooks(tokens, fwd_hooks=fwd, return_type="logits")
+            spliced = _run_from(model, tokens, cache, d.hook_out, starts[d.hook_out], _replace(out))
             a.loss_spliced += float(next_token_loss(spliced, tokens, mask)[0])
             logp = F.log_softmax(spliced.double(), -1)
             kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1)
             a.kl += float(kl[real].sum())
         for h in outs:
             for name, value in (("zero", torch.zeros_like(means[h])), ("mean", means[h])):
-                ablated = model.run_with_hooks(tokens, fwd_hooks=[(h, _replace(value.to(device)))], return_type="logits")
+                ablated = _run_from(model, tokens, cache, h, starts[h], _replace(value.to(device)))
                 abl[h][name] += float(next_token_loss(ablated, tokens, mask)[0])
         bar.update(int(real.sum()))
         if max_tokens is not None and n_tok >= max_tokens:

@@ -47,8 +47,7 @@ class _ReluCode(torch.autograd.Function):
         coef = g_pen / B
         g_x = g_shift = g_wenc = g_benc = g_wdec = None
         # d loss / d z = g_recon @ W_dec^T + coef * norms (broadcast over the batch), then the ReLU mask
-        g_pre = torch.addmm(norms * coef, g_recon, W_dec.t())
-        g_pre.masked_fill_(z <= 0, 0.0)
+        g_pre = torch.ops.aten.threshold_backward(torch.addmm(norms * coef, g_recon, W_dec.t()), z, 0.0)
         if ctx.needs_input_grad[2]:
             g_wenc = xin.t() @ g_pre
         g_b = g_pre.sum(0)
