@@ -6,8 +6,9 @@ width): TopK transcoders (``ln2.hook_normalized -> hook_mlp_out``) and TopK SAEs
 evaluated on held-out wiki text (spliced next-token loss with the MLP output replaced, CE-loss-recovered against
 zero and mean ablation of the MLP output, FVU of the MLP output).
 
-Run: ``flock /tmp/workbench-heavy.lock .venv/bin/python case_studies/dictionaries_frontier.py [--layer 3]
-[--tokens 131072] [--ks 8 16 32 64]``. Writes one ``dictionary`` run and prints a markdown table.
+Run: ``flock /tmp/workbench-heavy.lock .venv/bin/python case_studies/dictionaries_frontier.py [--model smollm2-135m]
+[--layer 12] [--tokens 131072] [--ks 8 16 32 64] [--eval-tokens 4096]``. Writes one ``dictionary`` run and prints a
+markdown table (the spliced rows are paired by k: transcoder minus SAE).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from workbench.store import Store
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layer", type=int, default=3)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--layer", type=int, default=12)
     p.add_argument("--tokens", type=int, default=131_072)
     p.add_argument("--ks", type=int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--expansion", type=float, default=4.0)
@@ -39,7 +41,7 @@ def main() -> None:
                               expansion=args.expansion, name=f"sae-k{k}"))
     cfg = TrainDictConfig(tokens=args.tokens, batch_size=args.batch_size, lr=args.lr, warmup_steps=10,
                           block_batches=16, seed=0)
-    info, result = train_and_store("smollm2-135m", specs, cfg, store=Store(), eval_tokens=args.eval_tokens,
+    info, result = train_and_store(args.model, specs, cfg, store=Store(), eval_tokens=args.eval_tokens,
                                    feature_tokens=2048, device=args.device)
     metrics = Store().load("dictionary", info.run_id).table("metrics")
     print(f"run {info.path}; {result.steps} steps, {result.tokens} tokens, {result.seconds:.0f} s training")
@@ -49,6 +51,14 @@ def main() -> None:
         print(f"| {r['label']} | {int(r['k'])} | {r['l0']:.1f} | {r['fvu']:.3f} | {r['ce_spliced']:.4f} | "
               f"{r['ce_clean']:.4f} | {r['ce_recovered_zero']:.3f} | {r['ce_recovered_mean']:.3f} | {r['kl']:.4f} | "
               f"{r['dead_fraction']:.2f} |")
+    by = {(r["kind"], int(r["k"])): r for _, r in metrics.iterrows()}
+    print("\n| k | FVU transcoder - SAE | CE recovered (zero) transcoder - SAE | KL transcoder - SAE |")
+    print("|---|---|---|---|")
+    for k in args.ks:
+        t, s = by.get(("transcoder", k)), by.get(("sae", k))
+        if t is not None and s is not None:
+            print(f"| {k} | {t['fvu'] - s['fvu']:+.3f} | {t['ce_recovered_zero'] - s['ce_recovered_zero']:+.3f} | "
+                  f"{t['kl'] - s['kl']:+.4f} |")
 
 
 if __name__ == "__main__":
