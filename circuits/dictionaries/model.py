@@ -29,17 +29,24 @@ class DictionaryConfigError(ValueError):
     """A dictionary was asked for with an unknown kind/activation or inconsistent widths."""
 
 
-def _sparse_t_matmul(idx: torch.Tensor, vals: torch.Tensor, dense: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """``G^T @ dense`` for the sparse G [B, n_rows] with ``G[b, idx[b, i]] = vals[b, i]`` (idx [B, k] distinct per row):
-    one CSR product, [n_rows, dense.shape[1]]."""
-    B, k = idx.shape
+def csr_plan(idx: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sorting work of :func:`_sparse_t_matmul` for idx [B, k] (distinct per row), to share between products
+    with the same indices: (crow [n_rows + 1], order [B * k], columns [B * k])."""
     flat = idx.reshape(-1)
     order = flat.argsort()
     crow = torch.zeros(n_rows + 1, dtype=torch.long, device=idx.device)
     crow[1:] = torch.bincount(flat, minlength=n_rows).cumsum(0)
+    return crow, order, order // idx.shape[1]
+
+
+def _sparse_t_matmul(idx: torch.Tensor, vals: torch.Tensor, dense: torch.Tensor, n_rows: int,
+                     plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``G^T @ dense`` for the sparse G [B, n_rows] with ``G[b, idx[b, i]] = vals[b, i]`` (idx [B, k] distinct per row):
+    one CSR product, [n_rows, dense.shape[1]]. ``plan``: :func:`csr_plan` of idx, if already made."""
+    crow, order, cols = plan if plan is not None else csr_plan(idx, n_rows)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        gt = torch.sparse_csr_tensor(crow, order // k, vals.reshape(-1)[order].contiguous(), (n_rows, B),
+        gt = torch.sparse_csr_tensor(crow, cols, vals.reshape(-1)[order].contiguous(), (n_rows, idx.shape[0]),
                                      check_invariants=False)
     return gt @ dense
 
@@ -48,8 +55,9 @@ class _SparseDecode(torch.autograd.Function):
     """out [B, d_out] = sum_i acts[b, i] * W_dec[idx[b, i]], touching only the chosen rows in both directions."""
 
     @staticmethod
-    def forward(ctx, acts, idx, W_dec):  # noqa: ANN001, ANN205
+    def forward(ctx, acts, idx, W_dec, plan=None):  # noqa: ANN001, ANN205
         ctx.save_for_backward(acts, idx, W_dec)
+        ctx.plan = plan
         return F.embedding_bag(idx, W_dec, per_sample_weights=acts, mode="sum")
 
     @staticmethod
@@ -62,14 +70,15 @@ class _SparseDecode(torch.autograd.Function):
                 out = F.embedding_bag(idx, W_dec.detach(), per_sample_weights=a, mode="sum")
                 (g_acts,) = torch.autograd.grad(out, a, grad)
         if ctx.needs_input_grad[2]:
-            g_w = _sparse_t_matmul(idx, acts, grad.contiguous(), W_dec.shape[0])
-        return g_acts, None, g_w
+            g_w = _sparse_t_matmul(idx, acts, grad.contiguous(), W_dec.shape[0], ctx.plan)
+        return g_acts, None, g_w, None
 
 
 class _SparseGatherLinear(torch.autograd.Function):
     """Values of chosen pre-activations with a sparse backward.
 
-    forward(x [B, d_in], shift [d_in] or None, W_enc [d_in, d_sae], b_enc [d_sae], idx [B, k], values [B, k]) -> values
+    forward(x [B, d_in], shift [d_in] or None, W_enc [d_in, d_sae], b_enc [d_sae], idx [B, k], values [B, k], plan)
+    -> values
     where ``values[b, i] = (x[b] - shift) @ W_enc[:, idx[b, i]] + b_enc[idx[b, i]]`` was already computed (densely,
     without grad). Backward gives W_enc and b_enc the gradient of only the B*k chosen entries (a sparse [d_sae, B] @
     [B, d_in] product) instead of a dense [d_in, B] @ [B, d_sae] one; ``shift`` (an SAE's b_dec) gets
@@ -77,8 +86,9 @@ class _SparseGatherLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, shift, W_enc, b_enc, idx, values):  # noqa: ANN001, ANN205
+    def forward(ctx, x, shift, W_enc, b_enc, idx, values, plan=None):  # noqa: ANN001, ANN205
         ctx.save_for_backward(x, shift if shift is not None else torch.zeros(0), W_enc, idx)
+        ctx.plan = plan
         ctx.has_shift = shift is not None
         ctx.d_sae = W_enc.shape[1]
         return values.clone()
@@ -92,14 +102,14 @@ class _SparseGatherLinear(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             xin = x - shift if ctx.has_shift else x
             # sparse G^T [d_sae, B] with B*k entries, times x [B, d_in] -> [d_sae, d_in]
-            g_w = _sparse_t_matmul(idx, grad, xin.contiguous(), ctx.d_sae).t()
+            g_w = _sparse_t_matmul(idx, grad, xin.contiguous(), ctx.d_sae, ctx.plan).t()
         if ctx.needs_input_grad[3] or (ctx.has_shift and ctx.needs_input_grad[1]):
             g_b = torch.zeros(ctx.d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, flat_idx, flat_g)
             if ctx.has_shift and ctx.needs_input_grad[1]:
                 g_s = -(W_enc @ g_b)
         if ctx.needs_input_grad[0]:
             g_x = F.embedding_bag(idx, W_enc.t().contiguous(), per_sample_weights=grad, mode="sum")
-        return g_x, g_s, g_w, g_b if ctx.needs_input_grad[3] else None, None, None
+        return g_x, g_s, g_w, g_b if ctx.needs_input_grad[3] else None, None, None, None
 
 
 class Dictionary(nn.Module):

@@ -33,7 +33,13 @@ from tqdm.auto import tqdm
 
 from circuits.dictionaries.buffer import ActivationBuffer, TokenSource
 from circuits.dictionaries.fused import relu_code
-from circuits.dictionaries.model import Dictionary, _SparseDecode, _SparseGatherLinear, expansion_width
+from circuits.dictionaries.model import (
+    Dictionary,
+    _SparseDecode,
+    _SparseGatherLinear,
+    csr_plan,
+    expansion_width,
+)
 from circuits.dictionaries.saelens_io import hook_widths
 from workbench.atomic import atomic_dir, clean_stale_tmp, write_json
 from workbench.train import _optim_from_tensors, _optim_to_tensors, saved_steps, step_dir
@@ -163,8 +169,9 @@ def _step_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec
         with torch.no_grad():
             pre = torch.addmm(d.b_enc, x - shift if shift is not None else x, d.W_enc)
             vals, idx = pre.topk(d.k, dim=-1, sorted=False)
-        acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, idx, vals))
-        out = d.decode_sparse(acts, idx, x)
+            plan = csr_plan(idx, d.d_sae)  # one index sort shared by the encoder and decoder gradients
+        acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, idx, vals, plan))
+        out = d._add_skip(_SparseDecode.apply(acts, idx, d.W_dec, plan) + d.b_dec, x)
         mse = (out - y).pow(2).sum(-1).mean()
         loss = mse
         fired = torch.zeros(d.d_sae, dtype=torch.bool).index_fill_(0, idx[acts > 0], True)
@@ -175,9 +182,10 @@ def _step_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec
             k_aux = min(max(1, d.d_in // 2), n_dead)
             with torch.no_grad():
                 a_vals, a_idx = pre.masked_fill_(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)
-            a_acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, a_idx, a_vals))
+                a_plan = csr_plan(a_idx, d.d_sae)
+            a_acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, a_idx, a_vals, a_plan))
             resid = (y - out).detach()
-            e_hat = _SparseDecode.apply(a_acts, a_idx, d.W_dec)
+            e_hat = _SparseDecode.apply(a_acts, a_idx, d.W_dec, a_plan)
             aux = (e_hat - resid).pow(2).sum(-1).mean() / resid.sub(resid.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
             loss = loss + auxk_coef * torch.nan_to_num(aux, 0.0)
             if log:
