@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from circuits.cdt import rules as R
+from circuits.cdt.clean import FullCache, full_forward
 from circuits.cdt.nodes import Node
+from circuits.cdt.walk import Window, metric_positions, readout, walk_beta
 from circuits.cdt.weights import CleanCache, Weights, clean_forward, rotate
 from workbench.data.task_base import Task
 
@@ -182,7 +184,8 @@ def _source_mask(node: Node, w: Weights, T: int, device) -> torch.Tensor:
 @torch.no_grad()
 def decompose(w: Weights, task: Task, cache: CleanCache, means: Means, sources: list[Node], *,
               targets: list[Node] = (), rules: R.Rules = R.Rules(), chunk_rows: int = 256,
-              probe: Probe | None = None, progress: bool = False) -> Decomposition:
+              probe: Probe | None = None, progress: bool = False, reference: bool = False,
+              full: FullCache | None = None) -> Decomposition:
     """Decompose every source through the model; see :class:`Decomposition` for what comes back.
 
     ``cache`` is :func:`clean_forward` of ``task.clean_tokens``, ``means`` from :func:`reference_means`. Sources are
@@ -190,6 +193,11 @@ def decompose(w: Weights, task: Task, cache: CleanCache, means: Means, sources: 
     (optional) sees every recorded node (``blocks.L.hook_resid_pre``, ``blocks.L.attn.hook_z``, ``blocks.L.hook_resid_mid``,
     ``blocks.L.mlp.hook_post``, ``blocks.L.hook_mlp_out``, ``blocks.L.hook_resid_post``, ``logits``) with rows
     ``source x example``.
+
+    Without a probe the decomposition runs the beta-only walk of :mod:`circuits.cdt.walk` over each chunk's window of
+    positions (``full``: the clean run node by node, from :func:`circuits.cdt.clean.full_forward`, computed here when
+    not given); ``reference=True`` (or a probe) walks both parts through every position, the slower reference the tests
+    compare it with.
     """
     from tqdm.auto import tqdm
 
@@ -207,6 +215,8 @@ def decompose(w: Weights, task: Task, cache: CleanCache, means: Means, sources: 
             chunks[-1].append(i)
         else:
             chunks.append([i])
+    if probe is None and not reference:
+        return _decompose_fast(w, task, cache, means, sources, targets, rules, per_chunk, full, progress)
     metric_total = None
     for chunk in tqdm(chunks, desc="CD-T", disable=not progress, leave=False):
         start = sources[chunk[0]]
@@ -228,4 +238,74 @@ def decompose(w: Weights, task: Task, cache: CleanCache, means: Means, sources: 
             if targets[j].order > start.order:
                 t_beta[chunk, j] = b.view(len(chunk), B).mean(1)
                 t_gamma[chunk, j] = g.view(len(chunk), B).mean(1)
+    return Decomposition(metric_beta, metric_total, t_beta, t_gamma)
+
+
+def _source_masks(nodes: list[Node], w: Weights, T: int, device) -> torch.Tensor:
+    """[s, T, H] (heads) or [s, T] where each source sits (bool), built with one scatter."""
+    heads = nodes[0].kind == "head"
+    masks = torch.zeros((len(nodes), T, w.n_heads) if heads else (len(nodes), T), dtype=torch.bool)
+    rows, pos, hd = [], [], []
+    for i, node in enumerate(nodes):
+        where = range(T) if node.positions is None else node.positions
+        rows += [i] * len(where)
+        pos += list(where)
+        hd += [node.head if heads else 0] * len(where)
+    index = (torch.tensor(rows), torch.tensor(pos)) + ((torch.tensor(hd),) if heads else ())
+    masks[index] = True
+    return masks.to(device)
+
+
+def _start_position(node: Node) -> int:
+    return 0 if node.positions is None else min(node.positions)
+
+
+def _decompose_fast(w: Weights, task: Task, cache: CleanCache, means: Means, sources: list[Node], targets: list[Node],
+                    rules: R.Rules, per_chunk: int, full: FullCache | None, progress: bool) -> Decomposition:
+    """:func:`decompose` by the beta-only walk: chunks of sources sharing a start place, sorted by first position."""
+    from tqdm.auto import tqdm
+
+    B, T = cache.tokens.shape
+    device = cache.embed.device
+    full = full if full is not None else full_forward(w, cache.tokens)
+    idx = metric_positions(task, B, device)
+    t_end = int(idx.max()) + 1
+    for t in targets:
+        t_end = T if t.positions is None else max(t_end, max(t.positions) + 1)
+    last_at_metric = not any(t.layer == w.n_layers - 1 for t in targets)
+    S, n_t = len(sources), len(targets)
+    metric_beta = torch.zeros(S, B, dtype=w.W_E.dtype, device=device)
+    t_beta = torch.full((S, n_t), float("nan"), dtype=w.W_E.dtype, device=device)
+    t_gamma = t_beta.clone()
+    order = sorted(range(S), key=lambda i: (sources[i].order, _start_position(sources[i])))
+    chunks: list[list[int]] = []
+    for i in order:
+        if chunks and len(chunks[-1]) < per_chunk and sources[chunks[-1][0]].order == sources[i].order:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    examples = torch.arange(B, device=device)
+    metric_total = None
+    for chunk in tqdm(chunks, desc="CD-T", disable=not progress, leave=False):
+        start = sources[chunk[0]]
+        p0 = min(min(_start_position(sources[i]) for i in chunk), t_end - 1)
+        win = Window(p0, t_end, idx)
+        if start.kind == "emb":
+            delta = cache.embed - means.embed  # [B, T, d]
+        elif start.kind == "head":
+            delta = cache.z[start.layer] - means.z[start.layer]  # [B, T, H, dh]
+        else:
+            delta = cache.mlp_out[start.layer] - means.mlp_out[start.layer]
+        masks = _source_masks([sources[i] for i in chunk], w, T, device)[:, p0:t_end]  # [s, W(, H)]
+        beta0 = masks[:, None, ..., None].to(delta.dtype) * delta[None, :, p0:t_end]  # [s, B, W, ...]
+        resid, found = walk_beta(w, full, start, beta0, win, targets, rules, last_at_metric)
+        beta, gamma = readout(w, full, task, resid, idx, rules)
+        rows = examples.repeat(len(chunk))
+        total = _metric(task, beta + gamma, rows)
+        metric_beta[chunk] = (total - _metric(task, gamma, rows)).view(len(chunk), B)
+        metric_total = total.view(len(chunk), B)[0]
+        for j, (b, g) in found.items():
+            if targets[j].order > start.order:
+                t_beta[chunk, j] = b.mean(1)
+                t_gamma[chunk, j] = g.mean(1)
     return Decomposition(metric_beta, metric_total, t_beta, t_gamma)

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from circuits.cdt.clean import FullCache, full_forward
 from circuits.cdt.decompose import CleanCache, Means, decompose, reference_means
 from circuits.cdt.nodes import CDTInputError, Node, check_order, parse_nodes
 from circuits.cdt.rules import Rules
-from circuits.cdt.weights import Weights, clean_forward, model_weights
+from circuits.cdt.weights import Weights, model_weights
 from workbench.data.task_base import Task
 
 __all__ = ["Context", "Scores", "check_task", "decompose_sources", "head_scores", "prepare"]
@@ -48,6 +49,14 @@ class Context:
     cache: CleanCache
     means: Means
     ablation: str
+    _full: FullCache | None = None
+
+    @property
+    def full(self) -> FullCache:
+        """The clean run node by node (:func:`circuits.cdt.clean.full_forward`), computed once on first use."""
+        if self._full is None:
+            self._full = full_forward(self.weights, self.cache.tokens)
+        return self._full
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -62,9 +71,9 @@ def prepare(model, task: Task, *, ablation: str = "mean", dtype: torch.dtype | N
     check_task(model, task)
     w = model_weights(model, dtype)
     task = task.to(w.W_E.device)
-    cache = clean_forward(w, task.clean_tokens)
+    full = full_forward(w, task.clean_tokens)
     means = reference_means(w, task.corrupted_tokens, task.seq_len, ablation)
-    return Context(w, task, cache, means, ablation)
+    return Context(w, task, full.clean_cache(), means, ablation, full)
 
 
 @dataclass
@@ -115,7 +124,7 @@ def decompose_sources(model_or_context, task: Task | None = None, sources=(), *,
         check_order(src, tgt)
     components = [t for t in tgt if t.kind != "logit"]
     d = decompose(ctx.weights, ctx.task, ctx.cache, ctx.means, src, targets=components, rules=rules,
-                  chunk_rows=chunk_rows, progress=progress)
+                  chunk_rows=chunk_rows, progress=progress, full=ctx.full)
     return Scores(
         sources=[s.id for s in src], targets=[t.id for t in components], metric=d.metric_beta.mean(1),
         metric_per_example=d.metric_beta, target_relevance=d.target_relevance(),
