@@ -108,6 +108,26 @@ def size_check(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def budget_note(table: pd.DataFrame) -> list[str]:
+    """What the step budgets mean: tokens seen, and the whole zoo's cost in CPU-minutes."""
+    built = table[table["built"]]
+    if built.empty:
+        return []
+    base = int(built["steps"].min())
+    longer = built[built["steps"] > base]
+    extra = "" if longer.empty else (
+        f"; the members above one million parameters ({', '.join(longer['member'])}) make "
+        f"{int(longer['steps'].max())}, because a larger model needs more updates to use its size (at {base} updates "
+        "the 4-layer, 128-wide GPT-style member only tied the 2-layer one)")
+    cost = float(built["cpu_minutes_est"].sum())
+    return [f"Members make {base} updates of 8 x 127 tokens (about {base * 8 * 127 / 1e6:.1f} M tokens, about half a "
+            f"pass over the training stream){extra}. The whole zoo costs about {cost:.0f} CPU-minutes "
+            "(`cpu_minutes_est`, one thread per member; two members build at once on two cores). At 400 updates the "
+            "deeper and wider members had not yet overtaken the small ones and held-out loss did not fall with size. "
+            "Step counts live in `MEMBERS` of `workbench/zoo_families.py`; a member built under another configuration "
+            "is rebuilt from scratch on next use."]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build", action="store_true", help="train members that are not built")
@@ -121,7 +141,7 @@ def main() -> None:
         "Two families of small language models trained by the workbench on the bundled text (Wikipedia articles, "
         "Lee news corpus and Shakespeare, training split of `workbench.data`; held-out loss on the held-out split), "
         "with one shared byte-level BPE tokenizer (vocabulary 2048) trained once with `tokenizers`. Context 128 "
-        "(a BOS token then 127 tokens of the stream), batch 8, AdamW (lr 3e-3, warm-up 40 steps, cosine to 10%), "
+        "(a BOS token then 127 tokens of the stream), batch 8, AdamW (lr 3e-3, warm-up 50 steps, cosine to 10%), "
         "weight decay 0.01, seed 0, one torch thread. Checkpoints are log-spaced, step 0 included.",
         "",
         *(f"- `{f}`: {d}." for f, d in FAMILIES.items()),
@@ -142,12 +162,7 @@ def main() -> None:
         "",
         *size_check(table),
         "",
-        "At 400 updates of 8 x 127 tokens (about 0.4 M tokens, a tenth of one pass over the training stream) the "
-        "members are far from converged, and the deeper and wider ones, which learn more slowly per update at this "
-        "learning rate, have not yet overtaken the small ones: held-out loss does not fall with size at every step "
-        "here. The whole zoo costs about ten CPU-minutes at this budget (`cpu_minutes_est`), so on an idle machine "
-        "the step count in `workbench/zoo_families.py` (`MEMBERS`) can be raised several-fold within the intended "
-        "budget of 40-60 core-minutes; the builds above ran on a machine shared with other jobs.",
+        *budget_note(table),
         "",
         GPU_NOTE,
     ]

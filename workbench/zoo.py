@@ -125,8 +125,24 @@ def folder(name: str) -> Path:
 
 
 def is_built(name: str) -> bool:
-    """Whether the member's training finished (its manifest exists)."""
-    return (folder(name) / MANIFEST).is_file()
+    """Whether the member's training finished (its manifest exists) with the member's current configuration.
+
+    A folder built with another configuration (an older step count, say) is stale: it is not built, and
+    :func:`build` trains the member again from scratch.
+    """
+    return (folder(name) / MANIFEST).is_file() and not is_stale(name)
+
+
+def is_stale(name: str) -> bool:
+    """Whether a finished build of ``name`` was made with a configuration other than the member's current one."""
+    path = folder(name) / MANIFEST
+    if not path.is_file():
+        return False
+    try:
+        stored = json.loads(path.read_text()).get("config")
+    except (OSError, json.JSONDecodeError):
+        return True
+    return json.loads(json.dumps(stored)) != json.loads(json.dumps(get(name).config))
 
 
 def manifest(name: str) -> dict[str, Any]:
@@ -163,8 +179,11 @@ def _build_lock(name: str) -> Iterator[None]:
 
 
 def _build_locked(name: str, spec: ZooSpec, dest: Path, progress: bool, force: bool) -> Path:
-    if force and dest.exists():
+    started = dest / "build-config.json"  # an interrupted build resumes only under the same configuration
+    if dest.exists() and (force or is_stale(name) or (started.is_file() and _differs(started, spec.config))):
         shutil.rmtree(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    write_json(started, spec.config)
     t0, c0 = time.perf_counter(), time.process_time()
     history = spec.train(dest, progress)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
@@ -187,6 +206,13 @@ def _build_locked(name: str, spec: ZooSpec, dest: Path, progress: bool, force: b
     )
     shutil.rmtree(dest / RESUME, ignore_errors=True)
     return dest
+
+
+def _differs(path: Path, config: dict[str, Any]) -> bool:
+    try:
+        return json.loads(path.read_text()) != json.loads(json.dumps(config))
+    except (OSError, json.JSONDecodeError):
+        return True
 
 
 def model_dir(name: str, step: int | None = None, *, build_missing: bool = True) -> Path:

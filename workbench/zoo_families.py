@@ -100,15 +100,15 @@ def _member(family: str, d: int, layers: int, activation: str, steps: int) -> Fa
 MEMBERS: dict[str, FamilyConfig] = {
     c.name: c
     for c in (
-        _member("llama", 64, 2, "silu", 400),
-        _member("llama", 128, 2, "silu", 400),
-        _member("llama", 64, 4, "silu", 400),
-        _member("llama", 128, 4, "silu", 400),
-        _member("gpt", 64, 2, "relu", 400),
-        _member("gpt", 128, 2, "relu", 400),
-        _member("gpt", 64, 4, "relu", 400),
-        _member("gpt", 128, 4, "relu", 400),
-        _member("gpt", 128, 2, "gelu_new", 400),
+        _member("llama", 64, 2, "silu", 2000),
+        _member("llama", 128, 2, "silu", 2000),
+        _member("llama", 64, 4, "silu", 2000),
+        _member("llama", 128, 4, "silu", 3000),
+        _member("gpt", 64, 2, "relu", 2000),
+        _member("gpt", 128, 2, "relu", 2000),
+        _member("gpt", 64, 4, "relu", 2000),
+        _member("gpt", 128, 4, "relu", 3000),
+        _member("gpt", 128, 2, "gelu_new", 2000),
     )
 }
 
