@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -82,3 +83,16 @@ def test_member_builds_once_lists_and_loads_steps(tiny_member, capsys):
     assert main(["models", "--json"]) == 0
     cards = {c["name"]: c for c in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["models"]}
     assert cards["toy/tiny"]["cached"] and cards["toy/tiny"]["checkpoints"] == built["steps"]
+
+
+def test_a_member_built_under_another_configuration_is_rebuilt(tiny_member, monkeypatch):
+    zoo.build("tiny", progress=False)
+    assert zoo.is_built("tiny") and not zoo.is_stale("tiny")
+    longer = replace(tiny_member, steps=16)  # the member's definition changed after it was built
+    spec = zoo.ZooSpec(name="tiny", description="test member", architecture="llama", parameters="10k",
+                       config=longer.to_dict(), train=lambda folder, progress: train_induction(longer, folder, progress=False))
+    monkeypatch.setitem(zoo._REGISTRY, "tiny", lambda: spec)
+    assert zoo.is_stale("tiny") and not zoo.is_built("tiny")
+    zoo.build("tiny", progress=False)
+    assert zoo.is_built("tiny") and zoo.checkpoint_steps("tiny")[-1] == 16
+    assert zoo.manifest("tiny")["config"]["steps"] == 16
