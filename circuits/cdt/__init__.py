@@ -5,6 +5,10 @@
 - :func:`discover`: the iterative CD-T circuit search with greedy pruning by faithfulness.
 - :func:`explain` / :func:`highlight_html`: word and phrase contributions to a classification (local interpretation).
 - :class:`Rules`: the propagation rules' options (sign rule, attention rule, bias split, norm epsilon).
+
+How it runs: :mod:`~circuits.cdt.clean` keeps the clean run node by node; :mod:`~circuits.cdt.walk` carries only the
+relevant part of each source (the irrelevant part is the clean value minus it) over the positions the metric can see;
+:func:`circuits.cdt.decompose.decompose` with ``reference=True`` walks both parts everywhere, the check it is held to.
 """
 
 from circuits.cdt.discovery import candidates, discover, prune
