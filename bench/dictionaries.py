@@ -15,7 +15,9 @@ activations, or TopK with k = 32, and the same torch thread count. Rows:
 - ``plain topk``: dense TopK (scatter into a dense code, dense decoder);
 - ``ours topk``: our TopK with the sparse encoder-gradient / embedding-bag decoder path (and AuxK bookkeeping);
 - ``saelens topk`` / ``saelens topk sparse``: SAELens' ``TopKTrainingSAE`` through ``SAETrainer.step``, with dense
-  activations (its default) and with ``use_sparse_activations=True``;
+  activations (its default) and with ``use_sparse_activations=True``. The sparse variant does not run on CPU with
+  torch 2.13: its backward stops with ``NotImplementedError: Could not run 'aten::view' with arguments from the
+  'SparseCPU' backend`` (the COO code's gradient), so that row is reported as a note;
 - ``sparsify topk``: EleutherAI sparsify's ``SparseCoder`` with the inner step of its ``Trainer.fit`` (decoder rows
   set to unit norm, ``forward(x, dead_mask=...)``, loss ``fvu + auxk_alpha * auxk_loss``, parallel decoder gradient
   removed, Adam, linear warm-up); sparsify has no ReLU/L1 coder, so it has only a TopK row.
