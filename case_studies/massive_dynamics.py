@@ -71,10 +71,10 @@ def family_section(name: str, result: dict, run_id: str) -> list[str]:
     return lines
 
 
-CAVEATS = """How to read these numbers. The zoo's members are tiny (0.2-1.1 M parameters) and short-trained (400 updates
-of 8 x 127 tokens), so the top-1 / median ratio stays below about 20: nothing here reaches the |a| > 100, ratio ~1000
+CAVEATS = """How to read these numbers. The zoo's members are tiny (0.2-1.1 M parameters) and short-trained (2000 updates
+of 8 x 127 tokens, 3000 for the two largest), so the top-1 / median ratio stays below about 30: nothing here reaches the |a| > 100, ratio ~1000
 regime of massive activations in large models (SmolLM2-135M: ratio > 10,000 from layer 12 on). What the curves show is
-the early-training transient: during warm-up (the first ~40 updates) the ratio first moves away from its value at
+the early-training transient: during warm-up (the first 50 updates) the ratio first moves away from its value at
 initialisation, dips or spikes, and then settles; the five-parameter model describes a single rise-and-decay (or a
 logarithmic rise), so a curve with a dip followed by a rise fits it poorly, and those layers carry the low R^2 values.
 The predictor is scored leave-one-model-out over a handful of members: negative R^2 means it predicts a held-out
