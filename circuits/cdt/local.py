@@ -76,7 +76,12 @@ def explain(model, text: str, *, answers: tuple[str, str] = ANSWERS, template: s
     answers: (negative, positive) strings, each a single token of the model's tokenizer (ValueError otherwise).
     ablation: ``"zero"`` (default) or ``"mean"`` (a word's embedding against the mean embedding of the prompt's other
     positions is not defined, so ``"mean"`` uses the mean over the vocabulary's embeddings at that position).
+    rule_options: :class:`~circuits.cdt.rules.Rules` options. The attention rule defaults to ``"total"`` here (patterns
+    fixed at the clean run's): with ``"ablated"`` or ``"own"``, zero-ablating an early word of a prompt on a deep model
+    (SmolLM2) lets the irrelevant part grow without bound under frozen norm statistics (contributions of order 1e9,
+    or NaN).
     """
+    rule_options.setdefault("attention", "total")
     tokenizer = tokenizer or model.tokenizer
     if phrase_len < 1:
         raise CDTInputError(f"phrase_len must be at least 1, got {phrase_len}")
