@@ -24,7 +24,7 @@ from circuits.cdt.clean import FullCache, LayerCache
 from circuits.cdt.nodes import Node
 from circuits.cdt.weights import Weights, activation, rotate
 
-__all__ = ["Window", "metric_positions", "walk_beta"]
+__all__ = ["Window", "metric_positions", "readout", "walk_beta"]
 
 Sel = slice | torch.Tensor  # a window of positions, or per-example positions [B, P]
 
