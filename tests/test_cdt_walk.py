@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from test_cdt import _with_random_biases
 
 from circuits.cdt import Rules
 from circuits.cdt.clean import full_forward
@@ -19,15 +20,6 @@ from workbench.data import make_task
 TOL = dict(rtol=1e-7, atol=1e-8)
 RULES = [Rules(), Rules.published(), Rules(sign_rule=True, attention="total", bias_split="gamma"),
          Rules(sign_rule=False, attention="own", bias_split="proportional")]
-
-
-def _with_random_biases(w):
-    gen = torch.Generator().manual_seed(0)
-    out = dataclasses.replace(w)
-    for name in ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U", "ln1_b", "ln2_b", "lnf_b"):
-        value = getattr(w, name)
-        setattr(out, name, 0.1 * torch.randn(value.shape, generator=gen, dtype=value.dtype))
-    return out
 
 
 def _tasks(model):
@@ -64,11 +56,17 @@ def test_fast_walk_equals_the_reference(fixture, request):
         assert ref.metric_beta.abs().sum() > 0
 
 
-def test_full_forward_matches_the_clean_forward(tiny_llama):
-    w = model_weights(tiny_llama, torch.float64)
-    task = _tasks(tiny_llama)[0]
-    cache, full = clean_forward(w, task.clean_tokens), full_forward(w, task.clean_tokens)
-    for layer in range(w.n_layers):
-        torch.testing.assert_close(full.layers[layer].z, cache.z[layer])
-        torch.testing.assert_close(full.layers[layer].mlp_out, cache.mlp_out[layer])
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
+def test_full_forward_matches_the_bridge(fixture, request):
+    """The nodes the fast walk reads beyond the clean cache (patterns, queries, MLP activations) are the model's."""
+    model = request.getfixturevalue(fixture)
+    w = model_weights(model, torch.float64)
+    task = _tasks(model)[0]
+    full = full_forward(w, task.clean_tokens)
+    _, ref = model.run_with_cache(task.clean_tokens)
+    for layer, lc in enumerate(full.layers):
+        for name, ours in [("attn.hook_pattern", lc.pattern), ("mlp.hook_post", lc.post), ("hook_resid_post", lc.resid_post),
+                           ("attn.hook_z", lc.z)]:
+            torch.testing.assert_close(ours.float(), ref[f"blocks.{layer}.{name}"], atol=1e-5, rtol=1e-4)
+    cache = clean_forward(w, task.clean_tokens)
     torch.testing.assert_close(full.layers[-1].resid_post, cache.final)

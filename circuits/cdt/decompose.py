@@ -170,15 +170,43 @@ def _walk(w: Weights, task: Task, cache: CleanCache, start: Node, beta0: torch.T
     return logits, found
 
 
-def _source_mask(node: Node, w: Weights, T: int, device) -> torch.Tensor:
-    """Where the source sits in its activation: [T, H] for heads, [T] otherwise (bool)."""
-    pos = torch.zeros(T, dtype=torch.bool, device=device)
-    pos[list(node.positions) if node.positions is not None else slice(None)] = True
-    if node.kind != "head":
-        return pos
-    heads = torch.zeros(w.n_heads, dtype=torch.bool, device=device)
-    heads[node.head] = True
-    return pos[:, None] & heads[None, :]
+def _source_masks(nodes: list[Node], w: Weights, T: int, device) -> torch.Tensor:
+    """[s, T, H] (heads) or [s, T] where each source sits (bool), built with one scatter."""
+    heads = nodes[0].kind == "head"
+    masks = torch.zeros((len(nodes), T, w.n_heads) if heads else (len(nodes), T), dtype=torch.bool)
+    rows, pos, hd = [], [], []
+    for i, node in enumerate(nodes):
+        where = range(T) if node.positions is None else node.positions
+        rows += [i] * len(where)
+        pos += list(where)
+        hd += [node.head if heads else 0] * len(where)
+    index = (torch.tensor(rows), torch.tensor(pos)) + ((torch.tensor(hd),) if heads else ())
+    masks[index] = True
+    return masks.to(device)
+
+
+def _start_position(node: Node) -> int:
+    return 0 if node.positions is None else min(node.positions)
+
+
+def _chunks(sources: list[Node], per_chunk: int) -> list[list[int]]:
+    """Source indices in chunks of at most ``per_chunk`` that start at the same place, sorted by first position."""
+    chunks: list[list[int]] = []
+    for i in sorted(range(len(sources)), key=lambda i: (sources[i].order, _start_position(sources[i]))):
+        if chunks and len(chunks[-1]) < per_chunk and sources[chunks[-1][0]].order == sources[i].order:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
+
+
+def _delta(start: Node, cache: CleanCache, means: Means) -> torch.Tensor:
+    """The source's activation minus its ablation value: [B, T, d] (inputs, MLPs) or [B, T, H, dh] (heads)."""
+    if start.kind == "emb":
+        return cache.embed - means.embed
+    if start.kind == "head":
+        return cache.z[start.layer] - means.z[start.layer]
+    return cache.mlp_out[start.layer] - means.mlp_out[start.layer]
 
 
 @torch.no_grad()
@@ -207,105 +235,34 @@ def decompose(w: Weights, task: Task, cache: CleanCache, means: Means, sources: 
     metric_beta = torch.zeros(S, B, dtype=w.W_E.dtype, device=device)
     t_beta = torch.full((S, n_t), float("nan"), dtype=w.W_E.dtype, device=device)
     t_gamma = t_beta.clone()
-    per_chunk = max(1, chunk_rows // B)
-    order = sorted(range(S), key=lambda i: sources[i].order)
-    chunks: list[list[int]] = []
-    for i in order:
-        if chunks and len(chunks[-1]) < per_chunk and sources[chunks[-1][0]].order == sources[i].order:
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
-    if probe is None and not reference:
-        return _decompose_fast(w, task, cache, means, sources, targets, rules, per_chunk, full, progress)
+    fast = probe is None and not reference
+    if fast:
+        full = full if full is not None else full_forward(w, cache.tokens)
+        idx = metric_positions(task, B, device)
+        t_end = int(idx.max()) + 1
+        for t in targets:
+            t_end = T if t.positions is None else max(t_end, max(t.positions) + 1)
+        last_at_metric = not any(t.layer == w.n_layers - 1 for t in targets)
     metric_total = None
-    for chunk in tqdm(chunks, desc="CD-T", disable=not progress, leave=False):
-        start = sources[chunk[0]]
-        if start.kind == "emb":
-            delta = cache.embed - means.embed  # [B, T, d]
-        elif start.kind == "head":
-            delta = cache.z[start.layer] - means.z[start.layer]  # [B, T, H, dh]
-        else:
-            delta = cache.mlp_out[start.layer] - means.mlp_out[start.layer]
-        masks = torch.stack([_source_mask(sources[i], w, T, device) for i in chunk])  # [s, T(, H)]
-        beta0 = (masks[:, None, ..., None].to(delta.dtype) * delta[None]).flatten(0, 1)  # [s*B, ...]
-        examples = torch.arange(B, device=device).repeat(len(chunk))
-        logits, found = _walk(w, task, cache, start, beta0, examples, targets, rules, probe)
-        total = _metric(task, logits[0] + logits[1], examples)
-        part = total - _metric(task, logits[1], examples)
-        metric_beta[chunk] = part.view(len(chunk), B)
-        metric_total = total.view(len(chunk), B)[0]
-        for j, (b, g) in found.items():
-            if targets[j].order > start.order:
-                t_beta[chunk, j] = b.view(len(chunk), B).mean(1)
-                t_gamma[chunk, j] = g.view(len(chunk), B).mean(1)
-    return Decomposition(metric_beta, metric_total, t_beta, t_gamma)
-
-
-def _source_masks(nodes: list[Node], w: Weights, T: int, device) -> torch.Tensor:
-    """[s, T, H] (heads) or [s, T] where each source sits (bool), built with one scatter."""
-    heads = nodes[0].kind == "head"
-    masks = torch.zeros((len(nodes), T, w.n_heads) if heads else (len(nodes), T), dtype=torch.bool)
-    rows, pos, hd = [], [], []
-    for i, node in enumerate(nodes):
-        where = range(T) if node.positions is None else node.positions
-        rows += [i] * len(where)
-        pos += list(where)
-        hd += [node.head if heads else 0] * len(where)
-    index = (torch.tensor(rows), torch.tensor(pos)) + ((torch.tensor(hd),) if heads else ())
-    masks[index] = True
-    return masks.to(device)
-
-
-def _start_position(node: Node) -> int:
-    return 0 if node.positions is None else min(node.positions)
-
-
-def _decompose_fast(w: Weights, task: Task, cache: CleanCache, means: Means, sources: list[Node], targets: list[Node],
-                    rules: R.Rules, per_chunk: int, full: FullCache | None, progress: bool) -> Decomposition:
-    """:func:`decompose` by the beta-only walk: chunks of sources sharing a start place, sorted by first position."""
-    from tqdm.auto import tqdm
-
-    B, T = cache.tokens.shape
-    device = cache.embed.device
-    full = full if full is not None else full_forward(w, cache.tokens)
-    idx = metric_positions(task, B, device)
-    t_end = int(idx.max()) + 1
-    for t in targets:
-        t_end = T if t.positions is None else max(t_end, max(t.positions) + 1)
-    last_at_metric = not any(t.layer == w.n_layers - 1 for t in targets)
-    S, n_t = len(sources), len(targets)
-    metric_beta = torch.zeros(S, B, dtype=w.W_E.dtype, device=device)
-    t_beta = torch.full((S, n_t), float("nan"), dtype=w.W_E.dtype, device=device)
-    t_gamma = t_beta.clone()
-    order = sorted(range(S), key=lambda i: (sources[i].order, _start_position(sources[i])))
-    chunks: list[list[int]] = []
-    for i in order:
-        if chunks and len(chunks[-1]) < per_chunk and sources[chunks[-1][0]].order == sources[i].order:
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
-    examples = torch.arange(B, device=device)
-    metric_total = None
-    for chunk in tqdm(chunks, desc="CD-T", disable=not progress, leave=False):
-        start = sources[chunk[0]]
-        p0 = min(min(_start_position(sources[i]) for i in chunk), t_end - 1)
-        win = Window(p0, t_end, idx)
-        if start.kind == "emb":
-            delta = cache.embed - means.embed  # [B, T, d]
-        elif start.kind == "head":
-            delta = cache.z[start.layer] - means.z[start.layer]  # [B, T, H, dh]
-        else:
-            delta = cache.mlp_out[start.layer] - means.mlp_out[start.layer]
-        masks = _source_masks([sources[i] for i in chunk], w, T, device)[:, p0:t_end]  # [s, W(, H)]
-        beta0 = masks[:, None, ..., None].to(delta.dtype) * delta[None, :, p0:t_end]  # [s, B, W, ...]
-        resid, found = walk_beta(w, full, start, beta0, win, targets, rules, last_at_metric)
-        beta, gamma = readout(w, full, task, resid, idx, rules)
-        rows = examples.repeat(len(chunk))
+    for chunk in tqdm(_chunks(sources, max(1, chunk_rows // B)), desc="CD-T", disable=not progress, leave=False):
+        start, s = sources[chunk[0]], len(chunk)
+        delta = _delta(start, cache, means)
+        masks = _source_masks([sources[i] for i in chunk], w, T, device)  # [s, T(, H)]
+        rows = torch.arange(B, device=device).repeat(s)
+        if fast:  # beta only, over the chunk's window of positions
+            p0 = min(min(_start_position(sources[i]) for i in chunk), t_end - 1)
+            beta0 = masks[:, None, p0:t_end, ..., None].to(delta.dtype) * delta[None, :, p0:t_end]  # [s, B, W, ...]
+            resid, found = walk_beta(w, full, start, beta0, Window(p0, t_end, idx), targets, rules, last_at_metric)
+            beta, gamma = readout(w, full, task, resid, idx, rules)
+            found = {j: (b.flatten(), g.flatten()) for j, (b, g) in found.items()}
+        else:  # both parts, every position
+            beta0 = (masks[:, None, ..., None].to(delta.dtype) * delta[None]).flatten(0, 1)  # [s*B, ...]
+            (beta, gamma), found = _walk(w, task, cache, start, beta0, rows, targets, rules, probe)
         total = _metric(task, beta + gamma, rows)
-        metric_beta[chunk] = (total - _metric(task, gamma, rows)).view(len(chunk), B)
-        metric_total = total.view(len(chunk), B)[0]
+        metric_beta[chunk] = (total - _metric(task, gamma, rows)).view(s, B)
+        metric_total = total.view(s, B)[0]
         for j, (b, g) in found.items():
             if targets[j].order > start.order:
-                t_beta[chunk, j] = b.mean(1)
-                t_gamma[chunk, j] = g.mean(1)
+                t_beta[chunk, j] = b.view(s, B).mean(1)
+                t_gamma[chunk, j] = g.view(s, B).mean(1)
     return Decomposition(metric_beta, metric_total, t_beta, t_gamma)

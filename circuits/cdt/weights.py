@@ -225,36 +225,9 @@ def attention_pattern(w: Weights, q: torch.Tensor, k: torch.Tensor) -> torch.Ten
     return scores.masked_fill(mask, float("-inf")).softmax(-1)
 
 
-@torch.no_grad()
 def clean_forward(w: Weights, tokens: torch.Tensor) -> CleanCache:
-    """Run the model over ``tokens`` [B, T] in the weights' dtype and keep the activations CD-T starts from."""
-    tokens = tokens.to(w.W_E.device)
-    T = tokens.shape[1]
-    x = w.W_E[tokens]
-    if w.W_pos is not None:
-        x = x + w.W_pos[:T]
-    rot = w.rotary(T)
-    embed = x
-    cache = CleanCache(tokens, embed, [], [], [], [], x)
-    group = w.n_heads // w.n_kv
-    for layer in range(w.n_layers):
-        cache.resid_pre.append(x)
-        h = normalize(w, x, w.ln1_w[layer], w.ln1_b[layer])
-        q = torch.einsum("btd,hde->bthe", h, w.W_Q[layer]) + w.b_Q[layer]
-        k = torch.einsum("btd,hde->bthe", h, w.W_K[layer]) + w.b_K[layer]
-        v = torch.einsum("btd,hde->bthe", h, w.W_V[layer]) + w.b_V[layer]
-        if rot is not None:
-            q, k = rotate(q, *rot), rotate(k, *rot)
-        pattern = attention_pattern(w, q, k)
-        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v.repeat_interleave(group, dim=-2))
-        cache.z.append(z)
-        x = x + torch.einsum("bthe,hed->btd", z, w.W_O[layer]) + w.b_O[layer]
-        cache.resid_mid.append(x)
-        h = normalize(w, x, w.ln2_w[layer], w.ln2_b[layer])
-        pre = h @ w.W_in[layer] + w.b_in[layer]
-        post = activation(w.act, h @ w.W_gate[layer]) * pre if w.gated else activation(w.act, pre)
-        out = post @ w.W_out[layer] + w.b_out[layer]
-        cache.mlp_out.append(out)
-        x = x + out
-    cache.final = x
-    return cache
+    """Run the model over ``tokens`` [B, T] in the weights' dtype and keep the activations CD-T starts from
+    (the per-layer subset of :func:`circuits.cdt.clean.full_forward`)."""
+    from circuits.cdt.clean import full_forward  # clean builds on this module
+
+    return full_forward(w, tokens).clean_cache()
