@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from page_helpers import fetch_list, pick_run, readable, stored_runs
 
 from workbench.store import RunInfo, Store
 
@@ -64,13 +65,8 @@ def _runs_section() -> None:
     store = Store()
     st.header("Runs")
     st.caption(f"Run store: `{store.root}`")
-    try:
-        infos = store.list()
-    except Exception as exc:  # an unreadable store must not take the page down
-        st.error(f"Cannot read the run store at {store.root}: {exc}")
-        return
+    infos = stored_runs(store, empty="No runs stored yet. Run an analysis (e.g. `workbench demo`) to fill the store.")
     if not infos:
-        st.info("No runs stored yet. Run an analysis (e.g. `workbench demo`) to fill the store.")
         return
 
     kinds = sorted({i.kind for i in infos})
@@ -91,11 +87,8 @@ def _runs_section() -> None:
         return
 
     st.subheader("Run details")
-    labels = [f"{i.kind}/{i.run_id}" + ("" if i.ok else " (corrupt)") for i in shown]
-    picked = st.selectbox("Run", range(len(shown)), format_func=lambda k: labels[k], key="run")
-    info = shown[picked if picked is not None else 0]
-    if not info.ok:
-        st.error(f"Run {info.kind}/{info.run_id} is corrupt: {info.error}")
+    info = pick_run(shown, lambda i: f"{i.kind}/{i.run_id}", key="run")
+    if not readable(info):
         if info.manifest is not None:
             st.json(info.manifest, expanded=False)
         return
@@ -125,13 +118,8 @@ def _launch_section() -> None:
     from workbench.cli import launch
 
     st.header("Start an analysis")
-    try:
-        verbs = launch.analysis_verbs()
-    except Exception as exc:
-        st.error(f"Cannot list the analyses: {exc}")
-        return
+    verbs = fetch_list(launch.analysis_verbs, failed="Cannot list the analyses", empty="No analysis verbs are installed.")
     if not verbs:
-        st.info("No analysis verbs are installed.")
         return
     verb = st.selectbox("Analysis", verbs, key="launch_verb")
     specs = launch.verb_options(verb)
@@ -165,13 +153,9 @@ def _models_section() -> None:
     except ImportError:
         st.info("No model registry is available (workbench.models cannot be imported).")
         return
-    try:
-        cards = list(list_models())
-    except Exception as exc:
-        st.warning(f"The model registry failed: {exc}")
-        return
+    cards = fetch_list(list_models, failed="The model registry failed", empty="The model registry lists no models.",
+                       warn=True)
     if not cards:
-        st.info("The model registry lists no models.")
         return
     st.dataframe(model_rows(cards), hide_index=True, width="stretch")
 

@@ -8,6 +8,7 @@ Reads ``sparsity`` runs from the store (written by :func:`probes.demos.store_spa
 from __future__ import annotations
 
 import streamlit as st
+from page_helpers import browse_runs
 
 from probes.figures import (
     firing_histogram_figure,
@@ -57,26 +58,5 @@ def _show(run) -> None:
     st.dataframe(layers, hide_index=True)
 
 
-def main() -> None:
-    store = Store()
-    try:
-        infos = store.list("sparsity")
-    except Exception as exc:
-        st.error(f"Cannot read the run store at {store.root}: {exc}")
-        return
-    if not infos:
-        st.info("No sparsity run stored yet: run `workbench sparsity --model smollm2-135m` or `workbench demo`.")
-        return
-    labels = [f"{i.run_id} ({i.model or '-'})" + ("" if i.ok else " (corrupt)") for i in infos]
-    pick = st.selectbox("Run", range(len(infos)), format_func=lambda k: labels[k], key="run")
-    info = infos[pick or 0]
-    if not info.ok:
-        st.error(f"Run sparsity/{info.run_id} cannot be read: {info.error}")
-        return
-    try:
-        _show(store.load("sparsity", info.run_id))
-    except Exception as exc:  # a damaged artifact must not take the page down
-        st.error(f"Run sparsity/{info.run_id} cannot be shown: {exc}")
-
-
-main()
+browse_runs(Store(), "sparsity", show=_show,
+            empty="No sparsity run stored yet: run `workbench sparsity --model smollm2-135m` or `workbench demo`.")

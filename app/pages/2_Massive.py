@@ -8,25 +8,13 @@ Reads ``massive`` runs (written by :func:`probes.demos.store_massive`) and ``dyn
 from __future__ import annotations
 
 import streamlit as st
+from page_helpers import browse_runs
 
 from probes.figures import intervention_figure, massive_heatmap_figure, massive_layers_figure
 from workbench.store import Store
 
 st.set_page_config(page_title="Massive activations", layout="wide")
 st.title("Massive activations")
-
-
-def _pick(store: Store, kind: str, key: str):
-    infos = store.list(kind)
-    if not infos:
-        return None
-    labels = [f"{i.run_id} ({i.model or '-'})" + ("" if i.ok else " (corrupt)") for i in infos]
-    pick = st.selectbox(f"{kind} run", range(len(infos)), format_func=lambda k: labels[k], key=key)
-    info = infos[pick or 0]
-    if not info.ok:
-        st.error(f"Run {kind}/{info.run_id} cannot be read: {info.error}")
-        return None
-    return store.load(kind, info.run_id)
 
 
 def _show(run) -> None:
@@ -56,43 +44,28 @@ def _show(run) -> None:
         st.dataframe(run.table("tokens"), hide_index=True)
 
 
+def _show_dynamics(run) -> None:
+    from probes.dynamics import dynamics_figure
+
+    stats, fits = run.table("statistics"), run.table("fits")
+    options = [c for c in ("massive_ratio", "top1", "median", "mlp_active") if c in stats.columns]
+    statistic = st.selectbox("Statistic", options or ["massive_ratio"], key="dynstat")
+    st.plotly_chart(dynamics_figure(stats, fits, statistic), key="dyn")
+    st.dataframe(fits, hide_index=True)
+
+
 def _dynamics(store: Store) -> None:
     st.header("Training dynamics")
     try:
-        from probes.dynamics import dynamics_figure
+        import probes.dynamics  # noqa: F401
     except ImportError:
         st.info("The training-dynamics analysis is not available.")
         return
-    try:
-        run = _pick(store, "dynamics", "dynrun")
-        if run is None:
-            st.info("No dynamics run stored yet.")
-            return
-        stats, fits = run.table("statistics"), run.table("fits")
-        options = [c for c in ("massive_ratio", "top1", "median", "mlp_active") if c in stats.columns]
-        statistic = st.selectbox("Statistic", options or ["massive_ratio"], key="dynstat")
-        st.plotly_chart(dynamics_figure(stats, fits, statistic), key="dyn")
-        st.dataframe(fits, hide_index=True)
-    except Exception as exc:
-        st.error(f"The dynamics run cannot be shown: {exc}")
+    browse_runs(store, "dynamics", show=_show_dynamics, empty="No dynamics run stored yet.", key="dynrun",
+                label="dynamics run")
 
 
-def main() -> None:
-    store = Store()
-    try:
-        run = _pick(store, "massive", "run")
-    except Exception as exc:
-        st.error(f"Cannot read the run store at {store.root}: {exc}")
-        run = None
-    else:
-        if run is None and not [i for i in store.list("massive")]:
-            st.info("No massive run stored yet: run `workbench massive --model smollm2-135m` or `workbench demo`.")
-    if run is not None:
-        try:
-            _show(run)
-        except Exception as exc:
-            st.error(f"Run massive/{run.info.run_id} cannot be shown: {exc}")
-    _dynamics(store)
-
-
-main()
+store = Store()
+browse_runs(store, "massive", show=_show, label="massive run",
+            empty="No massive run stored yet: run `workbench massive --model smollm2-135m` or `workbench demo`.")
+_dynamics(store)

@@ -7,6 +7,7 @@ reported with ``st.error``.
 from __future__ import annotations
 
 import streamlit as st
+from page_helpers import browse_runs
 
 from probes.figures import probe_figure
 from workbench.store import Store
@@ -28,26 +29,5 @@ def _show(run) -> None:
     st.dataframe(table, hide_index=True)
 
 
-def main() -> None:
-    store = Store()
-    try:
-        infos = store.list("probe")
-    except Exception as exc:
-        st.error(f"Cannot read the run store at {store.root}: {exc}")
-        return
-    if not infos:
-        st.info("No probe run stored yet: run `workbench probe --model smollm2-135m` or `workbench demo`.")
-        return
-    labels = [f"{i.run_id} ({i.model or '-'})" + ("" if i.ok else " (corrupt)") for i in infos]
-    pick = st.selectbox("Run", range(len(infos)), format_func=lambda k: labels[k], key="run")
-    info = infos[pick or 0]
-    if not info.ok:
-        st.error(f"Run probe/{info.run_id} cannot be read: {info.error}")
-        return
-    try:
-        _show(store.load("probe", info.run_id))
-    except Exception as exc:
-        st.error(f"Run probe/{info.run_id} cannot be shown: {exc}")
-
-
-main()
+browse_runs(Store(), "probe", show=_show,
+            empty="No probe run stored yet: run `workbench probe --model smollm2-135m` or `workbench demo`.")

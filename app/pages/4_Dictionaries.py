@@ -10,6 +10,7 @@ import html
 
 import pandas as pd
 import streamlit as st
+from page_helpers import browse_runs
 
 from circuits.dictionaries.figures import (
     activation_histogram,
@@ -75,7 +76,7 @@ def _browse(run, index: int, d_sae: int) -> None:
                             use_container_width=True)
 
 
-def show_run(run) -> None:
+def _show(run) -> None:
     metrics = run.table("metrics")
     st.subheader("Metrics")
     st.dataframe(metrics, use_container_width=True)
@@ -95,25 +96,6 @@ def show_run(run) -> None:
     _browse(run, entry["index"], int(entry["config"]["d_sae"]))
 
 
-store = Store()
-try:
-    infos = store.list(kind="dictionary")
-except Exception as exc:  # an unreadable store must not take the page down
-    st.error(f"Cannot read the run store at {store.root}: {exc}")
-    infos = []
-if not infos:
-    st.info("No dictionary runs yet: `workbench train-dict --layer 3 --kind transcoder --activation topk --k 16` "
-            "or `workbench demo`.")
-else:
-    for info in infos:
-        if not info.ok:
-            st.error(f"Run {info.run_id} cannot be read: {info.error}")
-    good = [i for i in infos if i.ok]
-    if good:
-        names = [f"{i.run_id} ({i.model})" for i in good]
-        chosen = st.selectbox("Run", names)
-        info = good[names.index(chosen)]
-        try:
-            show_run(store.load("dictionary", info.run_id))
-        except Exception as exc:  # a corrupt run shows an error, never takes the page down
-            st.error(f"Run {info.run_id} cannot be shown: {exc}")
+browse_runs(Store(), "dictionary", show=_show, only_ok=True, key=None, label_of=lambda i: f"{i.run_id} ({i.model})",
+            empty="No dictionary runs yet: `workbench train-dict --layer 3 --kind transcoder --activation topk --k 16` "
+                  "or `workbench demo`.")

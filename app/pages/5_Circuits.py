@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from page_helpers import metric_grid, pick_run, show_run, stored_runs
 
 from circuits.graph import Circuit
 from workbench.store import Run, RunInfo, Store
@@ -108,12 +109,6 @@ def highlighted_html(df: pd.DataFrame) -> str:
     return '<div style="line-height: 2; font-family: monospace">' + "".join(spans) + "</div>"
 
 
-def _pick_run(infos: list[RunInfo]) -> RunInfo:
-    labels = [f"{i.kind} · {i.model or '-'} · {i.run_id}" + ("" if i.ok else " (corrupt)") for i in infos]
-    k = st.selectbox("Run", range(len(infos)), format_func=lambda j: labels[j], key="circuit_run")
-    return infos[k if k is not None else 0]
-
-
 def _circuit_view(circuit: Circuit, key: str) -> None:
     scores = [abs(d["score"]) for d in circuit.nodes if isinstance(d.get("score"), (int, float))]
     weights = [abs(e["weight"]) for e in circuit.edges if isinstance(e.get("weight"), (int, float))]
@@ -183,22 +178,11 @@ def _side_by_side(store: Store, infos: list[RunInfo]) -> None:
         st.metric("Spearman rank correlation of head scores", f"{rho:.3f}")
 
 
-def _run_view(store: Store, info: RunInfo) -> None:
-    if not info.ok:
-        st.error(f"Run {info.kind}/{info.run_id} is corrupt: {info.error}")
-        return
-    try:
-        run = store.load(info.kind, info.run_id)
-        circuits, scores, words = circuit_artifacts(run), score_tables(run), word_tables(run)
-    except Exception as exc:
-        st.error(f"Cannot read run {info.kind}/{info.run_id}: {exc}")
-        return
-    summary = run.summary
-    numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if numbers:
-        cols = st.columns(min(len(numbers), 4))
-        for j, (k, v) in enumerate(list(numbers.items())[:8]):
-            cols[j % len(cols)].metric(k, f"{v:.4g}" if isinstance(v, float) else v)
+def _show(run: Run) -> None:
+    info = run.info
+    circuits, scores, words = circuit_artifacts(run), score_tables(run), word_tables(run)
+    numbers = [(k, v) for k, v in run.summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    metric_grid(numbers[:8])
     for name, circuit in circuits.items():
         st.subheader(f"Circuit graph: {name}")
         _circuit_view(circuit, key=f"{info.run_id}-{name}")
@@ -222,19 +206,13 @@ def main() -> None:
     st.set_page_config(page_title=TITLE, layout="wide")
     st.title(TITLE)
     store = Store()
-    try:
-        infos = [i for k in KINDS for i in store.list(kind=k)]
-    except Exception as exc:
-        st.error(f"Cannot read the run store at {store.root}: {exc}")
-        return
+    infos = stored_runs(store, *KINDS, empty="No circuit runs stored yet: run `workbench cdt`, `workbench patch` or "
+                                             "`workbench tc-circuit` (or `workbench demo`).")
     if not infos:
-        st.info("No circuit runs stored yet: run `workbench cdt`, `workbench patch` or `workbench tc-circuit` "
-                "(or `workbench demo`).")
         return
-    infos.sort(key=lambda i: i.created or "", reverse=True)
     tab_run, tab_sbs = st.tabs(["Circuit runs", "CD-T versus patching"])
     with tab_run:
-        _run_view(store, _pick_run(infos))
+        show_run(store, pick_run(infos, lambda i: f"{i.kind} · {i.model or '-'} · {i.run_id}", key="circuit_run"), _show)
     with tab_sbs:
         _side_by_side(store, infos)
 

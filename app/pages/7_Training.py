@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+from page_helpers import browse_runs, stored_runs
 
-from workbench.store import Store
+from workbench.store import Run, Store
 
 st.set_page_config(page_title="Training", layout="wide")
 st.title("Training: zoo curves and dynamics")
@@ -20,26 +21,14 @@ def _family_of(model: str) -> str:
     return name.split("-", 1)[0] if name.startswith(("llama-", "gpt-")) else name
 
 
-def _readable(infos: list) -> list:
-    """The runs that can be read; an error line for each that cannot."""
-    for info in infos:
-        if not info.ok:
-            st.error(f"{info.kind} run {info.run_id} cannot be read: {info.error}")
-    return [i for i in infos if i.ok]
-
-
 def _curves_section(store: Store) -> None:
     from workbench.zoo_curves import training_figure
 
     st.header("Zoo training curves")
-    try:
-        infos = _readable(store.list("zoo-training"))
-    except Exception as exc:  # an unreadable store must not take the page down
-        st.error(f"Cannot read the run store at {store.root}: {exc}")
-        return
+    infos = stored_runs(store, "zoo-training", only_ok=True,
+                        empty="No zoo-training runs yet: build members (`workbench zoo build llama`) and store their "
+                              "curves (`workbench.zoo_curves.store_training_run(name)`), or run `workbench demo`.")
     if not infos:
-        st.info("No zoo-training runs yet: build members (`workbench zoo build llama`) and store their curves "
-                "(`workbench.zoo_curves.store_training_run(name)`), or run `workbench demo`.")
         return
     latest: dict[str, object] = {}
     for info in infos:  # newest first within a model
@@ -67,28 +56,11 @@ def _curves_section(store: Store) -> None:
         st.dataframe(pd.DataFrame(rows), hide_index=True)
 
 
-def _dynamics_section(store: Store) -> None:
+def _show_dynamics(run: Run) -> None:
     from probes.dynamics import STATISTICS, dynamics_figure
 
-    st.header("Training dynamics: massive activations and MLP sparsity")
-    try:
-        infos = _readable(store.list("dynamics"))
-    except Exception as exc:
-        st.error(f"Cannot read the run store at {store.root}: {exc}")
-        return
-    if not infos:
-        st.info("No dynamics runs yet: `workbench dynamics llama` (or `workbench demo`).")
-        return
-    labels = {f"{i.model} · {i.run_id}": i for i in infos}
-    label = st.selectbox("Dynamics run", list(labels), key="dyn_run")
-    info = labels[label]
-    try:
-        run = store.load("dynamics", info.run_id)
-        stats, fits = run.table("statistics"), run.table("fits")
-        predictor = run.table("predictor") if "predictor" in run.names("table") else None
-    except Exception as exc:
-        st.error(f"dynamics run {info.run_id} cannot be read: {exc}")
-        return
+    stats, fits = run.table("statistics"), run.table("fits")
+    predictor = run.table("predictor") if "predictor" in run.names("table") else None
     statistic = st.radio("Statistic", list(STATISTICS), horizontal=True, key="dyn_stat")
     members = sorted(stats["member"].unique())
     chosen = st.multiselect("Members", members, default=members, key="dyn_members")
@@ -107,6 +79,13 @@ def _dynamics_section(store: Store) -> None:
         st.dataframe(predictor.pivot(index="model", columns="target", values="r2_lomo"))
     else:
         st.caption(str(run.summary.get("predictor", "")))
+
+
+def _dynamics_section(store: Store) -> None:
+    st.header("Training dynamics: massive activations and MLP sparsity")
+    browse_runs(store, "dynamics", show=_show_dynamics, only_ok=True, key="dyn_run", label="Dynamics run",
+                label_of=lambda i: f"{i.model} · {i.run_id}",
+                empty="No dynamics runs yet: `workbench dynamics llama` (or `workbench demo`).")
 
 
 store = Store()
