@@ -107,8 +107,11 @@ def _option_widget(spec: Any, key: str) -> Any:
         return st.checkbox(label, value=bool(spec.default), help=spec.help, key=key)
     if spec.choices:
         options = list(spec.choices)
-        index = options.index(spec.default) if spec.default in options else 0
-        return st.selectbox(label, options, index=index, help=spec.help, key=key)
+        index = options.index(spec.default) if spec.default in options else None
+        if index is None:  # no default among the choices: an empty first option leaves it out (the verb's default)
+            options, index = ["", *options], 0
+        return st.selectbox(label, options, index=index, format_func=lambda v: v if v != "" else "(default)",
+                            help=spec.help, key=key)
     default = "" if spec.default is None else str(spec.default)
     return st.text_input(label, value=default, help=spec.help, key=key)
 

@@ -142,3 +142,16 @@ def test_home_survives_failing_registry(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "empty"))
     at = _run(AppTest.from_file(HOME, default_timeout=TIMEOUT))
     assert any("cache unreadable" in w.value for w in at.warning)
+
+
+def test_launch_form_leaves_choices_without_a_default_to_the_verb(tmp_path, monkeypatch, fake_registry):
+    from workbench.cli import launch
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "empty"))
+    at = _run(AppTest.from_file(HOME, default_timeout=TIMEOUT))
+    at = _run(at.selectbox(key="launch_verb").select("cdt"))
+    attention = at.selectbox(key="launch-cdt-attention")
+    assert attention.value == "" and attention.options[0] == "(default)"  # no default among the choices
+    assert at.selectbox(key="launch-cdt-bias_split").value == "proportional"  # a default among them is selected
+    argv = launch.build_argv("cdt", {"attention": attention.value, "metric": at.selectbox(key="launch-cdt-metric").value})
+    assert "--attention" not in argv and "--metric" not in argv

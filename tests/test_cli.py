@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from workbench import demo as demo_module
@@ -95,3 +98,52 @@ def test_a_failing_demo_is_reported_and_the_others_still_run(tmp_path, monkeypat
     assert [d["status"] for d in done] == ["failed", "computed"]
     assert "RuntimeError: no such model" in done[0]["error"]
     assert main(["demo", "--json"]) == 1  # the failure is still stored as failed, the fine one as stored
+
+
+HEAVY = ("torch", "transformer_lens", "transformers", "circuits", "probes", "pandas")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["cdt", "--help"], ["patch", "--attention"], ["no-such-verb"]],
+                         ids=" ".join)
+def test_help_and_argument_errors_import_no_heavy_library(argv):
+    code = ("import sys\nfrom workbench.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+
+
+def test_choices_mirror_the_libraries():
+    from circuits.cdt import rules
+    from circuits.patching import ablation, path, runs
+    from workbench.cli import cdt, common, patch
+    from workbench.data import TASKS
+
+    assert common.TASKS == TASKS
+    assert (cdt.ATTENTION_RULES, cdt.BIAS_SPLITS) == (rules.ATTENTION_RULES, rules.BIAS_SPLITS)
+    assert (patch.ABLATIONS, patch.RECEIVER_INPUTS, patch.MODES) == (ablation.ABLATIONS, path.RECEIVER_INPUTS, runs.MODES)
+
+
+def test_cdt_attention_defaults_to_each_use_of_the_library(tiny_gpt2, tmp_path, monkeypatch, capsys):
+    """Without --attention the scores keep the decomposition's default rule (ablated) and --explain the word
+    explanations' own (total); --attention sets both."""
+    import circuits.cdt.runs as cdt_runs
+    from circuits.cdt.local import explain
+
+    def toy_explain(model, text, **options):  # the sentiment answers are not tokens of the toy vocabulary
+        return explain(model, text, answers=(" t1", " t2"), template="t5 {text} t6", **options)
+
+    monkeypatch.setattr(cdt_runs, "explain", toy_explain)
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    text = "t3 t9 t4"
+    base = ["cdt", "--model", tiny_gpt2.workbench_spec, "--device", "cpu", "--n", "2", "--half-len", "4",
+            "--top-k", "2", "--explain", text, "--json"]
+    runs = {}
+    for attention in (None, "own"):
+        assert main(base + ([] if attention is None else ["--attention", attention])) == 0
+        run = Store().load("cdt", _last_json(capsys)["run"]["run_id"])
+        runs[attention] = (run.params["rules"]["attention"], run.table("words")["contribution"].to_numpy())
+    expected = {rule: toy_explain(tiny_gpt2, text, attention=rule).table["contribution"].to_numpy()
+                for rule in ("total", "ablated", "own")}
+    assert not np.allclose(expected["total"], expected["ablated"])  # the rules differ on this model
+    assert runs[None][0] == "ablated" and np.allclose(runs[None][1], expected["total"])
+    assert runs["own"][0] == "own" and np.allclose(runs["own"][1], expected["own"])

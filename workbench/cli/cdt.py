@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from workbench.cli.common import add_model_args, emit, run_payload
+from workbench.cli.common import add_model_args, add_task_args, report_run
+
+# circuits.cdt.rules.ATTENTION_RULES and BIAS_SPLITS (mirrored so that building the parser does not import torch)
+ATTENTION_RULES: tuple[str, ...] = ("own", "total", "ablated")
+BIAS_SPLITS: tuple[str, ...] = ("proportional", "gamma")
 
 
 def cmd_cdt(args: argparse.Namespace) -> int:
@@ -23,8 +27,9 @@ def cmd_cdt(args: argparse.Namespace) -> int:
         if args.metric != "logit_diff":
             raise ValueError(f"--metric only switches a task to its single-position logit difference, got {args.metric!r}")
         task = dataclasses.replace(task, metric_name="logit_diff", score_positions=None)
-    rules = {"sign_rule": args.sign_rule, "attention": args.attention, "bias_split": args.bias_split,
-             "norm_eps": args.norm_eps}
+    rules = {"sign_rule": args.sign_rule, "bias_split": args.bias_split, "norm_eps": args.norm_eps}
+    if args.attention is not None:  # else each use keeps the library's default (scores: ablated; --explain: total)
+        rules["attention"] = args.attention
     result = analyse(
         model, task, sources=args.sources, targets=args.targets, per_position=not args.whole_heads, top_k=args.top_k,
         run_discovery=args.discover, faithfulness_bound=args.faithfulness_bound, ablation=args.ablation,
@@ -45,21 +50,14 @@ def cmd_cdt(args: argparse.Namespace) -> int:
     for doc in result["json"].get("explanations", []):
         words = " ".join(f"{w}({c:+.2f})" for w, c in zip(doc["words"], doc["contributions"], strict=True))
         lines.append(f"{doc['text']!r}: logit diff {doc['logit_diff']:+.3f}; {words}")
-    lines.append(f"run: {info.path}")
-    emit(args, run_payload(info, summary), "\n".join(lines))
-    return 0
+    return report_run(args, info, lines)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``cdt`` verb."""
-    from circuits.cdt.rules import ATTENTION_RULES, BIAS_SPLITS
-    from workbench.data import TASKS
-
     p = sub.add_parser("cdt", help="contextual decomposition: head/position relevance, circuit discovery, word contributions")
     add_model_args(p)
-    p.add_argument("--task", default="induction", choices=TASKS, help="task (default induction)")
-    p.add_argument("--n", type=int, default=8, help="examples (default 8)")
-    p.add_argument("--seed", type=int, default=0)
+    add_task_args(p, "induction")
     p.add_argument("--half-len", type=int, default=None, help="induction: length of the repeated half")
     p.add_argument("--metric", default=None, choices=("logit_diff",),
                    help="use the task's single-position logit difference instead of its own metric")
@@ -72,10 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--discover", action="store_true", help="run the iterative CD-T circuit discovery")
     p.add_argument("--faithfulness-bound", type=float, default=0.8, help="discovery: pruning keeps F at or above it")
     p.add_argument("--ablation", default="mean", choices=("mean", "zero"), help="source semantics (default mean)")
-    p.add_argument("--attention", default="ablated", choices=ATTENTION_RULES, help="attention rule (published: own)")
+    p.add_argument("--attention", default=None, choices=ATTENTION_RULES,
+                   help="attention rule (default: the library's for each use: ablated for the scores and the discovery, "
+                        "total for --explain; published: own)")
     p.add_argument("--sign-rule", action=argparse.BooleanOptionalAction, default=False,
                    help="apply the sign rule after MLPs and residual additions (published: on)")
-    p.add_argument("--bias-split", default="proportional", choices=BIAS_SPLITS, help="how biases are shared")
+    p.add_argument("--bias-split", default="proportional", choices=BIAS_SPLITS, help="how biases are shared (default proportional)")
     p.add_argument("--norm-eps", type=float, default=None, help="epsilon of the norms (default: the model's)")
     p.add_argument("--explain", nargs="+", default=None, metavar="TEXT",
                    help="also explain these texts word by word (sentiment prompt, ' positive' vs ' negative')")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workbench.cli.common import emit
+from workbench.cli.common import add_json_arg, emit
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -89,7 +89,7 @@ def cmd_app(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the core verbs (models, zoo, runs, demo, app) to the ``workbench`` parser."""
     p = sub.add_parser("models", help="list the models available offline (model cards)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_arg(p, None)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("zoo", help="the project's own small models")
@@ -97,22 +97,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = zsub.add_parser("build", help="train zoo models (all, a FAMILY or a member NAME), resuming an interrupted build")
     b.add_argument("name", nargs="?", help="family (llama, gpt) or member name, e.g. induction-2l (default: all)")
     b.add_argument("--force", action="store_true", help="retrain from scratch")
-    b.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_arg(b, None)
     b.set_defaults(func=cmd_zoo_build)
     b = zsub.add_parser("list", help="list zoo members and whether they are built")
-    b.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_arg(b, None)
     b.set_defaults(func=cmd_zoo_list)
 
     p = sub.add_parser("runs", help="list stored runs")
     p.add_argument("--kind", help="only runs of this kind")
     p.add_argument("--model", help="only runs of this model")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_arg(p, None)
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("demo", help="compute the demo runs of every analysis (skipping stored ones)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--force", action="store_true", help="recompute even if stored")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_arg(p, None)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("app", help="serve the Streamlit dashboard")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.cli.common import add_model_args, emit, run_payload
+from workbench.cli.common import add_model_args, report_run
 
 
 def _hooks(args: argparse.Namespace) -> tuple[str, str | None]:
@@ -18,13 +18,13 @@ def _hooks(args: argparse.Namespace) -> tuple[str, str | None]:
     return f"blocks.{args.layer}.ln2.hook_normalized", args.hook_out or f"blocks.{args.layer}.hook_mlp_out"
 
 
-def _lines(summary: dict) -> str:
+def _lines(summary: dict) -> list[str]:
     rows = [f"{'dictionary':<60} {'L0':>8} {'FVU':>7} {'CE rec(0)':>9} {'KL':>8} {'dead':>6}"]
     for label, m in summary.items():
         if isinstance(m, dict):
             rows.append(f"{label:<60} {m['l0']:>8.2f} {m['fvu']:>7.3f} {m['ce_recovered_zero']:>9.3f} {m['kl']:>8.4f} "
                         f"{m['dead_fraction']:>6.2f}")
-    return "\n".join(rows)
+    return rows
 
 
 def cmd_train_dict(args: argparse.Namespace) -> int:
@@ -45,8 +45,7 @@ def cmd_train_dict(args: argparse.Namespace) -> int:
     info, _ = train_and_store(args.model, specs, cfg, corpus=args.corpus, seq_len=args.seq_len,
                               eval_tokens=args.eval_tokens, feature_tokens=args.eval_tokens, workdir=args.workdir,
                               device=args.device, progress=not args.json)
-    emit(args, run_payload(info, info.summary), _lines(info.summary) + f"\nrun: {info.path}")
-    return 0
+    return report_run(args, info, _lines(info.summary))
 
 
 def cmd_eval_dict(args: argparse.Namespace) -> int:
@@ -55,8 +54,7 @@ def cmd_eval_dict(args: argparse.Namespace) -> int:
     info = evaluate_and_store(args.model, args.path, corpus=args.corpus, seq_len=args.seq_len,
                               eval_tokens=args.eval_tokens, feature_tokens=args.eval_tokens, device=args.device,
                               progress=not args.json)
-    emit(args, run_payload(info, info.summary), _lines(info.summary) + f"\nrun: {info.path}")
-    return 0
+    return report_run(args, info, _lines(info.summary))
 
 
 def register(sub) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.cli.common import emit, run_payload
+from workbench.cli.common import add_json_arg, report_run
 
 
 def cmd_dynamics(args: argparse.Namespace) -> int:
@@ -23,9 +23,7 @@ def cmd_dynamics(args: argparse.Namespace) -> int:
         lines.append(f"  predictor {target}: leave-one-model-out R^2 {best['r2_lomo']:.3f} ({best['model']})")
     if "predictor" in summary:
         lines.append(f"  predictor {summary['predictor']}")
-    lines.append(f"run: {info.path}")
-    emit(args, run_payload(info, summary), "\n".join(lines))
-    return 0
+    return report_run(args, info, lines, summary)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,5 +31,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dynamics", help="fit massive-activation / MLP-sparsity curves over a zoo family's checkpoints")
     p.add_argument("target", help="zoo family (llama, gpt) or member (e.g. llama-d64-l2); built on first use")
     p.add_argument("--sequences", type=int, default=10, help="held-out sequences per checkpoint (default 10)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (summary and run folder) last")
+    add_json_arg(p)
     p.set_defaults(func=cmd_dynamics)

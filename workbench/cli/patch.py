@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.cli.common import add_model_args, emit, run_payload
+from workbench.cli.common import add_model_args, add_task_args, report_run
+
+# circuits.patching: ablation.ABLATIONS, path.RECEIVER_INPUTS, runs.MODES (mirrored so that building the parser does
+# not import torch)
+ABLATIONS: tuple[str, ...] = ("mean", "zero", "corrupted")
+RECEIVER_INPUTS: tuple[str, ...] = ("z", "q", "k", "v")
+MODES: tuple[str, ...] = ("heads", "heads-positions", "layers", "path", "discover")
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
@@ -29,27 +35,18 @@ def cmd_patch(args: argparse.Namespace) -> int:
         min_faithfulness=args.min_faithfulness, params={"seed": args.seed}, progress=not args.json,
     )
     summary = info.summary
-    top = "\n".join(f"  {node:<16} {score:+.4f}" for node, score in summary.get("top", []))
-    text = (f"patching ({args.mode}, {args.ablation}) of {task.name} on {args.model}\n"
-            f"metric clean {summary.get('metric_clean'):.4f}, empty {summary.get('metric_empty'):.4f}; "
-            f"faithfulness of the top {summary.get('n_nodes')} nodes: {summary.get('faithfulness'):.3f}\n{top}\n"
-            f"run: {info.path}")
-    emit(args, run_payload(info, summary), text)
-    return 0
+    lines = [f"patching ({args.mode}, {args.ablation}) of {task.name} on {args.model}",
+             f"metric clean {summary.get('metric_clean'):.4f}, empty {summary.get('metric_empty'):.4f}; "
+             f"faithfulness of the top {summary.get('n_nodes')} nodes: {summary.get('faithfulness'):.3f}"]
+    lines += [f"  {node:<16} {score:+.4f}" for node, score in summary.get("top", [])]
+    return report_run(args, info, lines)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``patch`` verb."""
-    from circuits.patching.ablation import ABLATIONS
-    from circuits.patching.path import RECEIVER_INPUTS
-    from circuits.patching.runs import MODES
-    from workbench.data import TASKS
-
     p = sub.add_parser("patch", help="activation / path patching of heads, positions or layers; circuit discovery")
     add_model_args(p)
-    p.add_argument("--task", default="ioi", choices=TASKS, help="task (default ioi)")
-    p.add_argument("--n", type=int, default=8, help="examples (default 8)")
-    p.add_argument("--seed", type=int, default=0)
+    add_task_args(p, "ioi")
     p.add_argument("--mode", default="heads", choices=MODES,
                    help="heads, heads-positions, layers (whole attention or MLP per position), path (path patching "
                         "of every head to --receivers), discover (path-patching circuit discovery)")

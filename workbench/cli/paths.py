@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.cli.common import add_model_args, emit, run_payload
+from workbench.cli.common import add_model_args, report_run
 
 
 def cmd_paths(args: argparse.Namespace) -> int:
@@ -30,14 +30,13 @@ def cmd_paths(args: argparse.Namespace) -> int:
                            progress=not args.json)
     info = save_paths_run(Store(), result, args.model)
     s = result.summary
-    lines = [f"paths run {info.run_id} ({info.path})",
+    lines = [f"paths run {info.run_id}",
              f"{s['n_sublayers']} sublayers; completeness error {s['completeness_error']:.2e}; clean loss {s['clean_loss']:.3f};"
              f" effective length {s['effective_length']:.2f}",
              "length  paths  target  loss(<=k)"]
     lines += [f"{r.length:>6} {r.n_paths:>6} {r.target:>8.3f} {r.cumulative_loss:>8.3f}" for r in result.lengths.itertuples()]
     lines += ["top paths:"] + [f"  {r.score:+.3f}  {r.path}" for r in result.top_paths.head(10).itertuples()]
-    emit(args, run_payload(info, s), "\n".join(lines))
-    return 0
+    return report_run(args, info, lines, s)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.cli.common import add_model_args, emit, run_payload
+from workbench.cli.common import add_model_args, report_run
 
 
 def _ints(text: str) -> list[int]:
@@ -27,6 +27,10 @@ def _store():
     return Store()
 
 
+def _report(args: argparse.Namespace, info) -> int:
+    return report_run(args, info, [f"{k}: {v}" for k, v in info.summary.items()])
+
+
 def cmd_sparsity(args: argparse.Namespace) -> int:
     from probes.demos import store_sparsity
 
@@ -35,10 +39,7 @@ def cmd_sparsity(args: argparse.Namespace) -> int:
                           threshold_layers=args.threshold_layers, calib_tokens=args.calib_tokens,
                           eval_tokens=args.eval_tokens, topk=args.topk or (), max_rise=args.max_rise,
                           device=args.device, progress=not args.json)
-    s = info.summary
-    text = "\n".join(f"{k}: {v}" for k, v in s.items()) + f"\nrun: {info.path}"
-    emit(args, run_payload(info, s), text)
-    return 0
+    return _report(args, info)
 
 
 def cmd_massive(args: argparse.Namespace) -> int:
@@ -49,10 +50,7 @@ def cmd_massive(args: argparse.Namespace) -> int:
                          ratio_threshold=args.ratio_threshold, intervene=not args.no_intervention,
                          eval_tokens=args.eval_tokens, intervention_layers=args.intervention_layers,
                          device=args.device, progress=not args.json)
-    s = info.summary
-    text = "\n".join(f"{k}: {v}" for k, v in s.items()) + f"\nrun: {info.path}"
-    emit(args, run_payload(info, s), text)
-    return 0
+    return _report(args, info)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -60,10 +58,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     info = store_probe(_store(), args.model, corpus=args.corpus, n=args.n, pool=args.pool, folds=args.folds,
                        seed=args.seed, max_tokens=args.max_text_tokens, device=args.device, progress=not args.json)
-    s = info.summary
-    text = "\n".join(f"{k}: {v}" for k, v in s.items()) + f"\nrun: {info.path}"
-    emit(args, run_payload(info, s), text)
-    return 0
+    return _report(args, info)
 
 
 def _data_args(p: argparse.ArgumentParser, tokens: int, batch: int) -> None:

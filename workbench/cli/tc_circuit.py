@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.cli.common import add_model_args, emit, run_payload
+from workbench.cli.common import add_model_args, report_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,6 +90,4 @@ def cmd_tc_circuit(args: argparse.Namespace) -> int:
     lines += [f"  {v:+.4f}  {p}" for p, v in zip(result.paths["path"][:8], result.paths["value"][:8], strict=True)]
     if "metric_clean" in s:
         lines.append(f"{s['metric']}: clean {s['metric_clean']:.4f}, spliced {s['metric_spliced']:.4f}")
-    lines.append(f"run: {info.path}")
-    emit(args, run_payload(info, s), "\n".join(lines))
-    return 0
+    return report_run(args, info, lines, s)
