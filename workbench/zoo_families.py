@@ -14,7 +14,6 @@ so a rebuild gives the same weights, bit for bit, on the same machine.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import torch
 
+from workbench.induction_toy import log_spaced_steps
 from workbench.train import TrainConfig, train_causal_lm
 from workbench.zoo_tokenizer import TextConfig, load_text_tokenizer, token_streams, windows
 
@@ -81,11 +81,9 @@ def log_checkpoint_steps(total: int, count: int) -> tuple[int, ...]:
     if total < count - 1:
         raise ValueError(f"{total} steps cannot hold {count} distinct checkpoints")
     n = count
-    while True:
-        points = {0, total} | {int(round(math.exp(math.log(total + 1) * i / (n - 1)))) - 1 for i in range(n)}
-        if len(points) >= count:
-            return tuple(sorted(points))
+    while len(steps := log_spaced_steps(total, n)) < count:  # denser grids until enough distinct steps remain
         n += 1
+    return steps
 
 
 def _member(family: str, d: int, layers: int, activation: str, steps: int) -> FamilyConfig:

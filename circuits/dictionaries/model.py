@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -169,22 +170,14 @@ class Dictionary(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(
-        cls,
-        kind: str,
-        d_in: int,
-        d_sae: int,
-        *,
-        activation: str = "relu",
-        k: int | None = None,
-        hook_in: str,
-        hook_out: str | None = None,
-        d_out: int | None = None,
-        seed: int = 0,
-    ) -> Dictionary:
+    def create(cls, kind: str, d_in: int, d_sae: int, *, seed: int = 0, **options: Any) -> Dictionary:
         """A randomly initialised dictionary: unit-norm decoder rows in random directions, encoder = decoder
-        transposed where the widths allow (scaled otherwise), zero biases, zero ``W_skip``."""
-        d = cls(kind, d_in, d_sae, activation=activation, k=k, hook_in=hook_in, hook_out=hook_out, d_out=d_out)
+        transposed where the widths allow (scaled otherwise), zero biases, zero ``W_skip``.
+
+        ``options`` are the constructor's keywords (``hook_in`` is required; ``activation``, ``k``, ``hook_out``,
+        ``d_out``, ``apply_b_dec_to_input``); ``seed`` seeds the random directions.
+        """
+        d = cls(kind, d_in, d_sae, **options)
         gen = torch.Generator().manual_seed(int(seed))
         with torch.no_grad():
             w_dec = torch.randn(d.d_sae, d.d_out, generator=gen)
