@@ -139,17 +139,28 @@ def _attention(w: Weights, lc: LayerCache, layer: int, h_beta: torch.Tensor, q_s
     return _at(lc.z, q_sel) - ctx if rules.attention == "ablated" else ctx
 
 
+def _activation_(kind: str, x: torch.Tensor) -> torch.Tensor:
+    """The MLP nonlinearity applied to ``x`` in place where torch has an in-place form (ReLU, SiLU)."""
+    if kind == "relu":
+        return F.relu_(x)
+    if kind == "silu":
+        return F.silu(x, inplace=True)
+    return activation(kind, x)
+
+
 def _mlp(w: Weights, lc: LayerCache, layer: int, mid_beta: torch.Tensor, sel: Sel, rules: R.Rules) -> torch.Tensor:
     """The MLP output's beta at ``sel`` from the residual's beta there (sign rule applied)."""
     h = _norm(w, mid_beta, _at(lc.scale2, sel), _at(lc.normed2, sel), w.ln2_w[layer], w.ln2_b[layer], rules)
-    up = _at(lc.up, sel)
-    up_beta = _bias(h @ w.W_in[layer], _at(lc.up_lin, sel), w.b_in[layer], rules)
+    # gamma's parts, formed in place (large [s, B, T, m] temporaries dominate the elementwise cost):
+    # up_gamma = up - up_beta; gated: gate_gamma = act(gate_pre - h W_gate), post_beta = post - up_gamma * gate_gamma;
+    # otherwise post_beta = post - act(up_gamma).
+    up_gamma = _bias(h @ w.W_in[layer], _at(lc.up_lin, sel), w.b_in[layer], rules).neg_().add_(_at(lc.up, sel))
     if w.gated:
-        gate = _at(lc.gate, sel)
-        gate_beta = gate - activation(w.act, _at(lc.gate_pre, sel) - h @ w.W_gate[layer])
-        post_beta = up * gate - (up - up_beta) * (gate - gate_beta)
+        gate_gamma = _activation_(w.act, (h @ w.W_gate[layer]).neg_().add_(_at(lc.gate_pre, sel)))
+        post_gamma = up_gamma.mul_(gate_gamma)
     else:
-        post_beta = _at(lc.post, sel) - activation(w.act, up - up_beta)
+        post_gamma = _activation_(w.act, up_gamma)
+    post_beta = post_gamma.neg_().add_(_at(lc.post, sel))
     out = _bias(post_beta @ w.W_out[layer], _at(lc.out_lin, sel), w.b_out[layer], rules)
     return _sign(out, _at(lc.mlp_out, sel), rules)
 
