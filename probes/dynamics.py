@@ -54,19 +54,24 @@ def _layers_and_acts(model) -> tuple[list, list]:
     if hasattr(model, "model") and hasattr(model.model, "layers"):  # Llama-style
         layers = list(model.model.layers)
         return layers, [layer.mlp.act_fn for layer in layers]
-    layers = list(model.transformer.h)  # GPT-2-style
-    return layers, [layer.mlp.act for layer in layers]
+    if hasattr(model, "gpt_neox"):  # Pythia-style
+        layers = list(model.gpt_neox.layers)
+        return layers, [layer.mlp.act for layer in layers]
+    if hasattr(model, "transformer") and hasattr(model.transformer, "h"):  # GPT-2-style
+        layers = list(model.transformer.h)
+        return layers, [layer.mlp.act for layer in layers]
+    raise ValueError(f"{type(model).__name__}: dynamics reads Llama-, GPT-2- and GPT-NeoX-style models only")
 
 
 @torch.no_grad()
-def checkpoint_statistics(folder, tokens: torch.Tensor, relu: bool) -> pd.DataFrame:
-    """Per-layer statistics of one checkpoint (a Hugging Face folder) on ``tokens`` [n, seq].
+def checkpoint_statistics(folder, tokens: torch.Tensor, relu: bool, revision: str | None = None) -> pd.DataFrame:
+    """Per-layer statistics of one checkpoint (a Hugging Face folder, or a hub name at ``revision``) on ``tokens`` [n, seq].
 
     Returns one row per layer: ``layer``, ``massive_ratio``, ``top1``, ``median``, ``mlp_active``.
     """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), revision=revision).eval()
     layers, acts = _layers_and_acts(model)
     resid: dict[int, torch.Tensor] = {}
     active: dict[int, torch.Tensor] = {}

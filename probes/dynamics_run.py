@@ -1,6 +1,7 @@
-"""One call that measures, fits and stores the training dynamics of a zoo family (or member) as a ``dynamics`` run.
+"""One call that measures, fits and stores the training dynamics of a zoo family (or member), or of any model's saved
+checkpoints (:mod:`probes.dynamics_external`), as a ``dynamics`` run.
 
-Run kind ``dynamics``, model ``toy/<family or member>``; tables:
+Run kind ``dynamics``, model ``toy/<family or member>`` (or the checkpoint source); tables:
 - ``statistics``: per (member, step, layer): ``massive_ratio``, ``top1``, ``median``, ``mlp_active``;
 - ``fits``: per (member, layer, statistic): ``A, lam, gamma, t0, K, r2, t_peak, aic, aic_step, r2_step, n, preferred``;
 - ``predictor``: per (model, target): leave-one-model-out ``r2_lomo`` (absent with fewer than three members).
@@ -93,3 +94,13 @@ def store_dynamics(result: dict[str, Any], store: Store, model: str, n_sequences
 def run_dynamics(target: str, store: Store | None = None, n_sequences: int = 10, progress: bool = True) -> RunInfo:
     """Compute :func:`analyse` for ``target`` and store it as a ``dynamics`` run; returns the run's info."""
     return store_dynamics(analyse(target, n_sequences, progress), store or Store(), f"toy/{target}", n_sequences)
+
+
+def run_checkpoint_dynamics(source: str, store: Store | None = None, *, name: str | None = None,
+                            n_sequences: int = 10, context: int = 128, progress: bool = True) -> RunInfo:
+    """:func:`probes.dynamics_external.analyse_checkpoints` of ``source`` stored as a ``dynamics`` run of it."""
+    from probes.dynamics_external import analyse_checkpoints
+
+    result = analyse_checkpoints(source, name=name, n_sequences=n_sequences, context=context, progress=progress)
+    return store_dynamics(result, store or Store(), source, n_sequences)
+

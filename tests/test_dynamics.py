@@ -153,3 +153,47 @@ def test_dynamics_run_is_stored_and_short_members_are_refused(tiny_family, tmp_p
     assert "needs at least 5" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not a checkpoint-family member"):
         run_dynamics("induction-2l", store, progress=False)
+
+
+def test_any_checkpoint_folder_is_measured_and_fitted_like_a_member(tiny_family, tmp_path):
+    from probes.dynamics_external import (
+        CheckpointSourceError,
+        analyse_checkpoints,
+        checkpoint_sequences,
+        find_checkpoints,
+    )
+    from probes.dynamics_run import run_checkpoint_dynamics
+
+    zoo.build("dyn-gpt", progress=False)
+    folder = zoo.folder("dyn-gpt") / CHECKPOINTS
+    found = find_checkpoints(str(folder))
+    assert [c.step for c in found] == zoo.checkpoint_steps("dyn-gpt")
+    result = analyse_checkpoints(str(folder), name="ext", n_sequences=3, context=24, progress=False)
+    stats = result["statistics"]
+    assert sorted(stats["step"].unique()) == zoo.checkpoint_steps("dyn-gpt") and set(stats["member"]) == {"ext"}
+    tokens = checkpoint_sequences(found[0], 3, 24)
+    assert tokens.shape == (3, 24)
+    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():  # an independent reading of the last checkpoint's residual stream after block 0
+        hidden = AutoModelForCausalLM.from_pretrained(found[-1].source)(tokens, output_hidden_states=True).hidden_states
+    h = hidden[1].abs().flatten(1).double()
+    row = stats[(stats["step"] == found[-1].step) & (stats["layer"] == 0)].iloc[0]
+    assert row["massive_ratio"] == pytest.approx((h.max(1).values / h.median(1).values).mean().item(), rel=1e-6)
+    assert len(result["fits"]) == 4 and np.isfinite(result["fits"]["r2"]).all()
+    assert result["configs"]["ext"]["activation"] == "relu" and result["configs"]["ext"]["n_layers"] == 2
+    info = run_checkpoint_dynamics(str(folder), Store(tmp_path / "runs"), name="ext", n_sequences=3, context=24,
+                                   progress=False)
+    assert Store(tmp_path / "runs").load("dynamics", info.run_id).summary["members"] == ["ext"]
+    # revisions of one hub model: steps read from the names, sorted; nothing is fetched to parse them
+    revs = find_checkpoints("org/model@step2000, step30,step1000")
+    assert [(c.step, c.revision) for c in revs] == [(30, "step30"), (1000, "step1000"), (2000, "step2000")]
+    with pytest.raises(CheckpointSourceError, match="names no step"):
+        find_checkpoints("org/model@main")
+    with pytest.raises(CheckpointSourceError, match="holds no checkpoint subfolders"):
+        find_checkpoints(str(tmp_path))
+    with pytest.raises(CheckpointSourceError, match="is not a folder"):
+        find_checkpoints(str(tmp_path / "missing"))
+    zoo.build("dyn-short", progress=False)
+    with pytest.raises(TooFewCheckpointsError, match="has 3 checkpoints"):
+        analyse_checkpoints(str(zoo.folder("dyn-short") / CHECKPOINTS), progress=False)
