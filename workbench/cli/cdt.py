@@ -66,15 +66,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--targets", nargs="+", default=["logit"], metavar="NODE",
                    help="'logit' (the task metric, default) or later components such as L1.H0@7 mlp1")
     p.add_argument("--whole-heads", action="store_true", help="score whole heads instead of heads at positions")
-    p.add_argument("--top-k", type=int, default=10, help="sources listed; discovery: nodes kept per round")
+    p.add_argument("--top-k", type=int, default=10, help="sources listed; discovery: nodes kept per round (default 10)")
     p.add_argument("--discover", action="store_true", help="run the iterative CD-T circuit discovery")
-    p.add_argument("--faithfulness-bound", type=float, default=0.8, help="discovery: pruning keeps F at or above it")
+    p.add_argument("--faithfulness-bound", type=float, default=0.8, help="discovery: pruning keeps F at or above it (default 0.8)")
     p.add_argument("--ablation", default="mean", choices=("mean", "zero"), help="source semantics (default mean)")
     p.add_argument("--attention", default=None, choices=ATTENTION_RULES,
                    help="attention rule (default: the library's for each use: ablated for the scores and the discovery, "
                         "total for --explain; published: own)")
     p.add_argument("--sign-rule", action=argparse.BooleanOptionalAction, default=False,
-                   help="apply the sign rule after MLPs and residual additions (published: on)")
+                   help="apply the sign rule after MLPs and residual additions (default off; published: on)")
     p.add_argument("--bias-split", default="proportional", choices=BIAS_SPLITS, help="how biases are shared (default proportional)")
     p.add_argument("--norm-eps", type=float, default=None, help="epsilon of the norms (default: the model's)")
     p.add_argument("--explain", nargs="+", default=None, metavar="TEXT",

@@ -41,7 +41,7 @@ def add_task_args(parser: argparse.ArgumentParser, default_task: str, n: int = 8
     """Add ``--task`` (one of :data:`TASKS`), ``--n`` (examples) and ``--seed``."""
     parser.add_argument("--task", default=default_task, choices=TASKS, help=f"task (default {default_task})")
     parser.add_argument("--n", type=int, default=n, help=f"examples (default {n})")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the examples (default 0)")
 
 
 def run_payload(info: Any, summary: dict[str, Any]) -> dict[str, Any]:

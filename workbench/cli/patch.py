@@ -49,14 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_task_args(p, "ioi")
     p.add_argument("--mode", default="heads", choices=MODES,
                    help="heads, heads-positions, layers (whole attention or MLP per position), path (path patching "
-                        "of every head to --receivers), discover (path-patching circuit discovery)")
+                        "of every head to --receivers), discover (path-patching circuit discovery); default heads")
     p.add_argument("--ablation", default="mean", choices=ABLATIONS, help="replacement value (default mean)")
     p.add_argument("--receivers", nargs="+", default=None, metavar="NODE",
                    help="path mode: 'logits' (default) or node ids such as L5.H1 L5.H1@9 mlp6")
-    p.add_argument("--receiver-input", default="z", choices=RECEIVER_INPUTS, help="path mode: what of a head receiver is patched")
-    p.add_argument("--component", default="attn", choices=("attn", "mlp"), help="layers mode: which sublayer")
-    p.add_argument("--top-k", type=int, default=5, help="nodes in the stored circuit (discover: per round)")
-    p.add_argument("--min-faithfulness", type=float, default=0.8, help="discover: pruning bound")
+    p.add_argument("--receiver-input", default="z", choices=RECEIVER_INPUTS, help="path mode: what of a head receiver is patched (default z)")
+    p.add_argument("--component", default="attn", choices=("attn", "mlp"), help="layers mode: which sublayer (default attn)")
+    p.add_argument("--top-k", type=int, default=5, help="nodes in the stored circuit (discover: per round; default 5)")
+    p.add_argument("--min-faithfulness", type=float, default=0.8, help="discover: pruning bound (default 0.8)")
     p.add_argument("--prompt", nargs="+", default=None, help="own clean prompts instead of --task")
     p.add_argument("--corrupted", nargs="+", default=None, help="with --prompt: corrupted prompts (same token counts)")
     p.add_argument("--correct", nargs="+", default=None, help="with --prompt: one-token right answer(s)")
