@@ -25,7 +25,6 @@ is counted over (head, position) pairs: ``n_layers * n_heads * seq_len`` candida
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from circuits.cdt.nodes import CDTInputError, Node
 from circuits.cdt.scores import decompose_sources, head_nodes, prepare
@@ -46,38 +45,36 @@ def candidates(n_layers: int, n_heads: int, seq_len: int, *, per_position: bool 
 
 
 def prune(model, task: Task, circuit: Circuit, *, faithfulness_bound: float, ablation: str = "mean",
-          progress: bool = False) -> tuple[Circuit, float]:
+          progress: bool = False, batch: int = 1, coarse: int = 0) -> tuple[Circuit, float]:
     """Greedy pruning of head/MLP nodes, weakest ``relative`` score first, while F stays >= ``faithfulness_bound``.
 
-    Returns the pruned circuit and its faithfulness (computed by :func:`circuits.patching.faithfulness_many`).
+    batch / coarse: see :func:`circuits.patching.prune_greedy` (``batch`` changes the speed, not the result;
+    ``coarse`` first removes the largest weakest-first cut that keeps the bound). Returns the pruned circuit and its
+    faithfulness (computed by :func:`circuits.patching.faithfulness_many`); ``metadata["prune_scored"]`` holds the
+    number of circuits scored.
     """
-    from circuits.patching import faithfulness_many, references
+    from circuits.patching import prune_greedy
 
-    refs = references(model, task, ablation)
     g = circuit.graph.copy()
-    (f_now,), _, _ = faithfulness_many(model, task, [list(g.nodes)], ablation=ablation, refs=refs)
-    f_now = float(f_now)
     order = sorted((n for n, d in g.nodes(data=True) if d.get("kind") in ("head", "mlp")),
                    key=lambda n: g.nodes[n].get("relative") or 0.0)
-    for node in tqdm(order, desc="pruning", disable=not progress, leave=False):
-        trial = [n for n in g.nodes if n != node]
-        (f_trial,), _, _ = faithfulness_many(model, task, [trial], ablation=ablation, refs=refs)
-        if float(f_trial) >= faithfulness_bound:
-            g.remove_node(node)
-            f_now = float(f_trial)
-    out = Circuit(circuit.name, dict(circuit.metadata))
+    kept, f_now, scored = prune_greedy(model, task, list(g.nodes), order, bound=faithfulness_bound,
+                                       ablation=ablation, batch=batch, coarse=coarse, progress=progress)
+    g.remove_nodes_from(set(g.nodes) - set(kept))
+    out = Circuit(circuit.name, {**circuit.metadata, "prune_scored": scored})
     out.graph = g
     return out, f_now
 
 
 def discover(model, task: Task, *, top_k: int = 20, faithfulness_bound: float = 0.8, per_position: bool = True,
              include_mlps: bool = False, ablation: str = "mean", do_prune: bool = True, chunk_rows: int = 256,
-             dtype: torch.dtype | None = None, progress: bool = False, **rule_options) -> Circuit:
+             dtype: torch.dtype | None = None, progress: bool = False, prune_batch: int = 1, prune_coarse: int = 0,
+             **rule_options) -> Circuit:
     """The CD-T circuit of ``task`` (see the module docstring); ``metadata["faithfulness"]`` holds its F.
 
-    top_k: nodes kept per round. faithfulness_bound: pruning keeps F at or above it. rule_options: see
-    :class:`circuits.cdt.rules.Rules`. Also in the metadata: the faithfulness before pruning, the candidate count,
-    the rounds' sizes and the rule options.
+    top_k: nodes kept per round. faithfulness_bound: pruning keeps F at or above it. prune_batch / prune_coarse: see
+    :func:`prune`. rule_options: see :class:`circuits.cdt.rules.Rules`. Also in the metadata: the faithfulness before
+    pruning, the candidate count, the rounds' sizes and the rule options.
     """
     if not isinstance(top_k, int) or top_k < 1:
         raise CDTInputError(f"top_k must be a positive integer, got {top_k!r}")
@@ -128,7 +125,7 @@ def discover(model, task: Task, *, top_k: int = 20, faithfulness_bound: float = 
     f_after = f_before
     if do_prune:
         circuit, f_after = prune(model, task, circuit, faithfulness_bound=faithfulness_bound, ablation=ablation,
-                                 progress=progress)
+                                 progress=progress, batch=prune_batch, coarse=prune_coarse)
     n_nodes = sum(1 for _, d in circuit.graph.nodes(data=True) if d.get("kind") in ("head", "mlp"))
     circuit.metadata.update({"faithfulness": f_after, "n_nodes": n_nodes})
     circuit.graph.graph["faithfulness"] = f_after

@@ -3,7 +3,8 @@
 1. Score every component (heads, optionally MLPs, whole or per position) by path patching to the logits; keep the
    ``top_k`` largest by |score|.
 2. Take the nodes found last as receivers; score every not-yet-found component that can reach one of them by path
-   patching through them; keep the ``top_k`` largest. Repeat until no earlier component is left (layer 0).
+   patching through the receivers it reaches; keep the ``top_k`` largest. Repeat until no earlier component is left
+   (layer 0) or for ``max_rounds`` rounds.
 3. The union of the found nodes is the circuit; prune greedily: try removing nodes from the weakest (smallest
    |score|) up, keeping a removal whenever the faithfulness stays at or above ``min_faithfulness``.
 
@@ -14,11 +15,10 @@ found sender to the receivers of its round (weight = its path score), and from f
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from circuits.graph import Circuit
 from circuits.patching.ablation import check_ablation, references
-from circuits.patching.faithfulness import faithfulness_many
+from circuits.patching.faithfulness import faithfulness_many, prune_greedy
 from circuits.patching.nodes import components
 from circuits.patching.path import all_components, path_patching_scores, reaches
 from workbench.data.task_base import Task
@@ -35,28 +35,42 @@ def prune_by_faithfulness(
     ablation: str = "mean",
     refs=None,
     progress: bool = False,
+    batch: int = 1,
+    coarse: int = 0,
 ) -> tuple[Circuit, float]:
     """Greedy pruning: remove nodes (weakest |score| first) while F stays >= ``min_faithfulness``.
 
+    batch / coarse: see :func:`circuits.patching.prune_greedy` (``batch`` changes the speed, not the result).
     Returns (pruned circuit, its faithfulness). Nodes that are not heads or MLPs are kept.
     """
-    refs = refs if refs is not None else references(model, task, ablation)
     current = circuit.graph.copy()
     order = sorted(
         (n for n in current.nodes if current.nodes[n].get("kind") in ("head", "mlp")),
         key=lambda n: abs(current.nodes[n].get("score") or 0.0),
     )
-    (f_now,), _, _ = faithfulness_many(model, task, [list(current.nodes)], ablation=ablation, refs=refs)
-    f_now = float(f_now)
-    for node in tqdm(order, desc="pruning", disable=not progress):
-        trial = [n for n in current.nodes if n != node]
-        (f_trial,), _, _ = faithfulness_many(model, task, [trial], ablation=ablation, refs=refs)
-        if float(f_trial) >= min_faithfulness:
-            current.remove_node(node)
-            f_now = float(f_trial)
-    out = Circuit(circuit.name, dict(circuit.metadata))
+    kept, f_now, scored = prune_greedy(model, task, list(current.nodes), order, bound=min_faithfulness,
+                                       ablation=ablation, refs=refs, batch=batch, coarse=coarse, progress=progress)
+    current.remove_nodes_from(set(current.nodes) - set(kept))
+    out = Circuit(circuit.name, {**circuit.metadata, "prune_scored": scored})
     out.graph = current
     return out, f_now
+
+
+def _scores_by_reach(model, task: Task, pool: list[str], receivers: list[str] | str, comp: dict, **options):
+    """Path patching scores of the pool [len(pool)], each sender scored through the receivers it can reach.
+
+    Receivers a sender cannot reach would only see their clean values, so leaving them out changes nothing; grouping
+    the senders by the receivers they reach also keeps each forward starting at or below every receiver it records.
+    """
+    if isinstance(receivers, str):
+        return path_patching_scores(model, task, pool, receivers, **options)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, c in enumerate(pool):
+        groups.setdefault(tuple(r for r in receivers if reaches(comp[c], comp[r])), []).append(i)
+    scores = torch.zeros(len(pool))
+    for reached, idx in groups.items():
+        scores[idx] = path_patching_scores(model, task, [pool[i] for i in idx], list(reached), **options).float()
+    return scores
 
 
 def discover(
@@ -72,12 +86,15 @@ def discover(
     max_rounds: int | None = None,
     max_rows: int | None = None,
     progress: bool = False,
+    prune_batch: int = 1,
+    prune_coarse: int = 0,
 ) -> Circuit:
     """A circuit found by path patching (see the module docstring); metadata holds its faithfulness.
 
     top_k: nodes kept per round. per_position: nodes are ``L{l}.H{h}@{p}`` instead of whole heads. include_mlps:
     MLPs are candidates too. ablation: for path patching and faithfulness (``mean``, ``zero`` or ``corrupted``).
-    max_rounds: stop after this many rounds (default: until no earlier component is left).
+    max_rounds: stop after this many rounds (default: until no earlier component is left). prune_batch /
+    prune_coarse: see :func:`prune_by_faithfulness`.
     """
     check_ablation(ablation)
     if top_k < 1:
@@ -102,9 +119,8 @@ def discover(
             pool = [c for c in candidates if c not in found and any(reaches(comp[c], r) for r in recv)]
         if not pool:
             break
-        scores = path_patching_scores(
-            model, task, pool, receivers, ablation=ablation, refs=refs, max_rows=max_rows, progress=progress
-        )
+        scores = _scores_by_reach(model, task, pool, receivers, comp, ablation=ablation, refs=refs, max_rows=max_rows,
+                                  progress=progress)
         best = torch.argsort(scores.abs(), descending=True)[:top_k].tolist()
         new = [pool[i] for i in best]
         for i in best:
@@ -123,7 +139,8 @@ def discover(
     f_final = float(f_full)
     if prune:
         circuit, f_final = prune_by_faithfulness(
-            model, task, circuit, min_faithfulness=min_faithfulness, ablation=ablation, refs=refs, progress=progress
+            model, task, circuit, min_faithfulness=min_faithfulness, ablation=ablation, refs=refs, progress=progress,
+            batch=prune_batch, coarse=prune_coarse,
         )
     circuit.metadata.update({"faithfulness": f_final, "min_faithfulness": min_faithfulness if prune else None})
     return circuit
