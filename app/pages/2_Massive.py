@@ -56,11 +56,6 @@ def _show_dynamics(run) -> None:
 
 def _dynamics(store: Store) -> None:
     st.header("Training dynamics")
-    try:
-        import probes.dynamics  # noqa: F401
-    except ImportError:
-        st.info("The training-dynamics analysis is not available.")
-        return
     browse_runs(store, "dynamics", show=_show_dynamics, empty="No dynamics run stored yet.", key="dynrun",
                 label="dynamics run")
 
