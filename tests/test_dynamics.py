@@ -155,7 +155,7 @@ def test_dynamics_run_is_stored_and_short_members_are_refused(tiny_family, tmp_p
         run_dynamics("induction-2l", store, progress=False)
 
 
-def test_any_checkpoint_folder_is_measured_and_fitted_like_a_member(tiny_family, tmp_path):
+def test_any_checkpoint_folder_is_measured_and_fitted_like_a_member(tiny_family, tmp_path, monkeypatch, capsys):
     from probes.dynamics_external import (
         CheckpointSourceError,
         analyse_checkpoints,
@@ -185,6 +185,13 @@ def test_any_checkpoint_folder_is_measured_and_fitted_like_a_member(tiny_family,
     info = run_checkpoint_dynamics(str(folder), Store(tmp_path / "runs"), name="ext", n_sequences=3, context=24,
                                    progress=False)
     assert Store(tmp_path / "runs").load("dynamics", info.run_id).summary["members"] == ["ext"]
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "cli-runs"))
+    assert main(["dynamics", str(folder), "--checkpoints", "--sequences", "3", "--context", "24", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert payload["summary"]["members"] == [CHECKPOINTS]
+    assert Store(tmp_path / "cli-runs").load("dynamics", payload["run"]["run_id"]).model == str(folder)
+    assert main(["dynamics", str(tmp_path / "missing"), "--checkpoints"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
     # revisions of one hub model: steps read from the names, sorted; nothing is fetched to parse them
     revs = find_checkpoints("org/model@step2000, step30,step1000")
     assert [(c.step, c.revision) for c in revs] == [(30, "step30"), (1000, "step1000"), (2000, "step2000")]
