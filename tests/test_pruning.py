@@ -29,12 +29,13 @@ def _nodes(task):
     return heads + [f"mlp{layer}@{p}" for layer in range(2) for p in range(task.seq_len)]
 
 
-def _sequential(model, task, nodes, order, bound):
-    """The plain greedy: one faithfulness call per candidate, removal kept when F stays >= bound."""
+def _sequential(model, task, nodes, order, bound, refs):
+    """The plain greedy: one circuit scored per candidate, removal kept when F stays >= bound."""
     kept = list(nodes)
     for node in order:
         trial = [n for n in kept if n != node]
-        if faithfulness(model, task, trial) >= bound:
+        (f,), _, _ = faithfulness_many(model, task, [trial], refs=refs)
+        if float(f) >= bound:
             kept = trial
     return kept
 
@@ -46,10 +47,10 @@ def test_batched_pruning_matches_one_at_a_time(llama):
     random.Random(0).shuffle(order)
     order = order[:24]
     bound = 0.9
-    expected = _sequential(model, task, nodes, order, bound)
+    refs = references(model, task, "mean")
+    expected = _sequential(model, task, nodes, order, bound, refs)
     removed = set(nodes) - set(expected)
     assert removed and set(order) - removed, "the bound should both remove and keep some candidates"
-    refs = references(model, task, "mean")
     for batch in (1, 5, 64):
         kept, f, scored = prune_greedy(model, task, nodes, order, bound=bound, refs=refs, batch=batch)
         assert kept == expected, f"batch {batch}"

@@ -103,9 +103,11 @@ def prune_greedy(
     (weakest first); nodes not in ``order`` are never removed. A removal is kept when F of what remains stays at or
     above ``bound``.
 
-    batch: removals tried per batched pass. Pass t scores the circuits that drop the next 1, 2, ..., ``batch``
+    batch: most removals tried per batched pass. A pass scores the circuits that drop the next 1, 2, ..., s
     candidates on top of what is already removed; the first that falls below the bound is where the one-at-a-time
-    greedy would keep a node, so the result is the same as ``batch=1`` (only the trials after it are wasted).
+    greedy would keep a node, so the result is the same as ``batch=1`` (only the trials after it are wasted). The
+    pass size s doubles after a pass whose removals were all kept (up to ``batch``) and halves after one that stopped
+    early, so long runs of removals share passes and runs of kept nodes waste little.
     coarse: if > 0, first score ``coarse`` cuts (the weakest 1/coarse, 2/coarse, ... of ``order``) in one pass and
     remove the largest cut that keeps F at or above the bound; the greedy then runs over the rest. Faster on large
     circuits, but no longer the one-at-a-time result.
@@ -137,8 +139,9 @@ def prune_greedy(
             removed.update(order[:best])
             f_now, start = float(f_cuts[cuts.index(best)]), best
     bar = tqdm(total=len(order) - start, desc="pruning", disable=not progress, leave=False)
+    step = 1
     while start < len(order):
-        size = min(batch, len(order) - start)
+        size = min(step, len(order) - start)
         trials = _prefix_trials(kept, removed, order, start, size)
         f_trials, _, _ = faithfulness_many(model, task, trials, **opts)
         scored += size
@@ -149,6 +152,7 @@ def prune_greedy(
             accepted += 1
             f_now = f
         removed.update(order[start:start + accepted])
+        step = min(batch, 2 * step) if accepted == size else max(1, step // 2)
         start += accepted + (1 if accepted < size else 0)  # the first failed node is kept
         bar.update(min(size, accepted + 1))
     bar.close()
