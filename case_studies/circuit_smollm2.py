@@ -194,7 +194,8 @@ def main() -> None:
         "",
         f"CD-T: `cdt.discover(top_k={args.cdt_top_k}, per_position=False, include_mlps=True)`. Path patching: "
         f"`patching.discover(top_k={args.path_top_k}, include_mlps=True, max_rounds={args.path_rounds})`. Seconds "
-        f"include pruning ({args.batch} trials per batched pass); one torch thread, {device}, torch {torch.__version__}.",
+        f"include pruning (up to {args.batch} trials per batched pass); {args.threads} torch thread(s), {device}, "
+        f"torch {torch.__version__}.",
         "",
         *table,
         "",
