@@ -5,7 +5,7 @@ For each model and task, in one process and with the same ablation (mean over th
 - ``cdt``: :func:`circuits.cdt.head_scores` (the beta part of the task metric with each head as source);
 - ``path patching``: path patching of every head to the logits (sender ablated, every other head frozen at its clean
   output, MLPs recomputing), :mod:`circuits.patching.path`, senders batched as rows (this project's fast way: many
-  senders per forward, each forward starting at the first sender's layer);
+  senders per forward; each forward is a whole one: the bridge runs every layer even when asked to start later);
 - ``path patching, 1/fwd``: the same, one sender per forward (the usual way of running it); on large sender sets
   only a random sample of senders is run and the time scaled to all of them (said in the row);
 - ``activation patching``: the total effect of every head, :func:`circuits.patching.head_patching_scores`, the

@@ -103,3 +103,6 @@ def test_path_discovery_scores_do_not_depend_on_the_batching(llama):
     alone = _scores_by_reach(model, task, senders, receivers, comp, ablation="mean", max_rows=task.batch_size)
     assert alone.tolist() == pytest.approx(together.tolist(), abs=1e-6)
     assert float(together.abs().min()) > 1e-5
+    # the same through path_patching_scores itself: a forward holding only L1.H2 must still record mlp0 cleanly
+    assert float(path_patching_scores(model, task, ["L1.H2"], receivers, ablation="mean")[0]) == pytest.approx(
+        float(together[1]), abs=1e-6)

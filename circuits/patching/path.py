@@ -131,7 +131,9 @@ def path_patching_scores(
         masks = [keep_masks([c], L, H, P) for c in chunk]
         s_heads = torch.stack([m[0] for m in masks]).to(device).repeat_interleave(n, 0)  # [R, L, P, H]
         s_mlps = torch.stack([m[1] for m in masks]).to(device).repeat_interleave(n, 0)  # [R, L, P]
-        start = min(c.layer for c in chunk)
+        # the forward must start at or below every receiver too: a receiver below the chunk's senders is recorded
+        # from the clean run (the bridge still runs, and hooks, the layers below its start, on meaningless inputs)
+        start = min([c.layer for c in chunk] + ([] if to_logits else recv_layers_h + recv_layers_m))
         every = torch.ones(k * n, P, H, dtype=torch.bool, device=device)
         # step 1: sender ablated, every other head frozen at its clean output, receivers recorded
         z_edits = {
