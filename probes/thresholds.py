@@ -11,8 +11,8 @@
 Departure from CATS: CATS thresholds ``|SiLU(gate)|`` of gated MLPs; here the cutoff applies to the MLP's hidden
 activation ``blocks.L.mlp.hook_post`` (what ``W_out`` reads), the same thing for ungated MLPs.
 Loss: mean cross-entropy of next-token prediction over real tokens (a target counts when it and the token
-before it are both unmasked). Layers are evaluated from a cached ``hook_resid_pre`` (``start_at_layer``), so a
-layer's evaluations cost only the layers from it on.
+before it are both unmasked). Layers are evaluated from a cached ``hook_resid_pre`` (``start_at_layer``); the
+bridge still runs the layers below the start (on inputs nothing reads), so each evaluation costs a whole forward.
 """
 
 from __future__ import annotations
