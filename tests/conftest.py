@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# dashboard pages import their shared helpers from app/, which `streamlit run app/Home.py` puts on the path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
 
 
 class NetworkBlocked(RuntimeError):

@@ -15,7 +15,6 @@ from streamlit.testing.v1 import AppTest
 from workbench.store import Store
 
 HOME = str(Path(__file__).resolve().parents[1] / "app" / "Home.py")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))  # as `streamlit run app/Home.py` does: pages import page_helpers
 TIMEOUT = 30
 
 

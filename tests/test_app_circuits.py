@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ from circuits.graph import Circuit
 from workbench.store import Store
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app" / "pages" / "5_Circuits.py")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))  # as `streamlit run app/Home.py` does: pages import page_helpers
 TIMEOUT = 30
 
 

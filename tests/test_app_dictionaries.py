@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from circuits.dictionaries.runs import load_run_dictionaries, store_dictionary_r
 from workbench.store import Store
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app" / "pages" / "4_Dictionaries.py")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))  # as `streamlit run app/Home.py` does: pages import page_helpers
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from circuits.paths import analyse_paths, save_paths_run
 from workbench.store import Store
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app" / "pages" / "6_Paths.py")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))  # as `streamlit run app/Home.py` does: pages import page_helpers
 TIMEOUT = 30
 
 

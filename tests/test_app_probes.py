@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +15,6 @@ from probes.sparsity import SparsityCounter
 from workbench.store import Store
 
 PAGES = Path(__file__).resolve().parents[1] / "app" / "pages"
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))  # as `streamlit run app/Home.py` does: pages import page_helpers
 TIMEOUT = 60
 
 

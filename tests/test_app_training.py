@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ from probes.dynamics_fit import dynamics_curve
 from workbench.store import Store
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app" / "pages" / "7_Training.py")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))  # as `streamlit run app/Home.py` does: pages import page_helpers
 TIMEOUT = 60
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64]
 

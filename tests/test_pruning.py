@@ -91,18 +91,13 @@ def test_discoveries_prune_the_same_batched_or_not(llama):
 
 
 def test_path_discovery_scores_do_not_depend_on_the_batching(llama):
-    """One sender per forward (each forward starts at its sender's layer) must score like both senders in one forward
-    from layer 0: each sender is scored through the receivers it reaches (L1.H2 reaches mlp1, not mlp0)."""
-    from circuits.patching.discovery import _scores_by_reach
-    from circuits.patching.nodes import components
-
+    """One sender per forward must score like both senders in one forward from layer 0: a forward holding only
+    L1.H2 (which reaches mlp1, not mlp0) must still record the receiver mlp0 from the clean run."""
     model, task = llama
     senders, receivers = ["L0.H1", "L1.H2"], ["mlp0", "mlp1"]
-    comp = dict(zip(senders + receivers, components(model, task, senders + receivers), strict=True))
     together = path_patching_scores(model, task, senders, receivers, ablation="mean")
-    alone = _scores_by_reach(model, task, senders, receivers, comp, ablation="mean", max_rows=task.batch_size)
+    alone = path_patching_scores(model, task, senders, receivers, ablation="mean", max_rows=task.batch_size)
     assert alone.tolist() == pytest.approx(together.tolist(), abs=1e-6)
     assert float(together.abs().min()) > 1e-5
-    # the same through path_patching_scores itself: a forward holding only L1.H2 must still record mlp0 cleanly
     assert float(path_patching_scores(model, task, ["L1.H2"], receivers, ablation="mean")[0]) == pytest.approx(
         float(together[1]), abs=1e-6)

@@ -56,23 +56,6 @@ def prune_by_faithfulness(
     return out, f_now
 
 
-def _scores_by_reach(model, task: Task, pool: list[str], receivers: list[str] | str, comp: dict, **options):
-    """Path patching scores of the pool [len(pool)], each sender scored through the receivers it can reach.
-
-    Receivers a sender cannot reach would only see their clean values, so leaving them out changes nothing; grouping
-    the senders by the receivers they reach also keeps each forward starting at or below every receiver it records.
-    """
-    if isinstance(receivers, str):
-        return path_patching_scores(model, task, pool, receivers, **options)
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for i, c in enumerate(pool):
-        groups.setdefault(tuple(r for r in receivers if reaches(comp[c], comp[r])), []).append(i)
-    scores = torch.zeros(len(pool))
-    for reached, idx in groups.items():
-        scores[idx] = path_patching_scores(model, task, [pool[i] for i in idx], list(reached), **options).float()
-    return scores
-
-
 def discover(
     model,
     task: Task,
@@ -119,8 +102,9 @@ def discover(
             pool = [c for c in candidates if c not in found and any(reaches(comp[c], r) for r in recv)]
         if not pool:
             break
-        scores = _scores_by_reach(model, task, pool, receivers, comp, ablation=ablation, refs=refs, max_rows=max_rows,
-                                  progress=progress)
+        scores = path_patching_scores(
+            model, task, pool, receivers, ablation=ablation, refs=refs, max_rows=max_rows, progress=progress
+        )
         best = torch.argsort(scores.abs(), descending=True)[:top_k].tolist()
         new = [pool[i] for i in best]
         for i in best:

@@ -120,7 +120,8 @@ def prune_greedy(
         raise ValueError(f"bound must be in (0, 1], got {bound!r}")
     refs = refs if refs is not None else references(model, task, ablation)
     kept = list(dict.fromkeys(nodes))
-    missing = [n for n in order if n not in set(kept)]
+    in_circuit = set(kept)
+    missing = [n for n in order if n not in in_circuit]
     if missing:
         raise ValueError(f"order names nodes that are not in the circuit: {', '.join(missing[:5])}")
     order = list(dict.fromkeys(order))
