@@ -101,24 +101,33 @@ def _runs_section() -> None:
 
 
 def _option_widget(spec: Any, key: str) -> Any:
-    """One input widget for a verb option (see workbench.cli.launch.OptionSpec)."""
+    """One input widget for a verb option (see workbench.ui.launch.OptionSpec): a checkbox for a flag, a choice box,
+    a text area for lists of texts (one per line, sent as typed), else a text field."""
     label = spec.flag.lstrip("-") + (" *" if spec.required else "")
     if spec.type == "flag":
         return st.checkbox(label, value=bool(spec.default), help=spec.help, key=key)
-    if spec.choices:
+    if spec.choices and not spec.many:
         options = list(spec.choices)
         index = options.index(spec.default) if spec.default in options else None
         if index is None:  # no default among the choices: an empty first option leaves it out (the verb's default)
             options, index = ["", *options], 0
         return st.selectbox(label, options, index=index, format_func=lambda v: v if v != "" else "(default)",
                             help=spec.help, key=key)
-    default = "" if spec.default is None else str(spec.default)
-    return st.text_input(label, value=default, help=spec.help, key=key)
+    default = spec.default
+    if spec.many and spec.lines:
+        text = "\n".join(map(str, default)) if isinstance(default, (list, tuple)) else ""
+        return st.text_area(label, value=text, help=spec.help + " (one per line)", key=key, height=80)
+    if spec.many:
+        text = ", ".join(map(str, default)) if isinstance(default, (list, tuple)) else ""
+        return st.text_input(label, value=text, help=spec.help + " (separated by commas or spaces)", key=key)
+    if spec.lines:
+        return st.text_area(label, value="" if default is None else str(default), help=spec.help, key=key, height=68)
+    return st.text_input(label, value="" if default is None else str(default), help=spec.help, key=key)
 
 
 def _launch_section() -> None:
     """A form per analysis verb, generated from its command-line options; runs it with a progress bar."""
-    from workbench.cli import launch
+    from workbench.ui import launch
 
     st.header("Start an analysis")
     verbs = fetch_list(launch.analysis_verbs, failed="Cannot list the analyses", empty="No analysis verbs are installed.")
@@ -136,7 +145,7 @@ def _launch_section() -> None:
     if not submitted:
         return
     argv = launch.build_argv(verb, values)
-    st.code("workbench " + " ".join(argv), language="bash")
+    st.code(launch.shell_command(argv), language="bash")
     bar = st.progress(0.0, text="starting ...")
     try:
         result = launch.run_verb(argv, on_progress=lambda f, line: bar.progress(f, text=line[-120:] or "running"))

@@ -14,7 +14,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from workbench.testing.browser import chromium, page_names, serve, visit
+from workbench.ui.browser import chromium, page_names, serve, visit
 
 
 def _bare_app(folder: Path) -> Path:

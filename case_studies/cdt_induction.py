@@ -13,14 +13,13 @@ Run: ``.venv/bin/python case_studies/cdt_induction.py``
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 from scipy.stats import spearmanr
 
 from circuits.cdt import Rules, discover, head_scores
-from circuits.cdt.runs import analyse, save_run
+from circuits.cdt.analysis import CDT, CdtConfig
 from circuits.patching import head_patching_scores
 from workbench.data import make_task
 from workbench.induction_toy import induction_head_scores, previous_token_scores
@@ -65,12 +64,10 @@ def main() -> None:
     lines.append("")
 
     store = Store()
-    diff_task = dataclasses.replace(task, metric_name="logit_diff", score_positions=None)
-    result = analyse(model, diff_task, per_position=True, top_k=5, run_discovery=True, faithfulness_bound=0.8)
-    params = {"task": "induction", "n": 8, "seed": 0, "task_options": {"half_len": HALF}, "metric": "logit_diff",
-              "per_position": True, "ablation": "mean", "top_k": 5, "discover": True, "faithfulness_bound": 0.8}
-    info = save_run(store, MODEL, params, result)
-    circuit = result["json"]["circuit"]
+    cfg = CdtConfig(task="induction", n=8, seed=0, half_len=HALF, metric="logit_diff", top_k=5, discover=True,
+                    faithfulness_bound=0.8)
+    info, result = CDT.launch(model, cfg, store=store)
+    circuit = result.graphs["circuit"].to_json()
     nodes = [(n["id"], round(n["score"], 3), round(n["relevance_to_found"], 3)) for n in circuit["nodes"]
              if n["kind"] == "head"]
     lines += ["## Discovery on the last position's logit difference", "",

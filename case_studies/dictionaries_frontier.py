@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 
-from circuits.dictionaries.runs import train_and_store
-from circuits.dictionaries.train import DictSpec, TrainDictConfig
+from circuits.dictionaries.analysis import EVAL_DICT, EvalDictionaryConfig, dictionary_result
+from circuits.dictionaries.buffer import corpus_source
+from circuits.dictionaries.evaluate import evaluate_dictionaries
+from circuits.dictionaries.train import DictSpec, TrainDictConfig, train_dictionaries
+from workbench.models import load_model
 from workbench.store import Store
 
 
@@ -41,8 +44,16 @@ def main() -> None:
                               expansion=args.expansion, name=f"sae-k{k}"))
     cfg = TrainDictConfig(tokens=args.tokens, batch_size=args.batch_size, lr=args.lr, warmup_steps=10,
                           block_batches=16, seed=0)
-    info, result = train_and_store(args.model, specs, cfg, store=Store(), eval_tokens=args.eval_tokens,
-                                   feature_tokens=2048, device=args.device)
+    model = load_model(args.model, device=args.device)
+    source = corpus_source(model.tokenizer, "wiki", seq_len=128, batch_size=8, seed=cfg.seed)
+    held = corpus_source(model.tokenizer, "wiki", seq_len=128, batch_size=8, split="heldout", seed=0)
+    result = train_dictionaries(model, source, specs, cfg, progress=True, device=args.device)
+    evaluation = evaluate_dictionaries(model, result.dictionaries, held, max_tokens=args.eval_tokens, device=args.device)
+    stored = dictionary_result(model, result.dictionaries, evaluation, history=result.history, feature_source=held,
+                               feature_tokens=2048, tokenizer=model.tokenizer,
+                               specs=dict(zip(result.dictionaries, specs, strict=True)), context_size=128)
+    info = EVAL_DICT.save(Store(), stored, model, EvalDictionaryConfig(path=["(trained by this case study)"],
+                                                                       eval_tokens=args.eval_tokens))
     metrics = Store().load("dictionary", info.run_id).table("metrics")
     print(f"run {info.path}; {result.steps} steps, {result.tokens} tokens, {result.seconds:.0f} s training")
     print("| dictionary | k | L0 | FVU | CE spliced | CE clean | CE recovered (zero) | CE recovered (mean) | KL | dead |")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from probes.demos import store_sparsity
+from probes.analysis import SPARSITY, SparsityConfig
 from probes.sparsity import measure_sparsity
 from workbench import zoo
 from workbench.data import token_batches
@@ -41,8 +41,8 @@ def main() -> None:
     final_rows, curve_rows = [], []
     for name in members:
         cfg = zoo.manifest(name)["config"]
-        info = store_sparsity(store, f"toy/{name}", corpus="wiki", max_tokens=args.tokens, seq_len=128, batch_size=8,
-                              progress=False)
+        info, _ = SPARSITY.launch(f"toy/{name}", SparsityConfig(corpus="wiki", tokens=args.tokens, seq_len=128,
+                                                                  batch_size=8), store=store)
         run = store.load("sparsity", info.run_id)
         layers = run.table("layers")
         s = run.summary

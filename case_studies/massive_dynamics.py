@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from probes.dynamics_run import combine, run_dynamics, store_dynamics
+from probes.dynamics_analysis import DYNAMICS, DynamicsConfig, to_result
+from probes.dynamics_summary import combine
 from workbench import zoo
 from workbench.store import Store
 
 
 def member_result(store: Store, name: str) -> dict:
     """The member's stored dynamics run (computed when absent) as a result dict."""
-    info = store.latest("dynamics", model=f"toy/{name}") or run_dynamics(name, store, n_sequences=10)
+    info = store.latest("dynamics", model=f"toy/{name}") or DYNAMICS.launch(None, DynamicsConfig(target=name), store=store)[0]
     run = store.load("dynamics", info.run_id)
     return {"statistics": run.table("statistics"), "fits": run.table("fits"), "configs": run.params["configs"],
             "summary": run.summary, "run": info.run_id}
@@ -108,11 +109,11 @@ def main() -> None:
         per_family[family] = combine(results, family)
     body = []
     for family, result in per_family.items():
-        info = store_dynamics(result, store, f"toy/{family}", 10)
+        info = DYNAMICS.save(store, to_result(result, f"toy/{family}"), None, DynamicsConfig(target=family))
         body += family_section(family, result, info.run_id)
     if len(per_family) > 1:
         whole = combine(everything, "zoo")
-        info = store_dynamics(whole, store, "toy/zoo", 10)
+        info = DYNAMICS.save(store, to_result(whole, "toy/zoo"), None, DynamicsConfig(target="zoo"))
         md_pred = whole["predictor"].pivot(index="model", columns="target", values="r2_lomo")
         body += [f"## Across both families (run `dynamics/{info.run_id}`)", "",
                  f"Leave-one-model-out R^2 over {whole['predictor']['n_members'].iloc[0]} members and "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probes.demos import store_massive
+from probes.analysis import MASSIVE, MassiveConfig
 from workbench.store import Store
 
 REPORT = Path(__file__).with_suffix(".md")
@@ -23,11 +23,11 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=64)
     args = p.parse_args()
     store = Store()
-    info = store_massive(store, "smollm2-135m", max_tokens=args.tokens, seq_len=args.seq_len, batch_size=4,
-                         eval_tokens=args.eval_tokens)
+    info, _ = MASSIVE.launch("smollm2-135m", MassiveConfig(tokens=args.tokens, seq_len=args.seq_len, batch_size=4,
+                                                           eval_tokens=args.eval_tokens), store=store)
     run = store.load("massive", info.run_id)
-    relaxed = store_massive(store, "smollm2-135m", max_tokens=args.tokens, seq_len=args.seq_len, batch_size=4,
-                            ratio_threshold=100.0, intervene=False)
+    relaxed, _ = MASSIVE.launch("smollm2-135m", MassiveConfig(tokens=args.tokens, seq_len=args.seq_len, batch_size=4,
+                                                              ratio_threshold=100.0, intervention=False), store=store)
     rrun = store.load("massive", relaxed.run_id)
     layers, s = run.table("layers"), run.summary
     res = run.json("intervention") if "intervention" in run.names("json") else {}

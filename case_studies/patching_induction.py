@@ -22,8 +22,8 @@ from circuits.patching import (
     path_patching_scores,
     references,
 )
+from circuits.patching.analysis import PATCH, PatchConfig
 from circuits.patching.path import path_head_scores
-from circuits.patching.runs import patching_run
 from workbench.data import make_task
 from workbench.models import load_model
 from workbench.store import Store
@@ -74,8 +74,8 @@ def main() -> None:
         for receiver in ("L1.H0", "L1.H1"):
             comp[(ri, receiver)] = path_patching_scores(model, task, ["L0.H0", "L0.H1"], [receiver],
                                                        receiver_input=ri, refs=refs).tolist()
-    info = patching_run(store, model, MODEL, task, mode="discover", top_k=2, min_faithfulness=0.8,
-                        params={"seed": 0, "case_study": "patching_induction"})
+    info, _ = PATCH.launch(model, PatchConfig(task="induction", n=8, seed=0, half_len=20,
+                                              mode="discover", top_k=2, faithfulness_bound=0.8), store=store)
     seconds = time.perf_counter() - t0
     run = store.load("patching", info.run_id)
     circuit_nodes = [n["id"] for n in run.json("circuit")["nodes"] if n["kind"] in ("head", "mlp")]

@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from circuits.paths import analyse_paths, decompose, fit_length_weights, freeze, lesion_curve, save_paths_run
+from circuits.paths import analyse_paths, decompose, fit_length_weights, freeze, lesion_curve
+from circuits.paths.analysis import PATHS, PathsConfig, to_result
 from circuits.paths.reweight import mean_loss
 from workbench import zoo
 from workbench.data import token_batches
@@ -75,7 +76,8 @@ def profile(spec: str, n_windows: int, seq: int, store: Store, progress: bool,
                             "norm_share": share.numpy(), "cumulative_loss": losses.numpy(),
                             "weight": fit.weights.numpy()})
     result = analyse_paths(model, windows[0:1], lesion_draws=2, lesion_step=max(1, n // lesion_ks), progress=progress)
-    info = save_paths_run(store, result, spec)
+    info = PATHS.save(store, to_result(result), spec, PathsConfig(prompt="(first held-out window)",
+                                                                    lesion_draws=2, lesion_step=max(1, n // lesion_ks)))
     curve = lesion_curve(result.lesion_random).assign(model=spec, fraction=lambda d: d["k"] / n)
     eff = float((share * torch.arange(n + 1, dtype=share.dtype)).sum())
     mode = int(share.argmax())

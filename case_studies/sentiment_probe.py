@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probes.demos import store_probe
+from probes.analysis import PROBE, ProbeConfig
 from workbench.store import Store
 
 REPORT = Path(__file__).with_suffix(".md")
@@ -22,7 +22,8 @@ def main() -> None:
     p.add_argument("--pool", default="last", choices=["last", "mean"])
     args = p.parse_args()
     store = Store()
-    info = store_probe(store, "smollm2-135m", n=args.n, folds=args.folds, pool=args.pool, max_tokens=48)
+    info, _ = PROBE.launch("smollm2-135m", ProbeConfig(n=args.n, folds=args.folds, pool=args.pool, max_text_tokens=48),
+                           store=store)
     run = store.load("probe", info.run_id)
     t, s = run.table("layers"), run.summary
     lines = ["# Tweet sentiment probe across SmolLM2-135M's layers", "",

@@ -25,9 +25,10 @@ import torch
 from circuits.dictionaries.buffer import corpus_source
 from circuits.dictionaries.saelens_io import load_dictionary, save_dictionary
 from circuits.dictionaries.train import DictSpec, TrainDictConfig, train_dictionaries
+from circuits.transcoder_paths.analysis import TC_CIRCUIT, TcCircuitConfig, to_result
+from circuits.transcoder_paths.circuit import metric_clean_vs_spliced, tc_circuit
 from circuits.transcoder_paths.contributions import direct_contributions, logit_target
 from circuits.transcoder_paths.frozen import freeze
-from circuits.transcoder_paths.runs import metric_clean_vs_spliced, save_tc_circuit, tc_circuit
 from workbench.data.tasks import make_task
 from workbench.models import load_model
 from workbench.paths import workbench_home
@@ -107,8 +108,9 @@ def main() -> None:
                            "metric_spliced_per_layer": {str(k): v for k, v in per_layer.items()},
                            "mlp_direct_top": effects.reindex(effects["mean"].abs().sort_values(ascending=False).index)
                            .head(8).to_dict("records")})
-    info = save_tc_circuit(Store(), result, model=args.model,
-                           params={"case_study": "tc_greater_than", **{k: str(v) for k, v in vars(args).items()}})
+    cfg = TcCircuitConfig(task="greater-than", example=args.example, transcoder=[str(args.cache)],
+                          beam_width=args.beam_width, depth=args.depth)
+    info = TC_CIRCUIT.save(Store(), to_result(result), args.model, cfg)
     s = result.summary
     print(f"prompt: {task.prompts[args.example]!r}; target {s['target_label']} = {s['target_value']:.4f}, "
           f"contributions sum {s['contributions_sum']:.4f} (rel. error {s['completeness_rel_error']:.2e})")

@@ -17,8 +17,9 @@ import pandas as pd
 
 from workbench import zoo
 from workbench.store import Store
+from workbench.zoo import split_loss
 from workbench.zoo_curves import store_training_run
-from workbench.zoo_families import FAMILIES, MEMBERS, split_loss
+from workbench.zoo_families import FAMILIES, MEMBERS
 
 GPU_NOTE = """## Rebuilding larger members on a GPU
 

@@ -10,7 +10,7 @@ A checkpoint source is one of:
 
 Every checkpoint is measured on the same held-out windows of a corpus, tokenized with the first checkpoint's tokenizer,
 by :func:`probes.dynamics.checkpoint_statistics` (the zoo's measurement), then fitted and summarised as a zoo member
-is (:func:`probes.dynamics_run.summarise`).
+is (:func:`probes.dynamics_summary.summarise`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from probes.dynamics import checkpoint_statistics
 from probes.dynamics_fit import MIN_POINTS, TooFewCheckpointsError
+from probes.dynamics_summary import summarise
 
 __all__ = ["Checkpoint", "analyse_checkpoints", "checkpoint_sequences", "find_checkpoints", "model_config"]
 
@@ -129,11 +130,9 @@ def analyse_checkpoints(source: str, *, name: str | None = None, n_sequences: in
                         corpus: str = "wiki", progress: bool = True) -> dict[str, Any]:
     """Statistics, fits and summary of every checkpoint a source names (one member called ``name``).
 
-    Returns the same dict as :func:`probes.dynamics_run.summarise`. Raises :class:`TooFewCheckpointsError` with
+    Returns the same dict as :func:`probes.dynamics_summary.summarise`. Raises :class:`TooFewCheckpointsError` with
     fewer than five checkpoints.
     """
-    from probes.dynamics_run import summarise
-
     checkpoints = find_checkpoints(source)
     name = name or Path(source.rpartition("@")[0] or source).name
     if len(checkpoints) < MIN_POINTS:

@@ -144,7 +144,7 @@ def test_home_survives_failing_registry(tmp_path, monkeypatch):
 
 
 def test_launch_form_leaves_choices_without_a_default_to_the_verb(tmp_path, monkeypatch, fake_registry):
-    from workbench.cli import launch
+    from workbench.ui import launch
 
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "empty"))
     at = _run(AppTest.from_file(HOME, default_timeout=TIMEOUT))

@@ -9,9 +9,14 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from circuits.dictionaries import Dictionary
+from circuits.dictionaries.analysis import (
+    EVAL_DICT,
+    EvalDictionaryConfig,
+    dictionary_result,
+    run_dictionaries,
+)
 from circuits.dictionaries.buffer import random_source
 from circuits.dictionaries.evaluate import evaluate_dictionaries
-from circuits.dictionaries.runs import load_run_dictionaries, store_dictionary_run
 from workbench.store import Store
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app" / "pages" / "4_Dictionaries.py")
@@ -29,8 +34,8 @@ def dictionary_store(tmp_path, monkeypatch, tiny_llama):
     src = random_source(65, seq_len=12, batch_size=4, n_batches=2, seed=1, bos_id=64)
     ev = evaluate_dictionaries(tiny_llama, dicts, src, progress=False)
     history = [{"step": s, **{lab: {"mse": 1.0 / (s + 1), "l0": 3.0} for lab in dicts}} for s in range(3)]
-    info = store_dictionary_run(store, tiny_llama, "toy/tiny", dicts, ev, params={"test": True}, history=history,
-                                feature_source=src, feature_tokens=96)
+    result = dictionary_result(tiny_llama, dicts, ev, history=history, feature_source=src, feature_tokens=96)
+    info = EVAL_DICT.save(store, result, "toy/tiny", EvalDictionaryConfig(path=["in-memory"]))
     broken = root / "dictionary" / "20200101-000000-bad000"
     broken.mkdir(parents=True)
     (broken / "manifest.json").write_text("{not json")
@@ -40,7 +45,7 @@ def dictionary_store(tmp_path, monkeypatch, tiny_llama):
 def test_stored_run_round_trips(dictionary_store):
     store, info, dicts = dictionary_store
     run = store.load("dictionary", info.run_id)
-    back = load_run_dictionaries(run)
+    back = run_dictionaries(run)
     assert list(back) == list(dicts)
     for label, d in dicts.items():
         assert all(torch.equal(p, q) for p, q in zip(d.parameters(), back[label].parameters(), strict=True))

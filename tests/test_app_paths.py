@@ -8,7 +8,8 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from circuits.paths import analyse_paths, save_paths_run
+from circuits.paths import analyse_paths
+from circuits.paths.analysis import PATHS, PathsConfig, to_result
 from workbench.store import Store
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app" / "pages" / "6_Paths.py")
@@ -21,6 +22,10 @@ def paths_store(tmp_path, monkeypatch, tiny_llama) -> tuple[Store, dict]:
     monkeypatch.setenv("WORKBENCH_RUNS", str(root))
     store = Store(root)
     tokens = torch.tensor([[64, 3, 5, 7, 9, 3, 5, 7]])
+
+    def save_paths_run(store, result, model):
+        return PATHS.save(store, to_result(result), model, PathsConfig(prompt="t3 t5 t7 t9 t3 t5 t7"))
+
     ids = {
         "full": save_paths_run(store, analyse_paths(tiny_llama, tokens, lesion_draws=1, top=5), "tiny-llama").run_id,
         "bare": save_paths_run(store, analyse_paths(tiny_llama, tokens, lesion_draws=0, top=3), "tiny-llama").run_id,

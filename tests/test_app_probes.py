@@ -9,7 +9,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from probes.demos import massive_tables, sparsity_tables
+from probes.analysis import massive_tables, sparsity_tables
 from probes.massive import MassiveCounter
 from probes.sparsity import SparsityCounter
 from workbench.store import Store

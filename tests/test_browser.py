@@ -21,7 +21,7 @@ from test_app_probes import probe_store  # noqa: F401
 from test_app_training import _dynamics, _zoo_training, store  # noqa: F401
 
 from workbench.store import Run, Store
-from workbench.testing.browser import browser_missing, chromium, page_names, serve, visit
+from workbench.ui.browser import browser_missing, chromium, page_names, serve, visit
 
 
 def _readable(run: Run) -> bool:

@@ -194,8 +194,8 @@ def test_bad_input_is_a_clear_error(tiny_gpt2):
 def test_cdt_verb_stores_a_run(tiny_gpt2, tmp_path, monkeypatch, capsys):
     import json
 
-    from workbench.cli import main
     from workbench.store import Store
+    from workbench.ui.cli import main
 
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
     spec = tiny_gpt2.workbench_spec

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,11 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from workbench import demo as demo_module
 from workbench import zoo
-from workbench.cli import build_parser, main
+from workbench.analysis import Analysis, Result, describe_fields
 from workbench.induction_toy import InductionConfig, log_spaced_steps, train_induction
 from workbench.store import Store
+from workbench.ui import demo as demo_module
+from workbench.ui.cli import build_parser, main
+from workbench.zoo_curves import ZOO_TRAINING, ZooTrainingConfig
 
 VERBS = [["models"], ["zoo"], ["zoo", "build"], ["zoo", "list"], ["runs"], ["demo"], ["app"]]
 
@@ -56,8 +58,8 @@ def test_demo_computes_then_skips(tmp_path, monkeypatch, capsys):
     spec = zoo.ZooSpec(name="demo-tiny", description="", architecture="", parameters="", config=cfg.to_dict(),
                        train=lambda folder, progress: train_induction(cfg, folder, progress=False))
     monkeypatch.setitem(zoo._REGISTRY, "demo-tiny", lambda: spec)
-    run = functools.partial(demo_module.zoo_training_demo, name="demo-tiny")
-    monkeypatch.setattr(demo_module, "DEMOS", [demo_module.Demo("zoo-training", "toy/demo-tiny", run)])
+    demo = dataclasses.replace(ZOO_TRAINING, demo=ZooTrainingConfig(name="demo-tiny"))
+    monkeypatch.setattr(demo_module, "demo_analyses", lambda: [demo])
     assert main(["demo", "--json"]) == 0
     first = _last_json(capsys)["demos"]
     assert [d["status"] for d in first] == ["computed"]
@@ -76,63 +78,82 @@ def test_unknown_model_is_a_clear_error(capsys):
         load_model("gpt-17")
 
 
-def test_every_demo_names_an_importable_function():
-    for demo in demo_module.DEMOS:
-        assert callable(demo.function()), demo.kind
-    assert len({d.kind for d in demo_module.DEMOS}) == len(demo_module.DEMOS)
+def test_every_demo_is_a_config_of_its_analysis():
+    demos = demo_module.demo_analyses()
+    assert {a.kind for a in demos} >= {"zoo-training", "sparsity", "massive", "probe", "dynamics", "dictionary", "cdt",
+                                       "patching", "paths", "tc-circuit"}
+    for analysis in demos:
+        assert isinstance(analysis.demo, analysis.config), analysis.verb
+        analysis.demo.check()
+    assert len({(a.kind, demo_module.demo_model(a)) for a in demos}) == len(demos)
 
 
 def test_a_failing_demo_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
 
-    def broken(store, device, progress):
+    def broken(model, config, progress):
         raise RuntimeError("no such model")
 
-    def fine(store, device, progress):
-        with store.create("fine", model="m") as run:
-            run.summary["ok"] = 1
-        return run.info
+    def fine(model, config, progress):
+        return Result(summary={"ok": 1})
 
-    monkeypatch.setattr(demo_module, "DEMOS", [demo_module.Demo("broken", "m", broken), demo_module.Demo("fine", "m", fine)])
+    def make(kind, compute):
+        return Analysis(kind=kind, verb=kind, help="", config=ZooTrainingConfig, compute=compute,
+                        figures=lambda run: {}, demo=ZooTrainingConfig(), demo_model=None, needs_model=False,
+                        model_of=lambda cfg: "m")
+
+    monkeypatch.setattr(demo_module, "demo_analyses", lambda: [make("broken", broken), make("fine", fine)])
     done = demo_module.run_demos(progress=False)
     assert [d["status"] for d in done] == ["failed", "computed"]
     assert "RuntimeError: no such model" in done[0]["error"]
     assert main(["demo", "--json"]) == 1  # the failure is still stored as failed, the fine one as stored
 
 
-HEAVY = ("torch", "transformer_lens", "transformers", "circuits", "probes", "pandas")
+HEAVY = ("torch", "transformer_lens", "transformers", "pandas", "scipy", "sklearn")
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["cdt", "--help"], ["patch", "--attention"], ["no-such-verb"]],
                          ids=" ".join)
 def test_help_and_argument_errors_import_no_heavy_library(argv):
-    code = ("import sys\nfrom workbench.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom workbench.ui.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
 
 
 def test_choices_mirror_the_libraries():
+    import typing
+
     from circuits.cdt import rules
-    from circuits.patching import ablation, path, runs
-    from workbench.cli import cdt, common, patch
+    from circuits.cdt.analysis import CdtConfig
+    from circuits.patching import ablation, path
+    from circuits.patching.analysis import MODES, PatchConfig
+    from probes.analysis import DEFAULT_TAUS
+    from probes.sparsity import DEFAULT_TAUS as LIBRARY_TAUS
+    from workbench.analysis import TaskName
     from workbench.data import TASKS
 
-    assert common.TASKS == TASKS
-    assert (cdt.ATTENTION_RULES, cdt.BIAS_SPLITS) == (rules.ATTENTION_RULES, rules.BIAS_SPLITS)
-    assert (patch.ABLATIONS, patch.RECEIVER_INPUTS, patch.MODES) == (ablation.ABLATIONS, path.RECEIVER_INPUTS, runs.MODES)
+    def choices(config, name):
+        return next(i.choices for i in describe_fields(config) if i.name == name)
+
+    assert typing.get_args(TaskName) == TASKS and choices(PatchConfig, "task") == TASKS
+    assert (choices(CdtConfig, "attention"), choices(CdtConfig, "bias_split")) == (rules.ATTENTION_RULES,
+                                                                                   rules.BIAS_SPLITS)
+    assert (choices(PatchConfig, "ablation"), choices(PatchConfig, "receiver_input"), choices(PatchConfig, "mode")) == (
+        ablation.ABLATIONS, path.RECEIVER_INPUTS, MODES)
+    assert tuple(DEFAULT_TAUS) == tuple(LIBRARY_TAUS)
 
 
 def test_cdt_attention_defaults_to_each_use_of_the_library(tiny_gpt2, tmp_path, monkeypatch, capsys):
     """Without --attention the scores keep the decomposition's default rule (ablated) and --explain the word
     explanations' own (total); --attention sets both."""
-    import circuits.cdt.runs as cdt_runs
+    import circuits.cdt.local as cdt_local
     from circuits.cdt.local import explain
 
     def toy_explain(model, text, **options):  # the sentiment answers are not tokens of the toy vocabulary
         return explain(model, text, answers=(" t1", " t2"), template="t5 {text} t6", **options)
 
-    monkeypatch.setattr(cdt_runs, "explain", toy_explain)
+    monkeypatch.setattr(cdt_local, "explain", toy_explain)
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
     text = "t3 t9 t4"
     base = ["cdt", "--model", tiny_gpt2.workbench_spec, "--device", "cpu", "--n", "2", "--half-len", "4",

@@ -264,8 +264,8 @@ def test_top_contexts_and_logit_views_against_brute_force(tiny_llama):
 
 
 def test_cli_eval_dict_stores_a_run_and_rejects_misfits(tiny_llama, tmp_path, monkeypatch, capsys):
-    from workbench.cli import main
     from workbench.store import Store
+    from workbench.ui.cli import main
 
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
     spec = tiny_llama.workbench_spec

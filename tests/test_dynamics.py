@@ -16,14 +16,14 @@ from probes.dynamics import (
     heldout_sequences,
     member_statistics,
 )
+from probes.dynamics_analysis import DYNAMICS, DynamicsConfig
 from probes.dynamics_fit import TooFewCheckpointsError, dynamics_curve, fit_dynamics, peak_step
 from probes.dynamics_predict import FEATURES, layer_features, predictor_scores
-from probes.dynamics_run import run_dynamics
 from workbench import zoo
-from workbench.cli import main
 from workbench.models import load_model
 from workbench.store import Store
 from workbench.train import CHECKPOINTS, step_dir
+from workbench.ui.cli import main
 from workbench.zoo_families import MEMBERS, with_overrides
 from workbench.zoo_tokenizer import TextConfig
 
@@ -148,11 +148,11 @@ def test_dynamics_run_is_stored_and_short_members_are_refused(tiny_family, tmp_p
     fig = dynamics_figure(run.table("statistics"), fits)
     assert len(fig.data) == 4
     with pytest.raises(TooFewCheckpointsError, match=r"toy/dyn-short has 3 checkpoints \(steps \[0, 1, 2\]\)"):
-        run_dynamics("dyn-short", store, progress=False)
+        DYNAMICS.launch(None, DynamicsConfig(target="dyn-short"), store=store)
     assert main(["dynamics", "dyn-short"]) == 2
     assert "needs at least 5" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not a checkpoint-family member"):
-        run_dynamics("induction-2l", store, progress=False)
+        DYNAMICS.launch(None, DynamicsConfig(target="induction-2l"), store=store)
 
 
 def test_any_checkpoint_folder_is_measured_and_fitted_like_a_member(tiny_family, tmp_path, monkeypatch, capsys):
@@ -162,7 +162,6 @@ def test_any_checkpoint_folder_is_measured_and_fitted_like_a_member(tiny_family,
         checkpoint_sequences,
         find_checkpoints,
     )
-    from probes.dynamics_run import run_checkpoint_dynamics
 
     zoo.build("dyn-gpt", progress=False)
     folder = zoo.folder("dyn-gpt") / CHECKPOINTS
@@ -182,8 +181,8 @@ def test_any_checkpoint_folder_is_measured_and_fitted_like_a_member(tiny_family,
     assert row["massive_ratio"] == pytest.approx((h.max(1).values / h.median(1).values).mean().item(), rel=1e-6)
     assert len(result["fits"]) == 4 and np.isfinite(result["fits"]["r2"]).all()
     assert result["configs"]["ext"]["activation"] == "relu" and result["configs"]["ext"]["n_layers"] == 2
-    info = run_checkpoint_dynamics(str(folder), Store(tmp_path / "runs"), name="ext", n_sequences=3, context=24,
-                                   progress=False)
+    cfg = DynamicsConfig(target=str(folder), checkpoints=True, name="ext", sequences=3, context=24)
+    info, _ = DYNAMICS.launch(None, cfg, store=Store(tmp_path / "runs"))
     assert Store(tmp_path / "runs").load("dynamics", info.run_id).summary["members"] == ["ext"]
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "cli-runs"))
     assert main(["dynamics", str(folder), "--checkpoints", "--sequences", "3", "--context", "24", "--json"]) == 0

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from workbench.cli import launch
 from workbench.store import Store
+from workbench.ui import launch
 
 
 def test_verb_options_mirror_argparse():
@@ -54,13 +54,31 @@ def test_run_verb_raises_with_the_verbs_message(tmp_path):
         launch.run_verb(["runs", "--bogus"], env=dict(os.environ, WORKBENCH_RUNS=str(tmp_path)))
 
 
-def test_options_with_several_values_are_split():
-    many = [s for verb in launch.analysis_verbs() for s in launch.verb_options(verb) if s.many]
-    assert many, "some analysis verb takes several values"
-    verb = next(v for v in launch.analysis_verbs() if any(s.many for s in launch.verb_options(v)))
-    spec = next(s for s in launch.verb_options(verb) if s.many)
-    argv = launch.build_argv(verb, {spec.dest: "1, 2 3"})
-    if spec.flag.startswith("-"):
-        assert argv[argv.index(spec.flag) + 1 : argv.index(spec.flag) + 4] == ["1", "2", "3"]
-    else:
-        assert argv[1:4] == ["1", "2", "3"]
+def test_number_lists_are_split_and_texts_are_sent_as_typed():
+    prompt = "When Mary and John went to the store, John gave a drink to"
+    argv = launch.build_argv("patch", {"prompt": f"{prompt}\n  second, prompt ", "correct": " Mary",
+                                       "incorrect": " John", "corrupted": "a\nb", "top_k": "7"})
+    i = argv.index("--prompt")
+    assert argv[i + 1 : i + 3] == [prompt, "  second, prompt "]
+    assert argv[argv.index("--correct") + 1] == " Mary" and argv[argv.index("--top-k") + 1] == "7"
+    argv = launch.build_argv("sparsity", {"layers": "1, 2 3", "taus": [0.5, 1.0], "thresholds": True})
+    assert argv[argv.index("--layers") + 1 : argv.index("--layers") + 4] == ["1", "2", "3"]
+    assert argv[argv.index("--taus") + 1 : argv.index("--taus") + 3] == ["0.5", "1.0"] and "--thresholds" in argv
+    assert "--no-intervention" in launch.build_argv("massive", {"intervention": False})
+    assert launch.build_argv("tc-circuit", {"prompt": "-x, y"})[1] == "--prompt=-x, y"
+
+
+def test_the_form_matches_the_parser(capsys):
+    """Every analysis verb's form arguments parse back to the values typed."""
+    from workbench.ui.cli import build_parser, config_from_args
+    from workbench.ui.registry import get
+
+    parser = build_parser()
+    argv = launch.build_argv("cdt", {"explain": "I loved it, truly\n it was bad", "top_k": "3", "sign_rule": True})
+    args = parser.parse_args(argv)
+    cfg = config_from_args(get("cdt").config, args)
+    assert cfg.explain == ["I loved it, truly", " it was bad"] and cfg.top_k == 3 and cfg.sign_rule is True
+
+
+def test_the_shown_command_is_shell_quoted():
+    assert launch.shell_command(["paths", "--prompt=a b; rm -rf /"]) == "workbench paths '--prompt=a b; rm -rf /'"

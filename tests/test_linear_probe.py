@@ -65,11 +65,11 @@ def test_labelled_texts_balanced():
 
 
 def test_store_probe_run(tiny_gpt2, tmp_path):
-    from probes.demos import store_probe
+    from probes.analysis import PROBE, ProbeConfig
     from workbench.store import Store
 
     store = Store(tmp_path / "runs")
-    info = store_probe(store, tiny_gpt2, corpus="reviews", n=30, folds=3, max_tokens=16, progress=False)
+    info, _ = PROBE.launch(tiny_gpt2, ProbeConfig(corpus="reviews", n=30, folds=3, max_text_tokens=16), store=store)
     run = store.load("probe", info.run_id)
     table = run.table("layers")
     assert list(table.layer) == [-1, 0, 1] and run.summary["n"] == 30

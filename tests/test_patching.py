@@ -218,13 +218,13 @@ def test_discovery_finds_the_induction_circuit(toy):
 def test_demo_run_and_cli(induction_2l, tmp_path, monkeypatch, capsys):
     import json
 
-    from circuits.patching.demo import demo
-    from workbench.cli import main
+    from circuits.patching.analysis import PATCH
     from workbench.store import Store
+    from workbench.ui.cli import main
 
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
     store = Store()
-    info = demo(store, "cpu", False)
+    info, _ = PATCH.launch(PATCH.demo_model, PATCH.demo, store=store, device="cpu")
     run = store.load("patching", info.run_id)
     table = run.table("scores")
     assert list(table.columns) == ["layer", "head", "position", "component", "node", "score"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -20,10 +21,10 @@ from circuits.paths import (
     lesion_single,
     path_counts,
     paths_circuit,
-    save_paths_run,
     sublayer_paths,
     top_paths,
 )
+from circuits.paths.analysis import PATHS, PathsConfig, to_result
 from circuits.paths.lesion import lesion_loss
 from workbench.models import load_model
 
@@ -174,12 +175,12 @@ def test_reweighting_recovers_and_improves(tiny_llama):
 
 
 def test_analysis_run_and_cli(tiny_llama, tmp_path, monkeypatch, capsys):
-    from workbench.cli import main
     from workbench.store import Store
+    from workbench.ui.cli import main
 
     store = Store(tmp_path / "runs")
     result = analyse_paths(tiny_llama, TOKENS, lesion_draws=1, top=5)
-    info = save_paths_run(store, result, "tiny")
+    info = PATHS.save(store, to_result(result), "tiny", PathsConfig(prompt="(token ids)"))
     run = store.load("paths", info.run_id)
     lengths = run.table("lengths")
     assert list(lengths["n_paths"]) == [1, 4, 6, 4, 1]
@@ -227,12 +228,10 @@ def test_task_metric_by_length(tiny_llama):
         analyse_paths(tiny_llama, TOKENS, task=task)
 
 
-def test_demo_writes_a_paths_run(tiny_llama, tmp_path, monkeypatch):
-    from circuits.paths import demo as demo_module
+def test_demo_writes_a_paths_run(tiny_llama, tmp_path):
     from workbench.store import Store
 
-    monkeypatch.setattr(demo_module, "DEMO_MODEL", tiny_llama.workbench_spec)
-    monkeypatch.setattr(demo_module, "DEMO_PROMPT", "t3 t5 t7 t9 t3 t5 t7")
-    info = demo_module.demo(Store(tmp_path / "runs"), "cpu", False)
+    cfg = dataclasses.replace(PATHS.demo, prompt="t3 t5 t7 t9 t3 t5 t7")
+    info, _ = PATHS.launch(tiny_llama, cfg, store=Store(tmp_path / "runs"))
     run = Store(tmp_path / "runs").load("paths", info.run_id)
     assert run.summary["n_sublayers"] == 4 and {"lesion_single", "lesion_random"} <= set(run.names("table"))

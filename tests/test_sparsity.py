@@ -135,8 +135,8 @@ def test_thresholds_bound_the_loss_rise(relu_toy):
 def test_cli_sparsity_and_massive(relu_folder, tmp_path, monkeypatch, capsys):
     import json
 
-    from workbench.cli import main
     from workbench.store import Store
+    from workbench.ui.cli import main
 
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
     base = ["--model", str(relu_folder), "--corpus", "news", "--seq-len", "32", "--batch-size", "4"]

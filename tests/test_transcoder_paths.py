@@ -3,6 +3,7 @@ search against the full contribution table, the circuit graph, the tc-circuit ve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 
 from circuits.dictionaries.model import Dictionary
 from circuits.graph import Circuit, parse_node_id
+from circuits.transcoder_paths.analysis import TC_CIRCUIT, TcCircuitConfig, to_result
+from circuits.transcoder_paths.circuit import make_target, tc_circuit
 from circuits.transcoder_paths.contributions import (
     de_embedding,
     direct_contributions,
@@ -21,7 +24,6 @@ from circuits.transcoder_paths.contributions import (
     state_value,
 )
 from circuits.transcoder_paths.frozen import TranscoderSetError, freeze, spliced_logits
-from circuits.transcoder_paths.runs import make_target, save_tc_circuit, tc_circuit
 from circuits.transcoder_paths.search import search_paths
 
 REL = 1e-4
@@ -249,8 +251,8 @@ def test_smollm2_completeness_one_layer_set(smollm2):
 
 def test_cli_tc_circuit(tiny_llama, tmp_path, monkeypatch, capsys):
     from circuits.dictionaries.saelens_io import save_dictionary
-    from workbench.cli import main
     from workbench.store import Store
+    from workbench.ui.cli import main
 
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
     folders = []
@@ -274,19 +276,18 @@ def test_save_roundtrip(tiny_gpt2, tmp_path):
 
     result = tc_circuit(tiny_gpt2, torch.tensor(PROMPT), _transcoders(tiny_gpt2), "logit", correct=1, incorrect=2,
                         num_branches=3, max_depth=2)
-    info = save_tc_circuit(Store(tmp_path), result, model="tiny", params={"beam_width": 3})
+    info = TC_CIRCUIT.save(Store(tmp_path), to_result(result), "tiny", TcCircuitConfig(prompt="t1 t2", beam_width=3))
     run = Store(tmp_path).load("tc-circuit", info.run_id)
     assert Circuit.from_json(run.json("circuit")) == result.circuit
     assert run.summary["target_value"] == pytest.approx(result.target.value)
 
 
 def test_demo_stores_a_tc_circuit_run(tiny_llama, tmp_path):
-    from circuits.transcoder_paths.demo import demo
     from workbench.store import Store
 
     store = Store(tmp_path)
-    info = demo(store, "cpu", False, model_spec=tiny_llama.workbench_spec, tokens=1024, prompt="t3 t5 t7 t3 t5",
-                num_branches=3, max_depth=2)
+    cfg = dataclasses.replace(TC_CIRCUIT.demo, train_tokens=1024, prompt="t3 t5 t7 t3 t5", beam_width=3, depth=2)
+    info, _ = TC_CIRCUIT.launch(tiny_llama, cfg, store=store)
     run = store.load("tc-circuit", info.run_id)
     assert run.summary["transcoder_layers"] == [0, 1] and run.summary["completeness_rel_error"] < REL
     assert "target_value_spliced" in run.summary and len(run.table("paths")) > 0

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from workbench import zoo
-from workbench.cli import main
 from workbench.induction_toy import (
     InductionConfig,
     induction_report,
@@ -18,6 +17,7 @@ from workbench.induction_toy import (
     varied_repeat_tokens,
 )
 from workbench.models import ModelSpecError, load_model, resolve
+from workbench.ui.cli import main
 
 
 def test_small_induction_toy_shows_induction(tiny_toy):

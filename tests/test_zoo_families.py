@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from workbench import zoo
-from workbench.cli import main
 from workbench.models import ModelSpecError, load_model, resolve
 from workbench.store import Store
+from workbench.ui.cli import main
 from workbench.zoo_curves import store_training_run, training_figure, training_tables
 from workbench.zoo_families import FAMILIES, MEMBERS, family_members, log_checkpoint_steps, with_overrides
 from workbench.zoo_tokenizer import TextConfig, load_text_tokenizer, token_streams

@@ -67,7 +67,8 @@ def _family_spec(cfg) -> ZooSpec:
 
     return ZooSpec(
         name=cfg.name,
-        description=f"{cfg.family} family ({FAMILIES[cfg.family]}), trained on the bundled text; log-spaced checkpoints.",
+        description=(f"{cfg.family} family ({FAMILIES[cfg.family]}), trained on the bundled text; log-spaced checkpoints."
+                     if cfg.family in FAMILIES else "tiny Llama-style model for the demos; log-spaced checkpoints."),
         architecture=cfg.architecture(),
         parameters=f"{cfg.n_parameters() / 1e6:.2f}M",
         config=cfg.to_dict(),
@@ -230,3 +231,26 @@ def model_dir(name: str, step: int | None = None, *, build_missing: bool = True)
     if step not in steps:
         raise ModelSpecError(f"toy/{name} has no checkpoint at step {step}; saved steps: {steps}")
     return step_dir(folder(name) / CHECKPOINTS, step)
+
+
+def split_loss(name: str, step: int | None = None, split: str = "heldout", n_windows: int = 256,
+               batch: int = 32, seed: int = 777) -> float:
+    """Mean next-token loss (nats) of built member ``name`` at ``step`` (default: last) on ``n_windows`` random
+    windows of the ``split`` token stream ("train" or "heldout"), drawn with ``seed``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from workbench.zoo_tokenizer import TextConfig, load_text_tokenizer, token_streams, windows
+
+    if split not in ("train", "heldout"):
+        raise ValueError(f"unknown split {split!r}; accepted: train, heldout")
+    cfg = get(name).config
+    if "text" not in cfg:
+        raise ValueError(f"toy/{name} is not a checkpoint-family member")
+    text = TextConfig(corpora=tuple(cfg["text"]["corpora"]), vocab=int(cfg["text"]["vocab"]))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir(name, step))).eval()
+    bos = load_text_tokenizer(text).bos_token_id
+    tokens = windows(token_streams(text)[split], n_windows, int(cfg["context"]), torch.Generator().manual_seed(seed), bos)
+    with torch.no_grad():
+        losses = [float(model(input_ids=chunk, labels=chunk).loss) * len(chunk) for chunk in tokens.split(batch)]
+    return sum(losses) / n_windows

@@ -107,6 +107,9 @@ MEMBERS: dict[str, FamilyConfig] = {
         _member("gpt", 64, 4, "relu", 2000),
         _member("gpt", 128, 4, "relu", 3000),
         _member("gpt", 128, 2, "gelu_new", 2000),
+        # not in a family: the dashboard's demo of the training dynamics (about 30 s to build on two cores)
+        FamilyConfig("llama-tiny-demo", "demo", "llama", 32, 2, 2, 88, "silu", steps=40, batch=8, context=64,
+                     n_checkpoints=10, eval_windows=4, text=TextConfig(("news",), 512)),
     )
 }
 
@@ -188,25 +191,3 @@ def train_member(cfg: FamilyConfig, workdir: Path, progress: bool = True, device
 def with_overrides(cfg: FamilyConfig, **changes: Any) -> FamilyConfig:
     """A copy of ``cfg`` with some fields changed (e.g. fewer steps for a quick build)."""
     return replace(cfg, **changes)
-
-
-@torch.no_grad()
-def split_loss(name: str, step: int | None = None, split: str = "heldout", n_windows: int = 256,
-               batch: int = 32, seed: int = 777) -> float:
-    """Mean next-token loss (nats) of built member ``name`` at ``step`` (default: last) on ``n_windows`` random
-    windows of the ``split`` token stream ("train" or "heldout"), drawn with ``seed``."""
-    from transformers import AutoModelForCausalLM
-
-    from workbench import zoo
-
-    if split not in ("train", "heldout"):
-        raise ValueError(f"unknown split {split!r}; accepted: train, heldout")
-    cfg = zoo.get(name).config
-    if "text" not in cfg:
-        raise ValueError(f"toy/{name} is not a checkpoint-family member")
-    text = TextConfig(corpora=tuple(cfg["text"]["corpora"]), vocab=int(cfg["text"]["vocab"]))
-    model = AutoModelForCausalLM.from_pretrained(str(zoo.model_dir(name, step))).eval()
-    bos = load_text_tokenizer(text).bos_token_id
-    tokens = windows(token_streams(text)[split], n_windows, int(cfg["context"]), torch.Generator().manual_seed(seed), bos)
-    losses = [float(model(input_ids=chunk, labels=chunk).loss) * len(chunk) for chunk in tokens.split(batch)]
-    return sum(losses) / n_windows

@@ -1,5 +1,33 @@
-"""Sparse dictionaries (SAEs, transcoders, skip transcoders): model, training, evaluation, SAELens-format files, feature views."""
+"""Sparse dictionaries (SAEs, transcoders, skip transcoders): model, training, evaluation, SAELens-format files,
+feature views.
 
-from circuits.dictionaries.model import ACTIVATIONS, KINDS, Dictionary, DictionaryConfigError, expansion_width
+- :class:`Dictionary` (``circuits.dictionaries.model``): encode / decode / forward on [..., d_in] activations.
+- :func:`train_dictionaries` with :class:`DictSpec` / :class:`TrainDictConfig`: several dictionaries in one pass.
+- :func:`evaluate_dictionaries`: L0, FVU, spliced loss, CE recovered, KL, dead / dense on held-out text.
+- :func:`save_dictionary` / :func:`load_dictionary`: SAELens folders (``cfg.json`` + ``sae_weights.safetensors``).
+- :data:`TRAIN_DICT` / :data:`EVAL_DICT`: the analyses behind the contract; :func:`run_dictionaries` reads a run's.
 
-__all__ = ["ACTIVATIONS", "KINDS", "Dictionary", "DictionaryConfigError", "expansion_width"]
+Names are imported on first use (importing the package costs nothing).
+"""
+
+from workbench.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "ACTIVATIONS": "circuits.dictionaries.model",
+    "KINDS": "circuits.dictionaries.model",
+    "Dictionary": "circuits.dictionaries.model",
+    "DictionaryConfigError": "circuits.dictionaries.model",
+    "expansion_width": "circuits.dictionaries.model",
+    "DictSpec": "circuits.dictionaries.train",
+    "TrainDictConfig": "circuits.dictionaries.train",
+    "train_dictionaries": "circuits.dictionaries.train",
+    "evaluate_dictionaries": "circuits.dictionaries.evaluate",
+    "load_dictionary": "circuits.dictionaries.saelens_io",
+    "save_dictionary": "circuits.dictionaries.saelens_io",
+    "corpus_source": "circuits.dictionaries.buffer",
+    "EVAL_DICT": "circuits.dictionaries.analysis",
+    "TRAIN_DICT": "circuits.dictionaries.analysis",
+    "EvalDictionaryConfig": "circuits.dictionaries.analysis",
+    "TrainDictionaryConfig": "circuits.dictionaries.analysis",
+    "run_dictionaries": "circuits.dictionaries.analysis",
+})

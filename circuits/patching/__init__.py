@@ -4,26 +4,28 @@
 - :func:`path_patching_scores` / :func:`path_head_scores`: path patching from senders to receivers (``path``).
 - :func:`faithfulness`: F = (m(C) - m(empty)) / (m(M) - m(empty)) of a circuit; :func:`prune_greedy` (``faithfulness``).
 - :func:`discover`: a circuit found by path patching and pruned by faithfulness (``discovery``).
+- :data:`PATCH` / :class:`PatchConfig`: the analysis behind the contract (``workbench patch``).
+
+Names are imported on first use (importing the package costs nothing).
 """
 
-from circuits.patching.ablation import ABLATIONS, PatchingInputError, references
-from circuits.patching.activation import head_patching_scores, layer_patching_scores
-from circuits.patching.discovery import discover, prune_by_faithfulness
-from circuits.patching.faithfulness import faithfulness, faithfulness_many, prune_greedy
-from circuits.patching.path import all_components, path_head_scores, path_patching_scores
+from workbench.lazy import lazy_exports
 
-__all__ = [
-    "ABLATIONS",
-    "PatchingInputError",
-    "all_components",
-    "discover",
-    "faithfulness",
-    "faithfulness_many",
-    "head_patching_scores",
-    "layer_patching_scores",
-    "path_head_scores",
-    "path_patching_scores",
-    "prune_by_faithfulness",
-    "prune_greedy",
-    "references",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "ABLATIONS": "circuits.patching.ablation",
+    "PatchingInputError": "circuits.patching.ablation",
+    "references": "circuits.patching.ablation",
+    "head_patching_scores": "circuits.patching.activation",
+    "layer_patching_scores": "circuits.patching.activation",
+    "discover": "circuits.patching.discovery",
+    "prune_by_faithfulness": "circuits.patching.discovery",
+    "faithfulness": "circuits.patching.faithfulness",
+    "faithfulness_many": "circuits.patching.faithfulness",
+    "prune_greedy": "circuits.patching.faithfulness",
+    "all_components": "circuits.patching.path",
+    "path_head_scores": "circuits.patching.path",
+    "path_patching_scores": "circuits.patching.path",
+    "prompt_task": "circuits.patching.prompts",
+    "PATCH": "circuits.patching.analysis",
+    "PatchConfig": "circuits.patching.analysis",
+})

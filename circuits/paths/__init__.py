@@ -7,37 +7,34 @@
   ``sublayer_paths`` / ``path_score`` (brute force, exact).
 - :mod:`~circuits.paths.lesion`: ``lesion_single``, ``lesion_random``, ``lesion_curve`` (Veit et al.).
 - :mod:`~circuits.paths.reweight`: ``fit_length_weights`` (per-length ensemble weights).
-- :mod:`~circuits.paths.analysis`: ``analyse_paths`` (everything in one call), ``save_paths_run`` (run kind ``paths``).
-- :mod:`~circuits.paths.figures`: plotly figures; :mod:`~circuits.paths.demo`: the dashboard's demo run.
+- :mod:`~circuits.paths.ensemble`: ``analyse_paths`` (everything in one call, a ``PathsResult``).
+- :mod:`~circuits.paths.analysis`: ``PATHS`` / ``PathsConfig``, the analysis behind the contract (run kind ``paths``).
+- :mod:`~circuits.paths.figures`: plotly figures.
+
+Names are imported on first use (importing the package costs nothing).
 """
 
-from __future__ import annotations
+from workbench.lazy import lazy_exports
 
-from circuits.paths.analysis import PathsResult, analyse_paths, save_paths_run
-from circuits.paths.decompose import LogitTarget, PathDecomposition, decompose, path_counts
-from circuits.paths.frozen import FrozenRun, PathInputError, freeze
-from circuits.paths.lesion import lesion_curve, lesion_random, lesion_single
-from circuits.paths.reweight import fit_length_weights
-from circuits.paths.search import direct_attribution, path_score, paths_circuit, sublayer_paths, top_paths
-
-__all__ = [
-    "FrozenRun",
-    "LogitTarget",
-    "PathDecomposition",
-    "PathInputError",
-    "PathsResult",
-    "analyse_paths",
-    "decompose",
-    "direct_attribution",
-    "fit_length_weights",
-    "freeze",
-    "lesion_curve",
-    "lesion_random",
-    "lesion_single",
-    "path_counts",
-    "path_score",
-    "paths_circuit",
-    "save_paths_run",
-    "sublayer_paths",
-    "top_paths",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "PATHS": "circuits.paths.analysis",
+    "PathsConfig": "circuits.paths.analysis",
+    "PathsResult": "circuits.paths.ensemble",
+    "analyse_paths": "circuits.paths.ensemble",
+    "LogitTarget": "circuits.paths.decompose",
+    "PathDecomposition": "circuits.paths.decompose",
+    "decompose": "circuits.paths.decompose",
+    "path_counts": "circuits.paths.decompose",
+    "FrozenRun": "circuits.paths.frozen",
+    "PathInputError": "circuits.paths.frozen",
+    "freeze": "circuits.paths.frozen",
+    "lesion_curve": "circuits.paths.lesion",
+    "lesion_random": "circuits.paths.lesion",
+    "lesion_single": "circuits.paths.lesion",
+    "fit_length_weights": "circuits.paths.reweight",
+    "direct_attribution": "circuits.paths.search",
+    "path_score": "circuits.paths.search",
+    "paths_circuit": "circuits.paths.search",
+    "sublayer_paths": "circuits.paths.search",
+    "top_paths": "circuits.paths.search",
+})

@@ -1,149 +1,100 @@
-"""The whole path-ensemble analysis of one input in one call, and its run in the store (kind ``paths``).
+"""Path ensembles behind the analysis contract (:mod:`workbench.analysis`): run kind ``paths`` (``workbench paths``).
+Artifacts: see :mod:`circuits.paths.ensemble`.
 
-:func:`analyse_paths` freezes the clean run, splits the logits by path length, scores the target per length against
-the binomial path count, takes the direct (length-1) attribution, searches the top individual paths, fits per-length
-weights, and runs the lesion studies. :func:`save_paths_run` writes it as one run:
+Usage (notebook)::
 
-- table ``lengths``: length (label), n_paths (``C(n, k)``), target (contribution to the target), target_per_path,
-  cumulative_target, logit_norm (mean centred logit-vector norm), share (|target| share), norm_share (effective
-  path-length distribution), cumulative_loss (loss with the paths up to that length), loss_delta, weight (fitted),
-  and for a task cumulative_metric (the task's metric with the paths up to that length);
-- table ``direct``: component, kind, layer, head, score; table ``top_paths``: rank, path, source, length, score,
-  virtual_heads; json ``circuit``: the top paths as a :class:`~circuits.graph.Circuit`;
-- tables ``lesion_single`` (sublayer, name, kind, layer, loss, delta, frozen_loss) and ``lesion_random`` (k, draw,
-  deleted, loss, frozen_loss), when lesions were run; summary: the headline numbers.
+    from circuits.paths.analysis import PATHS, PathsConfig
+    result = PATHS.run(model, PathsConfig(prompt="When Mary and John went to the store, John gave a drink to"))
+    result.tables["lengths"]          # contribution of each path length to the target, against C(n, k)
+    info = PATHS.save(Store(), result, model)
+    PATHS.figures(Store().load("paths", info.run_id))["lengths"].show()
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-import pandas as pd
-import torch
+from workbench.analysis import Analysis, Config, ConfigError, Result, option
 
-from circuits.graph import Circuit
-from circuits.paths.decompose import LogitTarget, decompose
-from circuits.paths.frozen import PathInputError, freeze, validate_tokens
-from circuits.paths.lesion import lesion_curve, lesion_random, lesion_single
-from circuits.paths.reweight import fit_length_weights
-from circuits.paths.search import direct_attribution, paths_circuit, top_paths
-
-__all__ = ["PathsResult", "analyse_paths", "save_paths_run"]
+__all__ = ["PATHS", "PathsConfig", "to_result"]
 
 
 @dataclass
-class PathsResult:
-    """Tables of one path-ensemble analysis (see the module docstring for their columns)."""
+class PathsConfig(Config):
+    """Options of ``workbench paths``."""
 
-    lengths: pd.DataFrame
-    direct: pd.DataFrame
-    top_paths: pd.DataFrame
-    circuit: Circuit
-    summary: dict[str, Any]
-    params: dict[str, Any]
-    lesion_single: pd.DataFrame | None = None
-    lesion_random: pd.DataFrame | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    prompt: str | None = option(None, "text to analyse (target: the top prediction at its last token)", lines=True)
+    task: Literal["induction", "greater-than", "ioi", "sentiment"] | None = option(
+        None, "a task instead of --prompt (target: its logit difference)")
+    n: int = option(4, "examples of the task", minimum=1)
+    max_length: int | None = option(None, "keep path lengths up to this apart (default all)", minimum=1)
+    search_length: int = option(3, "longest path of the top-path search", minimum=1)
+    beam: int = option(8, "beam width of the top-path search", minimum=1)
+    top: int = option(20, "number of top paths kept", minimum=1)
+    lesion_draws: int = option(2, "random-lesion draws per k (0: no lesions)", minimum=0, maximum=1000)
+    lesion_step: int = option(1, "delete k = step, 2 step, ..., n sublayers", minimum=1)
+    seed: int = option(0, "seed of the random lesions", minimum=0)
 
-
-def _lengths_table(dec: Any, target: LogitTarget, weights: torch.Tensor, stats: dict[str, Any]) -> pd.DataFrame:
-    tc = dec.target_contributions(target).double().cpu()
-    norms = stats["logit_norm"].double().cpu()
-    losses = stats["cumulative_loss"].double().cpu()
-    counts = torch.tensor(dec.counts, dtype=torch.float64)
-    return pd.DataFrame({
-        "length": dec.labels, "n_paths": dec.counts, "target": tc.numpy(),
-        "target_per_path": (tc / counts.clamp_min(1)).numpy(), "cumulative_target": tc.cumsum(0).numpy(),
-        "logit_norm": norms.numpy(), "share": (tc.abs() / tc.abs().sum()).numpy(),
-        "norm_share": (norms / norms.sum()).numpy(), "cumulative_loss": losses.numpy(),
-        "loss_delta": torch.cat([losses[:1], losses.diff()]).numpy(), "weight": weights.double().cpu().numpy(),
-    })
+    def validate(self) -> None:
+        if (self.prompt is None) == (self.task is None):
+            raise ConfigError("give either --prompt TEXT or --task NAME (not both)")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ConfigError("empty prompt: --prompt needs at least one non-blank character")
 
 
-def analyse_paths(
-    model: Any,
-    prompt: str | list[str] | torch.Tensor | None = None,
-    *,
-    task: Any = None,
-    max_length: int | None = None,
-    search_length: int = 3,
-    beam: int = 8,
-    top: int = 20,
-    lesion_draws: int = 2,
-    lesion_step: int = 1,
-    seed: int = 0,
-    dtype: torch.dtype | None = torch.float64,
-    progress: bool = False,
-) -> PathsResult:
-    """Analyse ``model`` on a prompt (target: the clean top prediction at the last position) or on a task (target: the
-    logit difference correct - incorrect at the answer positions).
-
-    prompt: text, texts or ids [batch, pos]; task: a :class:`workbench.data.Task`. max_length: keep lengths up to it
-    apart (>= 1; default all). search_length / beam / top: the path search. lesion_draws: random-lesion draws per
-    ``k`` (0: no lesion studies); lesion_step: delete k = step, 2 step, ..., n sublayers. dtype: of the decomposition (float64 by default, see :func:`decompose`).
-    """
-    if (prompt is None) == (task is None):
-        raise PathInputError("give either a prompt or a task (not both)")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
-        raise PathInputError(f"max length must be an integer >= 1, got {max_length!r}")
-    if lesion_draws < 0 or lesion_step < 1:
-        raise PathInputError(f"lesion draws must be >= 0 and the lesion step >= 1, got {lesion_draws}, {lesion_step}")
-    tokens = validate_tokens(model, task.clean_tokens if task is not None else prompt)
-    frozen = freeze(model, tokens)
-    target = LogitTarget.from_task(task) if task is not None else LogitTarget.top_prediction(frozen.clean_logits)
-    dec = decompose(frozen, max_length=max_length, dtype=dtype, progress=progress)
-    fit = fit_length_weights([dec], steps=25, l2=1e-3)
-    stats = dec.length_stats()
-    lengths = _lengths_table(dec, target, fit.weights, stats)
-    if task is not None:  # the task's own metric with the paths up to each length (exact also when non-linear)
-        lengths["cumulative_metric"] = dec.cumulative_metric(task.metric).double().cpu().numpy()
-    direct = direct_attribution(frozen, target)
-    found = top_paths(frozen, target, max_length=min(search_length, frozen.n), beam=beam, top=top, progress=progress)
-    paths_df = pd.DataFrame([{"rank": r + 1, "path": p.label(), "source": p.source, "length": p.length, "score": p.score,
-                              "virtual_heads": ",".join(p.virtual_heads)} for r, p in enumerate(found)])
-    spec = getattr(model, "workbench_spec", None)
-    tok = model.tokenizer
-    target_tokens = [tok.decode([int(t)]) if tok is not None else str(int(t)) for t in target.token_ids[:, 0]]
-    circuit = paths_circuit(found, metadata={"model": spec, "target": target_tokens[0], "n_sublayers": frozen.n})
-    clean_loss = float(lengths["cumulative_loss"].iloc[-1])
-    mid = torch.arange(len(dec.counts), dtype=torch.float64)
-    summary: dict[str, Any] = {
-        "n_sublayers": frozen.n, "n_tokens": int(tokens.numel()), "completeness_error": stats["completeness_error"],
-        "clean_loss": clean_loss, "target": float(target.score_logits(frozen.clean_logits)),
-        "target_token": target_tokens[0] if task is None else None,
-        "target_kind": "logit of the top prediction" if task is None else "logit difference correct - incorrect",
-        "effective_length": float((torch.tensor(lengths["norm_share"].to_numpy()) * mid).sum()),
-        "direct_share": float(lengths["share"].iloc[1]) if len(lengths) > 1 else None,
-        "reweighted_loss": fit.fit_loss, "top_path": found[0].label() if found else None,
-        "max_reconstruction_error": max(frozen.reconstruction_errors()),
-    }
-    result = PathsResult(lengths, direct, paths_df, circuit, summary,
-                         {"prompt": prompt if isinstance(prompt, (str, list)) else None,
-                          "task": getattr(task, "name", None), "max_length": max_length, "search_length": search_length,
-                          "beam": beam, "top": top, "lesion_draws": lesion_draws, "lesion_step": lesion_step,
-                          "seed": seed})
-    if lesion_draws:
-        result.lesion_single = lesion_single(model, tokens, frozen=frozen, progress=progress)
-        ks = sorted(set(range(lesion_step, frozen.n + 1, lesion_step)) | {frozen.n})
-        result.lesion_random = lesion_random(model, tokens, ks=ks, draws=lesion_draws, seed=seed, frozen=frozen,
-                                             progress=progress)
-        curve = lesion_curve(result.lesion_random)
-        summary["worst_single_lesion"] = str(result.lesion_single.loc[result.lesion_single["delta"].idxmax(), "name"])
-        summary["lesion_half_loss"] = float(curve.loc[(curve["k"] - frozen.n // 2).abs().idxmin(), "mean"])
-    return result
+def to_result(res: Any) -> Result:
+    """A :class:`~circuits.paths.ensemble.PathsResult` as a contract :class:`Result`."""
+    s = res.summary
+    out = Result(tables={"lengths": res.lengths, "direct": res.direct, "top_paths": res.top_paths},
+                 graphs={"circuit": res.circuit}, summary=dict(s), objects={"paths": res})
+    if res.lesion_single is not None:
+        out.tables["lesion_single"] = res.lesion_single
+    if res.lesion_random is not None:
+        out.tables["lesion_random"] = res.lesion_random
+    out.lines = [f"{s['n_sublayers']} sublayers; completeness error {s['completeness_error']:.2e}; clean loss "
+                 f"{s['clean_loss']:.3f}; effective length {s['effective_length']:.2f}",
+                 "length  paths  target  loss(<=k)"]
+    out.lines += [f"{r.length:>6} {r.n_paths:>6} {r.target:>8.3f} {r.cumulative_loss:>8.3f}"
+                  for r in res.lengths.itertuples()]
+    out.lines += ["top paths:"] + [f"  {r.score:+.3f}  {r.path}" for r in res.top_paths.head(10).itertuples()]
+    return out
 
 
-def save_paths_run(store: Any, result: PathsResult, model: str | None) -> Any:
-    """Write ``result`` as a run of kind ``paths``; returns its :class:`~workbench.store.RunInfo`."""
-    with store.create("paths", model=model, params=result.params) as run:
-        run.save_table("lengths", result.lengths)
-        run.save_table("direct", result.direct)
-        run.save_table("top_paths", result.top_paths)
-        run.save_json("circuit", result.circuit.to_json())
-        if result.lesion_single is not None:
-            run.save_table("lesion_single", result.lesion_single)
-        if result.lesion_random is not None:
-            run.save_table("lesion_random", result.lesion_random)
-        run.summary.update(result.summary)
-    return run.info
+def _compute(model: Any, cfg: PathsConfig, progress: bool) -> Result:
+    from circuits.paths.ensemble import analyse_paths
+
+    task = None
+    if cfg.task is not None:
+        from workbench.data import make_task
+
+        task = make_task(cfg.task, model.tokenizer, n=cfg.n)
+    res = analyse_paths(model, cfg.prompt, task=task, max_length=cfg.max_length, search_length=cfg.search_length,
+                        beam=cfg.beam, top=cfg.top, lesion_draws=cfg.lesion_draws, lesion_step=cfg.lesion_step,
+                        seed=cfg.seed, progress=progress)
+    return to_result(res)
+
+
+def _figures(run: Any) -> dict[str, Any]:
+    from circuits.paths.figures import (
+        direct_figure,
+        length_profile_figure,
+        lesion_figure,
+        loss_by_length_figure,
+    )
+
+    lengths, names = run.table("lengths"), run.names("table")
+    figs = {"lengths": length_profile_figure(lengths), "loss": loss_by_length_figure(lengths),
+            "direct": direct_figure(run.table("direct"))}
+    if "lesion_single" in names or "lesion_random" in names:
+        figs["lesions"] = lesion_figure(run.table("lesion_single") if "lesion_single" in names else None,
+                                        run.table("lesion_random") if "lesion_random" in names else None)
+    return figs
+
+
+PATHS = Analysis(
+    kind="paths", verb="paths", config=PathsConfig, compute=_compute, figures=_figures,
+    help="split the logits exactly by path length; top paths; lesion curves",
+    demo=PathsConfig(prompt="When Mary and John went to the store, John gave a drink to", lesion_draws=1,
+                     lesion_step=2),
+    demo_model="smollm2-135m")

@@ -1,5 +1,6 @@
-"""One call that measures, fits and stores the training dynamics of a zoo family (or member), or of any model's saved
-checkpoints (:mod:`probes.dynamics_external`), as a ``dynamics`` run.
+"""Fits, predictor scores and summary of per-checkpoint statistics: the computed part of a ``dynamics`` run (stored by
+:data:`probes.dynamics_analysis.DYNAMICS`), for a zoo family or member, or any model's saved checkpoints
+(:mod:`probes.dynamics_external`).
 
 Run kind ``dynamics``, model ``toy/<family or member>`` (or the checkpoint source); tables:
 - ``statistics``: per (member, step, layer): ``massive_ratio``, ``top1``, ``median``, ``mlp_active``;
@@ -23,7 +24,6 @@ from probes.dynamics import (
     resolve_members,
 )
 from probes.dynamics_predict import MIN_MEMBERS, predictor_scores
-from workbench.store import RunInfo, Store
 
 
 def summarise(stats: pd.DataFrame, configs: dict[str, dict], target: str) -> dict[str, Any]:
@@ -77,30 +77,3 @@ def analyse(target: str, n_sequences: int = 10, progress: bool = True) -> dict[s
         check_checkpoints(name)
     stats = pd.concat([member_statistics(n, n_sequences, progress=progress) for n in members], ignore_index=True)
     return summarise(stats, {n: member_config(n) for n in members}, target)
-
-
-def store_dynamics(result: dict[str, Any], store: Store, model: str, n_sequences: int) -> RunInfo:
-    """Store a :func:`summarise` result as a ``dynamics`` run of ``model``."""
-    params = {"target": result["summary"]["target"], "n_sequences": n_sequences, "configs": result["configs"]}
-    with store.create("dynamics", model=model, params=params) as run:
-        run.save_table("statistics", result["statistics"])
-        run.save_table("fits", result["fits"])
-        if result["predictor"] is not None:
-            run.save_table("predictor", result["predictor"])
-        run.summary.update(result["summary"])
-    return run.info
-
-
-def run_dynamics(target: str, store: Store | None = None, n_sequences: int = 10, progress: bool = True) -> RunInfo:
-    """Compute :func:`analyse` for ``target`` and store it as a ``dynamics`` run; returns the run's info."""
-    return store_dynamics(analyse(target, n_sequences, progress), store or Store(), f"toy/{target}", n_sequences)
-
-
-def run_checkpoint_dynamics(source: str, store: Store | None = None, *, name: str | None = None,
-                            n_sequences: int = 10, context: int = 128, progress: bool = True) -> RunInfo:
-    """:func:`probes.dynamics_external.analyse_checkpoints` of ``source`` stored as a ``dynamics`` run of it."""
-    from probes.dynamics_external import analyse_checkpoints
-
-    result = analyse_checkpoints(source, name=name, n_sequences=n_sequences, context=context, progress=progress)
-    return store_dynamics(result, store or Store(), source, n_sequences)
-

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from workbench.cli.common import add_json_arg, emit
+from workbench.ui.output import emit
+
+
+def _json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object last")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -29,7 +34,7 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
     targets = zoo.targets(args.name) if args.name else zoo.names()
     built = {}
     for name in targets:
-        folder = zoo.build(name, progress=not args.json, force=args.force)
+        folder = zoo.build(name, progress=not args.quiet, force=args.force)
         info = zoo.manifest(name)
         built[name] = {"folder": str(folder), "steps": info["steps"], "report": info.get("report", {})}
     text = "\n".join(f"toy/{n}: {v['folder']} ({len(v['steps'])} checkpoints)" for n, v in built.items())
@@ -41,7 +46,8 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
     from workbench import zoo
 
     rows = {n: {"built": zoo.is_built(n), "steps": zoo.checkpoint_steps(n) if zoo.is_built(n) else []} for n in zoo.names()}
-    emit(args, {"zoo": rows, "families": zoo.families()}, "\n".join(f"toy/{n}: {'built' if r['built'] else 'not built'}" for n, r in rows.items()))
+    emit(args, {"zoo": rows, "families": zoo.families()},
+         "\n".join(f"toy/{n}: {'built' if r['built'] else 'not built'}" for n, r in rows.items()))
     return 0
 
 
@@ -60,9 +66,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from workbench.demo import run_demos
+    from workbench.ui.demo import run_demos
 
-    done = run_demos(device=args.device, force=args.force, progress=not args.json)
+    done = run_demos(device=args.device, force=args.force, progress=not args.quiet)
     emit(args, {"demos": done}, "\n".join(f"{d['kind']}: {d['status']} ({d.get('path') or d.get('error', '')})" for d in done))
     return 1 if any(d["status"] == "failed" for d in done) else 0
 
@@ -75,21 +81,46 @@ def app_dir() -> Path:
     return folder
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {text!r}") from exc
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {port}")
+    return port
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and addresses in 127.0.0.0/8 or ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(app_dir() / "Home.py"),
         "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
         "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
     ]
+    if not is_loopback(args.host):
+        print(f"warning: serving on {args.host}, not loopback: anyone who reaches this address can read the run store "
+              "and start analyses from the Home page", file=sys.stderr, flush=True)
     print(f"Serving the dashboard on http://{args.host}:{args.port}", flush=True)
     env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    if args.demos:
+        env["WORKBENCH_BACKGROUND_DEMOS"] = "1"
     return subprocess.call(cmd, env=env)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the core verbs (models, zoo, runs, demo, app) to the ``workbench`` parser."""
     p = sub.add_parser("models", help="list the models available offline (model cards)")
-    add_json_arg(p, None)
+    _json_arg(p)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("zoo", help="the project's own small models")
@@ -97,25 +128,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = zsub.add_parser("build", help="train zoo models (all, a FAMILY or a member NAME), resuming an interrupted build")
     b.add_argument("name", nargs="?", help="family (llama, gpt) or member name, e.g. induction-2l (default: all)")
     b.add_argument("--force", action="store_true", help="retrain from scratch")
-    add_json_arg(b, None)
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    _json_arg(b)
     b.set_defaults(func=cmd_zoo_build)
     b = zsub.add_parser("list", help="list zoo members and whether they are built")
-    add_json_arg(b, None)
+    _json_arg(b)
     b.set_defaults(func=cmd_zoo_list)
 
     p = sub.add_parser("runs", help="list stored runs")
     p.add_argument("--kind", help="only runs of this kind")
     p.add_argument("--model", help="only runs of this model")
-    add_json_arg(p, None)
+    _json_arg(p)
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("demo", help="compute the demo runs of every analysis (skipping stored ones)")
+    p = sub.add_parser("demo", help="compute the demo run of every analysis (skipping stored ones)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--force", action="store_true", help="recompute even if stored")
-    add_json_arg(p, None)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _json_arg(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("app", help="serve the Streamlit dashboard")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; another address warns)")
+    p.add_argument("--port", type=_port, default=8501, help="port 1-65535 (default 8501)")
+    p.add_argument("--demos", action="store_true",
+                   help="compute the missing demo runs in the background while serving (`make app` does)")
     p.set_defaults(func=cmd_app)

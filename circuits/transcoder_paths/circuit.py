@@ -1,6 +1,7 @@
-"""One call from a prompt to a stored transcoder circuit: freeze, search, build the graph, check completeness.
+"""One call from a prompt to a transcoder circuit: freeze, search, build the graph, check completeness.
 
-:func:`tc_circuit` computes (nothing stored); :func:`save_tc_circuit` writes a ``tc-circuit`` run:
+:func:`tc_circuit` computes (nothing stored); :data:`circuits.transcoder_paths.analysis.TC_CIRCUIT` stores it as a
+``tc-circuit`` run:
 
 - ``circuit.json``: the circuit in node-link form (:class:`circuits.graph.Circuit`);
 - ``paths.parquet``: rank, path, value, depth, start, ends_in_embedding (largest |value| first);
@@ -33,9 +34,7 @@ from circuits.transcoder_paths.frozen import FrozenRun, freeze, spliced_logits
 from circuits.transcoder_paths.graph import circuit_from_paths
 from circuits.transcoder_paths.search import paths_table, search_paths
 
-__all__ = ["TcCircuitResult", "make_target", "metric_clean_vs_spliced", "save_tc_circuit", "tc_circuit"]
-
-KIND = "tc-circuit"
+__all__ = ["TcCircuitResult", "make_target", "metric_clean_vs_spliced", "tc_circuit"]
 
 
 @dataclass
@@ -112,13 +111,3 @@ def tc_circuit(
         clean, spliced = metric_clean_vs_spliced(model, task, transcoders)
         summary.update({"metric": task.metric_name, "metric_clean": clean, "metric_spliced": spliced})
     return TcCircuitResult(circuit, table, contributions, summary, run, tgt)
-
-
-def save_tc_circuit(store, result: TcCircuitResult, *, model: str | None, params: dict[str, Any]) -> Any:
-    """Write ``result`` as a ``tc-circuit`` run; returns its RunInfo."""
-    with store.create(KIND, model=model, params=params) as writer:
-        writer.save_json("circuit", result.circuit.to_json())
-        writer.save_table("paths", result.paths)
-        writer.save_table("contributions", result.contributions)
-        writer.summary.update(result.summary)
-    return writer.info

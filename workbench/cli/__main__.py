@@ -1,7 +1,0 @@
-"""``python -m workbench.cli``: the same as the ``workbench`` console script."""
-
-import sys
-
-from workbench.cli import main
-
-sys.exit(main())
