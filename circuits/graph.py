@@ -4,7 +4,8 @@ Node ids:
 
 =================  ==============================================================
 ``emb@3``          token embedding at position 3
-``L2.H5@7``        layer 2, head 5, at position 7 (``L2.H5`` when position-free)
+``L2.H5@7``        layer 2, head 5, at (destination) position 7 (``L2.H5`` when position-free)
+``L2.H5@7:3``      that head at position 7 reading source position 3 only (one node per source token)
 ``mlp4@7``         MLP of layer 4 at position 7 (``mlp4`` when position-free)
 ``tc4.f123@7``     feature 123 of a layer-4 dictionary (``tc`` transcoder; ``sae``, ``stc``, ... also parse)
 ``err:tc4@7``      the error (reconstruction residual) node of that dictionary
@@ -13,8 +14,8 @@ Node ids:
 =================  ==============================================================
 
 Every node carries the attributes ``kind`` (one of :data:`KINDS`), ``layer``, ``head``, ``feature``, ``position``,
-``token``, ``activation`` and ``score`` (None where they do not apply), plus any extra ones given. Every edge carries a
-signed ``weight``.
+``token``, ``activation`` and ``score`` (None where they do not apply), plus any extra ones given; a head node whose id
+names a source position also carries it as ``source_position``. Every edge carries a signed ``weight``.
 """
 
 from __future__ import annotations
@@ -40,20 +41,20 @@ __all__ = ["ATTRS", "KINDS", "Circuit", "parse_node_id"]
 KINDS: tuple[str, ...] = ("emb", "head", "mlp", "feature", "error", "logit", "bias", "other")
 #: the attributes every node has (None where not applicable)
 ATTRS: tuple[str, ...] = ("kind", "layer", "head", "feature", "position", "token", "activation", "score")
-_INT_ATTRS = ("layer", "head", "feature", "position")
+_INT_ATTRS = ("layer", "head", "feature", "position", "source_position")
 _FLOAT_ATTRS = ("activation", "score")
 
 _POS = r"(?:@(?P<position>\d+))?"
 _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("emb", re.compile(r"emb" + _POS)),
-    ("head", re.compile(r"L(?P<layer>\d+)\.H(?P<head>\d+)" + _POS)),
+    ("head", re.compile(r"L(?P<layer>\d+)\.H(?P<head>\d+)(?:@(?P<position>\d+)(?::(?P<source_position>\d+))?)?")),
     ("mlp", re.compile(r"mlp(?P<layer>\d+)" + _POS)),
     ("feature", re.compile(r"(?P<dict>[a-z]+)(?P<layer>\d+)\.f(?P<feature>\d+)" + _POS)),
     ("error", re.compile(r"err:(?P<dict>[a-z]+)(?P<layer>\d+)" + _POS)),
     ("logit", re.compile(r"logit(?::(?P<token>.+?))?" + _POS)),
     ("bias", re.compile(r"bias(?::(?P<label>[^@]+))?" + _POS)),
 ]
-_ID_HELP = "expected emb@P, L<l>.H<h>[@P], mlp<l>[@P], tc<l>.f<i>[@P], err:tc<l>[@P], logit[:<token>][@P] or bias[:<label>]"
+_ID_HELP = "expected emb@P, L<l>.H<h>[@P[:S]], mlp<l>[@P], tc<l>.f<i>[@P], err:tc<l>[@P], logit[:<token>][@P] or bias[:<label>]"
 
 _KIND_COLOURS = {
     "emb": "#7f7f7f",
@@ -69,10 +70,14 @@ _POSITIVE, _NEGATIVE = "#1f77b4", "#d62728"
 
 
 def parse_node_id(node_id: str) -> dict[str, Any]:
-    """Parse a node id into ``{"kind", "layer", "head", "feature", "position", "token"}`` (None where absent).
+    """Parse a node id into ``{"kind", "layer", "head", "feature", "position", "token"}`` (None where absent),
+    plus ``"source_position"`` for a head id that names one (``L2.H5@7:3``: head 5 of layer 2 at position 7, reading
+    position 3); ids without a source give exactly the six keys.
 
     >>> parse_node_id("L2.H5@7")["head"]
     5
+    >>> parse_node_id("L2.H5@7:3")["source_position"]
+    3
 
     Raises ValueError for an id that does not follow the naming scheme.
     """
@@ -131,8 +136,8 @@ class Circuit:
     def add_node(self, node_id: str, *, kind: str | None = None, **attrs: Any) -> str:
         """Add (or update) a node; returns its id.
 
-        Attributes not given are parsed from the id (kind, layer, head, feature, position, and the token of
-        ``logit:<token>``). With an explicit ``kind`` the id may be free-form (e.g. ``"resid3@2"``, kind="other").
+        Attributes not given are parsed from the id (kind, layer, head, feature, position, a head's
+        ``source_position``, and the token of ``logit:<token>``). With an explicit ``kind`` the id may be free-form (e.g. ``"resid3@2"``, kind="other").
         """
         try:
             parsed = parse_node_id(node_id)
@@ -146,6 +151,8 @@ class Circuit:
         existing = dict(self.graph.nodes[node_id]) if node_id in self.graph else {}
         data: dict[str, Any] = {key: existing.get(key, parsed.get(key)) for key in ATTRS}
         data.update({k: v for k, v in existing.items() if k not in data})
+        if parsed.get("source_position") is not None:
+            data.setdefault("source_position", parsed["source_position"])
         data["kind"] = kind
         for key, value in attrs.items():
             data[key] = value

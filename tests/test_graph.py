@@ -67,6 +67,36 @@ def test_parse_node_id_errors(bad):
         parse_node_id(bad)
 
 
+
+def test_head_ids_with_a_source_position(tmp_path):
+    """``L<l>.H<h>@<t>:<s>``: a head at destination t reading source s; the source is part of the id (so two sources
+    are two nodes) and a node attribute; every id without a source parses as before."""
+    got = parse_node_id("L2.H5@7:3")
+    assert (got["kind"], got["layer"], got["head"], got["position"], got["source_position"]) == ("head", 2, 5, 7, 3)
+    assert set(got) == {"kind", "layer", "head", "feature", "position", "token", "source_position"}
+    assert parse_node_id("L12.H15@120:0")["source_position"] == 0
+    for old in ("L2.H5@7", "L2.H5", "emb@3", "mlp4@7", "tc4.f123@7", "err:tc4@7", "logit:x@5", "bias:L3.attn"):
+        assert "source_position" not in parse_node_id(old), old
+    for bad in ("L2.H5:3", "L2.H5@7:", "L2.H5@7:x", "L2.H5@:3", "emb@3:1", "mlp4@7:2", "L2.H5@7:3:1"):
+        with pytest.raises(ValueError, match="node id"):
+            parse_node_id(bad)
+    c = Circuit()
+    c.add_edge("emb@3", "L0.H1@7:3", 0.5)
+    c.add_edge("emb@5", "L0.H1@7:5", -0.25)
+    c.add_edge("L0.H1@7:3", "logit", 0.5)
+    c.add_edge("L0.H1@7:5", "logit", -0.25)
+    assert len(c) == 5 and c.heads() == [(0, 1)]
+    for s in (3, 5):
+        d = c.graph.nodes[f"L0.H1@7:{s}"]
+        assert (d["kind"], d["layer"], d["head"], d["position"], d["source_position"]) == ("head", 0, 1, 7, s)
+    assert "source_position" not in c.graph.nodes["emb@3"]
+    assert Circuit.from_json(json.loads(json.dumps(c.to_json()))) == c
+    c.to_graphml(tmp_path / "c.graphml")
+    assert nx.read_graphml(tmp_path / "c.graphml").nodes["L0.H1@7:5"]["source_position"] == 5
+    nodes, _ = c.to_frames()
+    assert nodes.set_index("id").loc["L0.H1@7:3", "source_position"] == 3
+    c.figure()  # two heads in one cell are drawn side by side
+
 def test_add_node_attributes_and_free_ids():
     c = Circuit()
     c.add_node("L2.H5@7", score=np.float64(0.5), token=" the")

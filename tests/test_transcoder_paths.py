@@ -24,6 +24,7 @@ from circuits.transcoder_paths.contributions import (
     state_value,
 )
 from circuits.transcoder_paths.frozen import TranscoderSetError, freeze, spliced_logits
+from circuits.transcoder_paths.graph import circuit_from_paths
 from circuits.transcoder_paths.search import search_paths
 
 REL = 1e-4
@@ -219,6 +220,74 @@ def test_circuit_in_edges_sum_to_the_target(model, tmp_path):
     res = tc_circuit(model, torch.tensor(PROMPT), _transcoders(model), "tc1.f3@5", num_branches=4, max_depth=2)
     assert res.summary["target"] == "tc1.f3@5" and res.summary["completeness_rel_error"] < REL
     assert _rel(sum(w for _, _, w in res.circuit.graph.in_edges("tc1.f3@5", data="weight")), res.target.value) < REL
+
+
+
+def test_a_layer_0_head_and_the_embedding_it_reads_take_one_beam_slot(model):
+    """A layer-0 head passes on a state read before layer 0, where the residual is the embedding alone: its one
+    continuation, emb@s, repeats its value. The search keeps that path once (head and embedding together, ending
+    there), so no kept path ends at a layer-0 head and no kept path repeats the value of a kept parent. A layer-0
+    feature's pre-activation reads only the embedding and layer-0 heads, so its search must go through them."""
+    run = freeze(model, torch.tensor(PROMPT), _transcoders(model))
+    through_l0 = 0
+    for target in (feature_target(run, 0, 2, 5), logit_target(run, 5, 9), feature_target(run, 1, 7, -1)):
+        root, paths = search_paths(run, target, num_branches=10, max_depth=3)
+        for path in paths:
+            for i, step in enumerate(path.steps):
+                node = parse_node_id(step.node)
+                if node["kind"] != "head" or node["layer"] != 0:
+                    continue
+                through_l0 += 1
+                assert i == len(path.steps) - 2 and path.state is None, path.describe()
+                emb = path.steps[-1]
+                assert emb.node == f"emb@{step.source}" and emb.value == step.value
+                # the identity behind it, from the embedding itself: the state the head passes on reads embed[s]
+                prefix = [s.node for s in path.steps[:i]]  # the kept path the head extended
+                owner = root if i == 1 else next(p for p in paths if [s.node for s in p.steps] == prefix)
+                head_in = head_state(run, owner.state, 0, node["head"], step.source)
+                assert head_in.stage == 0 and head_in.constant == 0.0
+                assert _rel(float(head_in.vector @ run.embed[step.source]), step.value) < 1e-5
+        by_steps = {tuple(s.node for s in p.steps): p for p in paths}
+        for path in paths:
+            parent = by_steps.get(tuple(s.node for s in path.steps[:-1]))
+            if parent is not None:
+                assert _rel(path.value, parent.value) > 1e-9, f"{path.describe()} repeats {parent.describe()}"
+        # every kept path is a distinct chain of nodes; the beam keeps num_branches of them at the first step
+        assert len(by_steps) == len(paths) and len(root.children) == 10
+    assert through_l0 >= 5, "too few paths through a layer-0 head for the checks above"
+
+
+def test_head_nodes_are_keyed_by_source_position(model):
+    """Paths through one head at one destination from different source tokens meet at different nodes
+    ``L{l}.H{h}@{t}:{s}``, each scored with its own source's contribution (the contribution table's row). The
+    layer-0 feature's pre-activation reads only the embedding and layer-0 heads: 24 branches keep several sources
+    of one head."""
+    run = freeze(model, torch.tensor(PROMPT), _transcoders(model))
+    seen: dict[tuple[int, int], set[int]] = {}
+    for target in (feature_target(run, 0, 2, 5), logit_target(run, 5, 9)):
+        root, _ = search_paths(run, target, num_branches=24, max_depth=1)
+        circuit = circuit_from_paths(run, target, root)
+        heads = head_contributions(run, target.state)
+        t = target.state.position
+        rows = direct_contributions(run, target.state)
+        head_rows = rows[rows["kind"] == "head"]
+        assert head_rows["node"].is_unique
+        for node, data in circuit.graph.nodes(data=True):
+            if data["kind"] != "head":
+                continue
+            parsed = parse_node_id(node)
+            layer, head, source = parsed["layer"], parsed["head"], parsed["source_position"]
+            assert node == f"L{layer}.H{head}@{t}:{source}" and data["source_position"] == source
+            assert data["position"] == t
+            assert data["score"] == pytest.approx(float(heads[layer, head, source]), rel=1e-9)
+            assert node in set(head_rows["node"])
+            seen.setdefault((layer, head, t), set()).add(source)
+            if layer == 0:  # reads the embedding alone: its one in-edge carries its whole value
+                into = list(circuit.graph.in_edges(node, data="weight"))
+                assert into == [(f"emb@{source}", node, pytest.approx(data["score"], rel=1e-12))]
+        into_target = sum(w for _, _, w in circuit.graph.in_edges(target.node, data="weight"))
+        assert _rel(into_target, target.value) < REL
+    assert any(len(sources) > 1 for sources in seen.values()), seen
 
 
 def test_bad_targets_are_refused(tiny_llama):

@@ -200,7 +200,7 @@ def _row(node: str, kind: str, value: float, **extra) -> dict:
 
 def direct_contributions(run: FrozenRun, state: State, *, min_abs: float = 0.0) -> pd.DataFrame:
     """Every direct contribution into ``state``, one row each: columns node, kind (emb, feature, error, mlp, head,
-    skip, bias), layer, head, feature, source (head rows: source position), value. The values sum to
+    skip, bias), layer, head, feature, source (head rows: source position; their node ``L{l}.H{h}@{t}:{s}``), value. The values sum to
     :func:`state_value` (the completeness identity); ``min_abs`` drops head and feature rows smaller than it."""
     t = state.position
     w = state.vector
@@ -215,7 +215,7 @@ def direct_contributions(run: FrozenRun, state: State, *, min_abs: float = 0.0) 
                 for s in range(t + 1):
                     value = float(heads[layer, h, s])
                     if abs(value) >= min_abs:
-                        rows.append(_row(f"L{layer}.H{h}@{t}", "head", value, layer=layer, head=h, source=s))
+                        rows.append(_row(f"L{layer}.H{h}@{t}:{s}", "head", value, layer=layer, head=h, source=s))
                 rows.append(_row(f"bias:b_V{layer}.H{h}@{t}", "bias", a_sum[h] * (b_v[h] @ o[h]), layer=layer, head=h))
             rows.append(_row(f"bias:b_O{layer}@{t}", "bias", run.b_O[layer] @ w, layer=layer))
         if 2 * layer + 2 <= state.stage:
