@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.atomic import STALE_TMP_S, TMP_PREFIX, atomic_dir, is_stale_tmp, remove_tmp, write_json
 from workbench.paths import runs_dir
-from workbench.store_checks import escapes, parquet_problem, safetensors_problem, too_deep
+from workbench.store_checks import escapes, parquet_problem, real_path, safetensors_problem, too_deep
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -165,7 +165,8 @@ class RunInfo:
     """What the store knows about one run folder, without loading its artifacts.
 
     ``status`` is ``"ok"`` or ``"corrupt"``; a corrupt run carries an ``error`` message and whatever of its
-    manifest could be read (``manifest`` is None when the manifest itself is missing or invalid).
+    manifest could be read (``manifest`` is None when the manifest itself is missing or invalid). A kind folder
+    that links outside the store is one corrupt entry with ``run_id`` :data:`WHOLE_KIND` (``"*"``).
     """
 
     kind: str
@@ -185,22 +186,25 @@ class RunInfo:
         return self.status == "ok"
 
 
-def _read_info(kind: str, run_dir: Path, root: Path) -> RunInfo:
+def _read_info(kind: str, run_dir: Path, root: Path, *, root_real: Path | None = None,
+               kind_real: Path | None = None) -> RunInfo:
     """Inspect one run folder of the store at ``root`` (cheap checks only, see the module docstring); never raises
-    for a broken run (it comes back with status "corrupt")."""
+    for a broken run (it comes back with status "corrupt"). ``root_real`` and ``kind_real`` are the real paths of
+    the store and of the kind folder, when the caller has them."""
     info = RunInfo(kind=kind, run_id=run_dir.name, path=run_dir)
     try:
-        real = escapes(run_dir, root)
-        if real is not None:
-            raise CorruptRunError(f"{run_dir}: links outside the store (to {real}); refused")
-        manifest = _read_manifest(run_dir, root)
+        root_real = root.resolve() if root_real is None else root_real
+        run_real = real_path(run_dir, run_dir.parent.resolve() if kind_real is None else kind_real)
+        if not run_real.is_relative_to(root_real):
+            raise CorruptRunError(f"{run_dir}: links outside the store (to {run_real}); refused")
+        manifest = _read_manifest(run_dir, root_real, run_real)
         info.manifest = manifest
         info.created = manifest.get("created") if isinstance(manifest.get("created"), str) else None
         info.model = manifest.get("model") if isinstance(manifest.get("model"), str) else None
         info.summary = manifest.get("summary") if isinstance(manifest.get("summary"), dict) else {}
         seconds = manifest.get("seconds")
         info.seconds = float(seconds) if isinstance(seconds, (int, float)) else None
-        _check_manifest(manifest, kind, run_dir, root)
+        _check_manifest(manifest, kind, run_dir, root_real, run_real)
     except CorruptRunError as exc:
         info.status = "corrupt"
         info.error = str(exc)
@@ -218,11 +222,11 @@ def _corrupt(kind: str, path: Path, exc: BaseException) -> RunInfo:
                    error=f"{path}: cannot read: {type(exc).__name__}: {str(exc)[:300]}")
 
 
-def _read_manifest(run_dir: Path, root: Path) -> dict:
+def _read_manifest(run_dir: Path, root_real: Path, run_real: Path) -> dict:
     path = run_dir / MANIFEST
     if not path.is_file():
         raise CorruptRunError(f"{path}: missing manifest")
-    real = escapes(path, root)
+    real = escapes(path, root_real, root_real=root_real, parent_real=run_real)
     if real is not None:
         raise CorruptRunError(f"{path}: manifest links outside the store (to {real}); refused")
     size = path.stat().st_size
@@ -241,7 +245,7 @@ def _read_manifest(run_dir: Path, root: Path) -> dict:
     return manifest
 
 
-def _check_manifest(manifest: dict, kind: str, run_dir: Path, root: Path) -> None:
+def _check_manifest(manifest: dict, kind: str, run_dir: Path, root_real: Path, run_real: Path) -> None:
     """Raise CorruptRunError unless the manifest is consistent with its folder and names existing files."""
     path = run_dir / MANIFEST
     if manifest.get("kind") != kind or manifest.get("run_id") != run_dir.name:
@@ -253,15 +257,15 @@ def _check_manifest(manifest: dict, kind: str, run_dir: Path, root: Path) -> Non
     if not isinstance(artifacts, list):
         raise CorruptRunError(f"{path}: 'artifacts' is not a list")
     for entry in artifacts:
-        _check_artifact(run_dir / _artifact_file(entry, path), entry, root)
+        _check_artifact(run_dir / _artifact_file(entry, path), entry, root_real, run_real)
 
 
-def _check_artifact(file: Path, entry: dict, root: Path) -> None:
+def _check_artifact(file: Path, entry: dict, root_real: Path, run_real: Path) -> None:
     """Raise CorruptRunError unless ``file`` is present, inside the store, of its recorded size and well-formed
     as far as its header and footer tell."""
     if not file.is_file():
         raise CorruptRunError(f"{file}: artifact listed in the manifest is missing")
-    real = escapes(file, root)
+    real = escapes(file, root_real, root_real=root_real, parent_real=run_real)
     if real is not None:
         raise CorruptRunError(f"{file}: artifact links outside the store (to {real}); refused")
     size = file.stat().st_size
@@ -634,14 +638,17 @@ class Store:
     def _kind_infos(self, kind: str) -> list[RunInfo]:
         """The runs of one kind folder, each read on its own (a fault in one never hides the others)."""
         folder = self.root / kind
-        real = escapes(folder, self.root) if folder.is_dir() else None
-        if real is not None:
-            return [RunInfo(kind=kind, run_id=WHOLE_KIND, path=folder, status="corrupt",
-                            error=f"{folder}: kind folder links outside the store (to {real}); its runs are not read")]
+        if not folder.is_dir():
+            return []
+        root_real = self.root.resolve()
+        kind_real = folder.resolve()
+        if not kind_real.is_relative_to(root_real):
+            return [RunInfo(kind=kind, run_id=WHOLE_KIND, path=folder, status="corrupt", error=(
+                f"{folder}: kind folder links outside the store (to {kind_real}); its runs are not read"))]
         infos = []
         for run_dir in self._run_dirs(kind):
             try:
-                infos.append(_read_info(kind, run_dir, self.root))
+                infos.append(_read_info(kind, run_dir, self.root, root_real=root_real, kind_real=kind_real))
             except Exception as exc:  # _read_info already catches; this guards what it cannot
                 infos.append(_corrupt(kind, run_dir, exc))
         return infos
@@ -713,7 +720,7 @@ class Store:
         validate_name(kind, "kind")
         validate_name(run_id, "run_id")
         run_dir = self.root / kind / run_id
-        if not run_dir.is_dir():
+        if not (run_dir.is_dir() or run_dir.is_symlink()):  # a dangling link is a corrupt run, not an absent one
             have = sorted(p.name for p in self._run_dirs(kind))
             listing = ", ".join(have[-10:]) if have else "none"
             more = f" (latest 10 of {len(have)})" if len(have) > 10 else ""

@@ -29,10 +29,21 @@ MAX_HEADER = 100_000_000
 PARQUET_MAGIC = b"PAR1"
 
 
-def escapes(path: Path, root: Path) -> Path | None:
-    """Where ``path`` really is when that is outside ``root`` (following every link), else None."""
-    real = path.resolve()
-    return None if real.is_relative_to(root.resolve()) else real
+def real_path(path: Path, parent_real: Path | None = None) -> Path:
+    """Where ``path`` really is, following every link. With ``parent_real`` (the real path of ``path.parent``)
+    only a ``path`` that is itself a link is resolved (one ``lstat`` instead of a walk of every component)."""
+    if parent_real is not None and not path.is_symlink():
+        return parent_real / path.name
+    return path.resolve()
+
+
+def escapes(path: Path, root: Path, *, root_real: Path | None = None, parent_real: Path | None = None) -> Path | None:
+    """Where ``path`` really is when that is outside ``root`` (following every link), else None.
+
+    ``root_real`` (``root`` resolved) and ``parent_real`` (see :func:`real_path`) save resolving them again.
+    """
+    real = real_path(path, parent_real)
+    return None if real.is_relative_to(root_real if root_real is not None else root.resolve()) else real
 
 
 def too_deep(obj: Any, limit: int) -> bool:
