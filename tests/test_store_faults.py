@@ -247,16 +247,20 @@ def test_run_folder_linked_outside_is_refused_and_deleting_it_removes_only_the_l
     link = store.root / "massive" / "linked"
     link.symlink_to(outside, target_is_directory=True)
     (store.root / "massive" / "dangling").symlink_to(tmp_path / "nowhere", target_is_directory=True)
+    (store.root / "massive" / "loop-a").symlink_to(store.root / "massive" / "loop-b")
+    (store.root / "massive" / "loop-b").symlink_to(store.root / "massive" / "loop-a")
     infos = _by_id(store)
     assert infos["good"].ok
     assert infos["linked"].status == "corrupt" and "links outside the store" in infos["linked"].error
     assert infos["dangling"].status == "corrupt"
+    assert infos["loop-a"].status == "corrupt" and "loop" in infos["loop-a"].error
     with pytest.raises(CorruptRunError, match="outside the store"):
         store.load("massive", "linked")
     with pytest.raises(CorruptRunError, match="dangling: links outside the store"):
         store.load("massive", "dangling")
     store.delete("massive", "linked")
-    store.delete("massive", "dangling")
+    for name in ("dangling", "loop-a", "loop-b"):
+        store.delete("massive", name)
     assert not link.is_symlink() and (outside / "manifest.json").is_file()
     assert [i.run_id for i in store.list()] == ["good"]
 
@@ -370,3 +374,21 @@ def test_reused_pid_counts_as_gone(tmp_path):
     assert tmp_state(folder) == "gone"
     with atomic_dir(tmp_path / "y") as tmp:  # unmarked by default (other users list the folder's files)
         assert not (tmp / WRITER_MARKER).exists()
+
+
+def test_subpath_refuses_paths_and_links_out_of_the_run(store, tmp_path):
+    with store.create("dictionary", run_id="r") as w:
+        (w.path / "dictionaries" / "0").mkdir(parents=True)
+        (w.path / "dictionaries" / "0" / "cfg.json").write_text("{}")
+        w.save_json("dictionaries", [{"folder": "dictionaries/0"}])
+    run = store.load("dictionary", "r")
+    assert run.subpath("dictionaries/0") == run.path / "dictionaries" / "0"
+    for bad in ("../../x", "/etc", ""):
+        with pytest.raises(CorruptRunError):
+            run.subpath(bad)
+    victim = tmp_path / "victim.json"
+    victim.write_text("{}")
+    (run.path / "dictionaries" / "0" / "cfg.json").unlink()
+    (run.path / "dictionaries" / "0" / "cfg.json").symlink_to(victim)
+    with pytest.raises(CorruptRunError, match="cfg.json: links out of the run"):
+        run.subpath("dictionaries/0")

@@ -570,6 +570,26 @@ class Run:
         except (OSError, ValueError, UnicodeDecodeError, MemoryError) as exc:
             raise CorruptRunError(f"{file}: cannot read JSON: {exc}") from exc
 
+    def subpath(self, relative: str) -> Path:
+        """``path / relative``: a file or folder a writer put inside the run besides its artifacts (e.g. a
+        dictionary folder). CorruptRunError when it, or any link beneath it, leads out of the run folder."""
+        if not isinstance(relative, str) or not relative:
+            raise CorruptRunError(f"run {self.kind}/{self.run_id}: {relative!r} is not a relative path")
+        run_real = self.path.resolve()
+        target = self.path / relative
+        real = target.resolve()
+        if not real.is_relative_to(run_real):
+            raise CorruptRunError(f"run {self.kind}/{self.run_id}: {relative!r} leads out of the run folder (to {real})")
+        if real.is_dir():
+            for folder, dirs, files in os.walk(real):
+                for name in (*dirs, *files):
+                    entry = Path(folder) / name
+                    if entry.is_symlink() and not entry.resolve().is_relative_to(run_real):
+                        raise CorruptRunError(
+                            f"{entry}: links out of the run {self.kind}/{self.run_id} (to {entry.resolve()}); refused"
+                        )
+        return target
+
     def verify(self) -> None:
         """Read every artifact in full; CorruptRunError naming the first one that is damaged."""
         readers = {"tensors": self.tensors, "table": self.table, "json": self.json}
@@ -640,13 +660,18 @@ class Store:
         folder = self.root / kind
         if not folder.is_dir():
             return []
-        root_real = self.root.resolve()
-        kind_real = folder.resolve()
-        if not kind_real.is_relative_to(root_real):
-            return [RunInfo(kind=kind, run_id=WHOLE_KIND, path=folder, status="corrupt", error=(
-                f"{folder}: kind folder links outside the store (to {kind_real}); its runs are not read"))]
+        try:
+            root_real = self.root.resolve()
+            kind_real = folder.resolve()
+            if not kind_real.is_relative_to(root_real):
+                raise CorruptRunError(f"{folder}: kind folder links outside the store (to {kind_real}); "
+                                      "its runs are not read")
+            run_dirs = self._run_dirs(kind)
+        except Exception as exc:  # an unreadable kind folder is one corrupt entry; the other kinds still list
+            error = str(exc) if isinstance(exc, CorruptRunError) else f"{folder}: cannot list: {exc}"
+            return [RunInfo(kind=kind, run_id=WHOLE_KIND, path=folder, status="corrupt", error=error)]
         infos = []
-        for run_dir in self._run_dirs(kind):
+        for run_dir in run_dirs:
             try:
                 infos.append(_read_info(kind, run_dir, self.root, root_real=root_real, kind_real=kind_real))
             except Exception as exc:  # _read_info already catches; this guards what it cannot
@@ -657,7 +682,7 @@ class Store:
         """Runs (ok and corrupt), newest first, optionally only of one kind and/or one model.
 
         Temporary folders of runs being written (or left by a killed writer) are not listed. A kind folder that
-        links outside the store is one corrupt entry, with run id :data:`WHOLE_KIND`.
+        links outside the store, or cannot be listed, is one corrupt entry, with run id :data:`WHOLE_KIND`.
         """
         if not self._cleaned:
             self._cleaned = True
