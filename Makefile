@@ -17,8 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 app: $(STAMP)
-	$(VENV)/bin/workbench demo || echo "Some demo runs failed (listed above); serving what is stored."
-	$(VENV)/bin/workbench app --host $(HOST) --port $(PORT)
+	$(VENV)/bin/workbench app --demos --host $(HOST) --port $(PORT)
 
 demo: $(STAMP)
 	$(VENV)/bin/workbench demo

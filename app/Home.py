@@ -158,6 +158,38 @@ def _launch_section() -> None:
     st.json(result, expanded=False)
 
 
+def _writer_alive(pid: Any) -> bool:
+    import os
+
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+@st.fragment(run_every=5)
+def _demos_section() -> None:
+    """Progress of the demo pass that ``make app`` starts in the background, refreshed every few seconds."""
+    from workbench.ui.demo import read_status
+
+    status = read_status()
+    if not status or status.get("finished"):
+        return
+    total, done = int(status.get("total") or 0), status.get("done") or []
+    current = status.get("current")
+    if not _writer_alive(status.get("pid")):
+        st.warning(f"The demo pass stopped after {len(done)} of {total} demos; run `workbench demo` to finish it.")
+        return
+    st.header("Demo runs")
+    what = f"computing {current['kind']} on {current['model'] or '-'}" if current else "checking the store"
+    st.progress(len(done) / max(total, 1), text=f"{len(done)} of {total} demos ready; {what}")
+    failed = [d for d in done if d.get("status") == "failed"]
+    for d in failed:
+        st.error(f"demo {d['kind']} ({d.get('model')}) failed: {d.get('error')}")
+    st.caption("Each demo's run appears in the table above and on its page as soon as it is stored.")
+
+
 def _models_section() -> None:
     st.header("Models")
     try:
@@ -176,6 +208,7 @@ def main() -> None:
     """Draw the page."""
     st.set_page_config(page_title=TITLE, layout="wide")
     st.title(TITLE)
+    _demos_section()
     _runs_section()
     _launch_section()
     _models_section()

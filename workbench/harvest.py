@@ -145,3 +145,4 @@ def harvest(
     if n_batches == 0:
         raise ValueError("harvest received no batch (empty corpus or split?)")
     return HarvestStats(batches=n_batches, tokens=n_tokens, seconds=time.perf_counter() - t0)
+

@@ -157,7 +157,7 @@ def run_dictionaries(run: Any) -> dict[str, Any]:
     """The dictionaries of a stored ``dictionary`` run, by label."""
     from circuits.dictionaries.saelens_io import load_dictionary
 
-    return {e["label"]: load_dictionary(run.path / e["folder"]) for e in run.json("dictionaries")}
+    return {e["label"]: load_dictionary(run.subpath(e["folder"])) for e in run.json("dictionaries")}
 
 
 def _train(model: Any, cfg: TrainDictionaryConfig, progress: bool) -> Result:

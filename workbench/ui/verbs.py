@@ -66,9 +66,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from workbench.ui.demo import run_demos
+    from workbench.ui.demo import run_demos, status_path
 
-    done = run_demos(device=args.device, force=args.force, progress=not args.quiet)
+    done = run_demos(device=args.device, force=args.force, progress=not args.quiet, status=status_path())
     emit(args, {"demos": done}, "\n".join(f"{d['kind']}: {d['status']} ({d.get('path') or d.get('error', '')})" for d in done))
     return 1 if any(d["status"] == "failed" for d in done) else 0
 
@@ -112,9 +112,21 @@ def cmd_app(args: argparse.Namespace) -> int:
               "and start analyses from the Home page", file=sys.stderr, flush=True)
     print(f"Serving the dashboard on http://{args.host}:{args.port}", flush=True)
     env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    if args.demos:
-        env["WORKBENCH_BACKGROUND_DEMOS"] = "1"
-    return subprocess.call(cmd, env=env)
+    demos = None
+    if args.demos:  # serve first; the demos land in the store while the page is up (the Home page shows them)
+        from workbench.ui.demo import status_path
+
+        log = status_path().with_suffix(".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") as out:
+            demos = subprocess.Popen([sys.executable, "-m", "workbench.ui.cli", "demo", "--json"], stdout=out,
+                                     stderr=subprocess.STDOUT, env=env)
+        print(f"Computing the missing demo runs in the background (log: {log})", flush=True)
+    try:
+        return subprocess.call(cmd, env=env)
+    finally:
+        if demos is not None and demos.poll() is None:
+            demos.terminate()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
