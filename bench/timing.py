@@ -182,17 +182,18 @@ def compare(modes: Mapping[str, Callable[[], Any]], rounds: int = 5, warmup: int
 def table(comparison: Comparison, baseline: str, *, work: float | None = None, unit: str = "tokens/s") -> str:
     """A text table: each mode's best and median seconds, its median paired ratio to ``baseline`` and, given the
     ``work`` one call does (tokens, say), its rate from the median round."""
-    head = f"{'mode':<34} {'best s':>9} {'median s':>9} {'x ' + baseline[:12]:>15}"
+    head = f"{'mode':<34} {'best s':>9} {'median s':>9} {'cost ratio':>11}"
     if work is not None:
         head += f" {unit:>12}"
     lines = [head]
     for label, t in comparison.timings.items():
-        line = f"{label:<34} {t.best:>9.3f} {t.median:>9.3f} {comparison.ratio(label, baseline):>15.3f}"
+        line = f"{label:<34} {t.best:>9.3f} {t.median:>9.3f} {comparison.ratio(label, baseline):>11.3f}"
         if work is not None:
             line += f" {work / t.median:>12.0f}"
         lines.append(line)
-    lines.append(f"({comparison.rounds} rounds after {comparison.warmup} warm-up; ratio = median of per-round cost "
-                 f"ratios) {comparison.load.describe()}")
+    lines.append(f"({comparison.rounds} rounds after {comparison.warmup} warm-up; cost ratio = seconds / seconds of "
+                 f"{baseline!r} in the same round, median over rounds)")
+    lines.append(comparison.load.describe())
     return "\n".join(lines)
 
 
