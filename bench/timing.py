@@ -93,6 +93,15 @@ class LoadWatch:
 
 
 @dataclass(frozen=True)
+class Timed:
+    """What a mode returns to report the seconds of its own measured part instead of its whole call's (a step
+    loop timed inside a child process, say); ``result`` stands for the mode's result."""
+
+    seconds: float
+    result: Any = None
+
+
+@dataclass(frozen=True)
 class ModeTiming:
     """Seconds of one mode in every measured round (warm-up excluded), in round order."""
 
@@ -152,7 +161,7 @@ def compare(modes: Mapping[str, Callable[[], Any]], rounds: int = 5, warmup: int
     """Time ``modes`` (label -> zero-argument callable) interleaved in one process.
 
     Each mode runs ``warmup`` times untimed, then once per round for ``rounds`` rounds; round ``r`` starts at the
-    ``r``-th mode (rotated order). ``load`` collects load samples (one is taken after each round; pass one watch to
+    ``r``-th mode (rotated order). A mode returning :class:`Timed` reports its own seconds. ``load`` collects load samples (one is taken after each round; pass one watch to
     several comparisons to flag the whole benchmark). Returns each mode's seconds per round and its last result.
     """
     if not modes:
@@ -172,8 +181,12 @@ def compare(modes: Mapping[str, Callable[[], Any]], rounds: int = 5, warmup: int
         order = labels[r % len(labels):] + labels[: r % len(labels)]
         for label in order:
             t0 = clock()
-            results[label] = modes[label]()
-            seconds[label].append(clock() - t0)
+            out = modes[label]()
+            elapsed = clock() - t0
+            if isinstance(out, Timed):
+                elapsed, out = out.seconds, out.result
+            results[label] = out
+            seconds[label].append(elapsed)
         watch.sample()
     timings = {label: ModeTiming(label, tuple(seconds[label])) for label in labels}
     return Comparison(timings, results, rounds, warmup, watch)

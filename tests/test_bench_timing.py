@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is a folder of scripts, not a package
 
 from bench.memory import PeakMemory  # noqa: E402
-from bench.timing import LoadWatch, compare, emit, strict  # noqa: E402
+from bench.timing import LoadWatch, Timed, compare, emit, strict  # noqa: E402
 
 
 def test_sleeps_of_known_ratio_are_recovered_within_ten_percent():
@@ -60,6 +60,13 @@ def test_warmup_is_untimed_and_rounds_rotate_the_order():
     assert calls == ["a", "b", "a", "b", "a", "b", "b", "a", "a", "b"]  # 2 warm-ups, then rounds rotated
     assert out["a"].seconds == (1.0, 1.0, 1.0) and out["b"].seconds == (4.0, 4.0, 4.0)
     assert out.ratio("b", "a") == 4.0 and out.results == {"a": "a", "b": "b"}
+
+
+def test_a_mode_may_report_its_own_seconds():
+    out = compare({"outer": lambda: Timed(2.5, "inner result"), "plain": lambda: None}, rounds=2, warmup=0,
+                  load=LoadWatch(lambda: 0.0, cores=1))
+    assert out["outer"].seconds == (2.5, 2.5) and out.results["outer"] == "inner result"
+    assert out["plain"].best < 0.1
 
 
 def test_load_rising_above_the_core_count_is_flagged_in_the_table_and_json():
