@@ -162,7 +162,8 @@ def compare(modes: Mapping[str, Callable[[], Any]], rounds: int = 5, warmup: int
 
     Each mode runs ``warmup`` times untimed, then once per round for ``rounds`` rounds; round ``r`` starts at the
     ``r``-th mode (rotated order). A mode returning :class:`Timed` reports its own seconds. ``load`` collects load samples (one is taken after each round; pass one watch to
-    several comparisons to flag the whole benchmark). Returns each mode's seconds per round and its last result.
+    several comparisons to flag the whole benchmark). ``clock``: wall time by default; ``time.thread_time`` counts
+the CPU time of single-threaded work, unaffected by other processes. Returns each mode's seconds per round and its last result.
     """
     if not modes:
         raise ValueError("compare needs at least one mode")
