@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help=f"default smollm2-135m ({QUICK_MODEL} with --quick)")
     parser.add_argument("--budgets", type=int, nargs="+", default=None, help="default 16384 131072 (4096 quick)")
     parser.add_argument("--throughput-tokens", type=int, default=None, help="default 8192 (2048 quick)")
-    parser.add_argument("--rounds", type=int, default=None, help="default 5 (3 quick)")
+    parser.add_argument("--rounds", "--repeats", type=int, default=None, help="default 5 (3 quick)")
     parser.add_argument("--quick", action="store_true", help="smallest settings: a toy model, few tokens and rounds")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-mode", choices=["harvest", "bare"], default="harvest", help=argparse.SUPPRESS)

@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="default 5 (3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smallest settings: a 16-token prompt, 3 rounds")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     args = parser.parse_args()
     n_tokens = args.tokens or (16 if args.quick else 64)
     rounds = args.rounds or (3 if args.quick else 5)
