@@ -1,7 +1,9 @@
 """Benchmark: dictionary training throughput of our trainer against a plain PyTorch loop, SAELens and sparsify.
 
-Run: ``.venv/bin/python bench/dictionaries.py [--source smollm2|random] [--tokens 65536] [--steps 16] [--rounds 2]
-[--threads 2] [--saelens-python /tmp/venv-saelens/bin/python] [--sparsify-python /tmp/venv-sparsify/bin/python]``.
+Run: ``.venv/bin/python bench/dictionaries.py [--source smollm2|random] [--tokens 65536] [--steps 16] [--rounds 3]
+[--threads 2] [--saelens-python /tmp/venv-saelens/bin/python] [--sparsify-python /tmp/venv-sparsify/bin/python]
+[--quick]``. Prints a table, then one JSON object as its last line. ``--quick``: random activations, 8,192 rows,
+3 steps, 3 rounds.
 
 Activations: SmolLM2's ``blocks.3.ln2.hook_normalized`` harvested once (or random ones of the same width); every
 row trains an SAE on exactly these rows, in the same order (consecutive slices of ``--batch`` rows), with 4,608 latents
@@ -34,7 +36,10 @@ Measured on this 2-core machine (shared with other jobs), ``--source smollm2 --t
 --threads 2``: tokens/s ours ReLU 2,437 (plain 1,950, SAELens 1,619), ours TopK 3,560 (plain 2,057, SAELens 1,448,
 sparsify 2,957); matmul 86.8 GFLOP/s, ours ReLU at 74 % of it in useful FLOPs.
 
-Rounds run the rows in turn (best round kept). Also printed: this machine's fp32 matmul rate ([B, 576] @ [576, 4608])
+Every row runs once untimed (a warm-up; a library row that fails there is dropped with a note), then the rows run
+interleaved in rounds (:func:`bench.timing.compare`, order rotated each round); tokens/s is from each row's best
+round, and ``ours/this`` is the median over rounds of the per-round ratio, with the load average recorded and a run
+whose load rose above the core count flagged unreliable. Also printed: this machine's fp32 matmul rate ([B, 576] @ [576, 4608])
 and each row's achieved rate in *useful* FLOPs: the work the step's mathematics needs, the same count for every row of a
 kind, whatever an implementation does on top. ReLU: ``10 * B * d_in * d_sae`` (encoder forward and weight gradient,
 decoder forward and both gradients). TopK: ``2 * B * d_in * d_sae`` (dense encoder forward, needed to rank the
@@ -46,12 +51,16 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+if __name__ == "__main__" and "--child" not in sys.argv:  # a library child runs in its own venv, without bench/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: its packages, and bench.timing
 
 D_SAE_MULT, BATCH, K, L1, LR, WARMUP, DEAD_STEPS = 8, 4096, 32, 1e-3, 4e-4, 10, 10
 HOOK = "blocks.3.ln2.hook_normalized"
@@ -218,11 +227,14 @@ def useful_flops_per_token(name: str, d_in: int, d_sae: int) -> float:
 
 
 def main() -> None:
+    from bench.timing import LoadWatch, Timed, compare, emit
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", choices=["smollm2", "random"], default="smollm2")
-    p.add_argument("--tokens", type=int, default=65536)
-    p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--source", choices=["smollm2", "random"], default=None, help="default smollm2 (random quick)")
+    p.add_argument("--tokens", type=int, default=None, help="activation rows (default 65536; 8192 quick)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per row and round (default 16; 3 quick)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="smallest settings: random activations, few rows and steps")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every row (default: torch's default)")
     p.add_argument("--saelens-python", default="/tmp/venv-saelens/bin/python")
     p.add_argument("--sparsify-python", default="/tmp/venv-sparsify/bin/python")
@@ -230,17 +242,28 @@ def main() -> None:
     p.add_argument("--variant", default="", help=argparse.SUPPRESS)
     p.add_argument("--acts", help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.steps = args.steps or (3 if args.quick else 16)
     if args.child:
         child_main(args)
         return
+    source = args.source or ("random" if args.quick else "smollm2")
+    n_rows = args.tokens or (8192 if args.quick else 65536)
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    x = activations(args.source, args.tokens)
+    watch = LoadWatch()
+    x = activations(source, n_rows)
     d_in, d_sae = x.shape[1], x.shape[1] * D_SAE_MULT
     rate = matmul_rate(d_in, d_sae)
-    rows = {"plain relu": lambda: plain_loop(x, args.steps, False), "ours relu": lambda: ours(x, args.steps, False),
-            "plain topk": lambda: plain_loop(x, args.steps, True), "ours topk": lambda: ours(x, args.steps, True)}
+    work = args.steps * BATCH
+
+    def timed(tokens_per_s: float | str) -> Timed | str:
+        return tokens_per_s if isinstance(tokens_per_s, str) else Timed(work / tokens_per_s)
+
+    rows = {"plain relu": lambda: timed(plain_loop(x, args.steps, False)),
+            "ours relu": lambda: timed(ours(x, args.steps, False)),
+            "plain topk": lambda: timed(plain_loop(x, args.steps, True)),
+            "ours topk": lambda: timed(ours(x, args.steps, True))}
     notes = []
     tmp = tempfile.TemporaryDirectory()
     acts = Path(tmp.name) / "acts.safetensors"
@@ -252,34 +275,47 @@ def main() -> None:
             ("sparsify", args.sparsify_python, [("sparsify topk", "topk")])]
     for lib, python, variants in libs:
         if not python or not Path(python).exists():
-            notes.append(f"{lib}: skipped (no interpreter at {python!r}; pass --{lib}-python)")
+            notes.append(f"{lib}: not installed (no interpreter at {python!r}; pass --{lib}-python)")
             continue
         for name, variant in variants:
-            rows[name] = (lambda py=python, lb=lib, v=variant: run_child(py, lb, v, acts, args.steps, threads))
-    best: dict[str, float] = {}
-    for _ in range(args.rounds):
-        for name, fn in rows.items():
-            got = fn()
-            if isinstance(got, str):
-                if got not in notes:
-                    notes.append(got)
-                continue
-            best[name] = max(best.get(name, 0.0), got)
+            rows[name] = (lambda py=python, lb=lib, v=variant: timed(run_child(py, lb, v, acts, args.steps, threads)))
+    for name in list(rows):  # the warm-up pass: a row that fails here is dropped with its note
+        got = rows[name]()
+        if isinstance(got, str):
+            notes.append(got)
+            del rows[name]
+    def must(got: Timed | str) -> Timed:
+        if isinstance(got, str):
+            raise RuntimeError(f"a row that ran in the warm-up failed in a timed round: {got}")
+        return got
+
+    comparison = compare({name: (lambda fn=fn: must(fn())) for name, fn in rows.items()}, rounds=args.rounds,
+                         warmup=0, load=watch)
+    comparison.warmup = 1  # the untimed pass above
     tmp.cleanup()
-    print(f"activations: {args.source} {tuple(x.shape)}, d_sae {d_sae}, batch {BATCH}, TopK k={K}, L1 {L1}, "
-          f"{args.steps} steps x {args.rounds} rounds (best kept), torch threads {threads}")
+    print(f"activations: {source} {tuple(x.shape)}, d_sae {d_sae}, batch {BATCH}, TopK k={K}, L1 {L1}, "
+          f"{args.steps} steps x {args.rounds} rounds after a warm-up, torch threads {threads}")
     print(f"fp32 matmul [{BATCH},{d_in}]@[{d_in},{d_sae}]: {rate / 1e9:.1f} GFLOP/s")
-    print(f"{'trainer':<20} {'tokens/s':>10} {'ours/this':>10} {'useful GFLOP/s':>15} {'of matmul':>10}")
-    out = {"matmul_gflops": rate / 1e9, "threads": threads, "source": args.source, "rows": {}, "notes": notes}
-    for name, tps in best.items():
-        mine = best.get("ours topk" if "topk" in name else "ours relu", float("nan"))
+    print(f"{'trainer':<20} {'tokens/s':>10} {'median':>10} {'ours/this':>10} {'useful GFLOP/s':>15} {'of matmul':>10}")
+    out = {"bench": "dictionaries", "matmul_gflops": rate / 1e9, "threads": threads, "source": source,
+           "steps": args.steps, "rows": {}, "ratios": {}, "notes": notes}
+    for name, t in comparison.timings.items():
+        mine = "ours topk" if "topk" in name else "ours relu"
+        over = comparison.ratio(name, mine)  # this row's seconds over ours, same round: ours' speed over this one's
+        tps = work / t.best
         flops = tps * useful_flops_per_token(name, d_in, d_sae)
-        out["rows"][name] = {"tokens_per_s": tps, "ours_over_this": mine / tps, "useful_gflops": flops / 1e9,
-                             "fraction_of_matmul": flops / rate}
-        print(f"{name:<20} {tps:>10.0f} {mine / tps:>9.2f}x {flops / 1e9:>15.1f} {flops / rate:>9.0%}")
+        out["rows"][name] = {"tokens_per_s": tps, "tokens_per_s_median": work / t.median, "ours_over_this": over,
+                             "useful_gflops": flops / 1e9, "fraction_of_matmul": flops / rate,
+                             "rounds_s": list(t.seconds)}
+        if name != mine:
+            out["ratios"][f"{mine} / {name}"] = over
+        print(f"{name:<20} {tps:>10.0f} {work / t.median:>10.0f} {over:>9.2f}x {flops / 1e9:>15.1f} {flops / rate:>9.0%}")
     for note in notes:
         print("note:", note)
-    print(json.dumps(out))
+    print(watch.describe())
+    out.update(ratios_meaning="ours' throughput over the row's (median over rounds of per-round ratios)",
+               rounds=args.rounds, load=watch.to_json(), unreliable=watch.unreliable)
+    emit(out)
 
 
 if __name__ == "__main__":

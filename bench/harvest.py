@@ -1,22 +1,32 @@
-"""Benchmark: streaming harvest against the bare forward pass, and its peak memory as the token budget grows.
+"""Benchmark: streaming harvest against the bare forward pass, and its working memory as the token budget grows.
 
-Run: ``.venv/bin/python bench/harvest.py [--model smollm2-135m] [--budgets 16384 131072]``. Prints a table.
-Throughput is a ratio against the bare forward pass measured in the same process; peak RSS is measured in a fresh
-process per token budget, so the numbers of one budget never leak into another.
+Run: ``.venv/bin/python bench/harvest.py [--model smollm2-135m] [--budgets 16384 131072] [--rounds 5] [--quick]``.
+Prints a table, then one JSON object as its last line.
+
+Throughput: the bare forward pass and three harvests (a trivial consumer on the last layer; on every layer; on every
+layer and the logits) over the same batches, interleaved in rounds in one process (:func:`bench.timing.compare`);
+each harvest's ratio is its throughput over the bare forward's (bare seconds / harvest seconds in the same round,
+median over rounds). Memory: a fresh process per token budget harvests every layer's residual stream and reports its
+peak resident memory above its own resident size after loading (:class:`bench.memory.PeakMemory`), with a bare
+forward pass over the smallest budget as the reference, so the loading of the model never hides the work.
+``--quick``: a toy model, 2,048 tokens, 3 rounds, one budget of 4,096 tokens.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
 import sys
-import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: its packages, and bench.timing
+
+from bench.memory import PeakMemory, child_json  # noqa: E402
+from bench.timing import LoadWatch, compare, emit, table  # noqa: E402
+
 BATCH, SEQ = 8, 128
+QUICK_MODEL = "toy/gpt-relu-d128-l4"
 
 
 def _batches(model, n_tokens: int):
@@ -36,22 +46,29 @@ class Count:
         self.tokens += int(mask.sum())
 
 
-def peak_rss(model_spec: str, budget: int) -> None:
-    """Child mode: harvest ``budget`` tokens with every layer's residual stream hooked, print peak RSS (MB)."""
+def working_memory(model_spec: str, budget: int, mode: str) -> dict:
+    """Child mode: harvest ``budget`` tokens with every layer's residual stream hooked (``mode`` "harvest") or run
+    the bare forward over them ("bare"); the peak resident memory above the resident size after loading."""
     from workbench.harvest import harvest
     from workbench.models import load_model
 
     model = load_model(model_spec, device="cpu")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     hooks = [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)]
-    stats = harvest(model, _batches(model, budget), [Count(hooks)], max_tokens=budget, progress=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"budget": budget, "tokens": stats.tokens, "rss_after_load_mb": before, "peak_rss_mb": peak,
-                      "tokens_per_s": stats.tokens_per_second}))
+    counter = Count(hooks)
+    tokens = 0
+    with PeakMemory() as mem:
+        if mode == "harvest":
+            tokens = harvest(model, _batches(model, budget), [counter], max_tokens=budget, progress=False).tokens
+        else:
+            with torch.no_grad():
+                for b in _batches(model, budget):
+                    model(b.tokens)
+                    tokens += int(b.attention_mask.sum())
+    return {"mode": mode, "budget": budget, "tokens": tokens, **mem.result.to_json()}
 
 
-def throughput(model_spec: str, n_tokens: int, repeats: int) -> dict:
-    """Bare forward versus harvest (trivial consumer on the last layer, and with logits), same batches, same process."""
+def throughput(model_spec: str, n_tokens: int, rounds: int, watch: LoadWatch):
+    """Bare forward versus harvest (trivial consumer on the last layer, every layer, every layer + logits)."""
     from workbench.harvest import harvest
     from workbench.models import load_model
 
@@ -68,42 +85,50 @@ def throughput(model_spec: str, n_tokens: int, repeats: int) -> dict:
     def run(hooks):
         return lambda: harvest(model, batches, [Count(hooks)], progress=False)
 
-    bare()  # warm-up
-    modes = [("harvest: last layer", run([last])), ("harvest: every layer", run(every)),
-             ("harvest: every layer + logits", run(every + ["logits"]))]
-    timings = {"bare forward": float("inf")}
-    for _ in range(repeats):  # interleaved rounds, best of each, so drift hits every mode alike
-        for label, fn in [("bare forward", bare), *modes]:
-            t0 = time.perf_counter()
-            fn()
-            timings[label] = min(timings.get(label, float("inf")), time.perf_counter() - t0)
-    tokens = sum(t.numel() for t in batches)
-    return {label: {"tokens_per_s": tokens / s, "ratio_to_bare": timings["bare forward"] / s} for label, s in timings.items()}
+    modes = {"bare forward": bare, "harvest: last layer": run([last]), "harvest: every layer": run(every),
+             "harvest: every layer + logits": run(every + ["logits"])}
+    return compare(modes, rounds=rounds, warmup=1, load=watch), sum(t.numel() for t in batches)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[16384, 131072])
-    parser.add_argument("--throughput-tokens", type=int, default=8192)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help=f"default smollm2-135m ({QUICK_MODEL} with --quick)")
+    parser.add_argument("--budgets", type=int, nargs="+", default=None, help="default 16384 131072 (4096 quick)")
+    parser.add_argument("--throughput-tokens", type=int, default=None, help="default 8192 (2048 quick)")
+    parser.add_argument("--rounds", "--repeats", type=int, default=None, help="default 5 (3 quick)")
+    parser.add_argument("--quick", action="store_true", help="smallest settings: a toy model, few tokens and rounds")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-mode", choices=["harvest", "bare"], default="harvest", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    model = args.model or (QUICK_MODEL if args.quick else "smollm2-135m")
     if args.child is not None:
-        peak_rss(args.model, args.child)
+        emit(working_memory(model, args.child, args.child_mode))
         return
+    budgets = args.budgets or ([4096] if args.quick else [16384, 131072])
+    n_tokens = args.throughput_tokens or (2048 if args.quick else 8192)
+    rounds = args.rounds or (3 if args.quick else 5)
 
-    print(f"# harvest benchmark, model {args.model}, batches {BATCH} x {SEQ}, torch threads {torch.get_num_threads()}")
-    rows = throughput(args.model, args.throughput_tokens, args.repeats)
-    print(f"{'mode':<32} {'tokens/s':>10} {'x bare':>8}")
-    for label, r in rows.items():
-        print(f"{label:<32} {r['tokens_per_s']:>10.0f} {r['ratio_to_bare']:>8.2f}")
-    print(f"\n{'budget (tokens)':>16} {'peak RSS MB':>12} {'RSS after load MB':>18} {'tokens/s':>10}")
-    for budget in args.budgets:
-        out = subprocess.run([sys.executable, __file__, "--model", args.model, "--child", str(budget)],
-                             capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['budget']:>16} {r['peak_rss_mb']:>12.0f} {r['rss_after_load_mb']:>18.0f} {r['tokens_per_s']:>10.0f}")
+    watch = LoadWatch()
+    print(f"# harvest benchmark, model {model}, batches {BATCH} x {SEQ}, torch threads {torch.get_num_threads()}")
+    comparison, tokens = throughput(model, n_tokens, rounds, watch)
+    print(table(comparison, "bare forward", work=tokens))
+    speed = {label: 1.0 / comparison.ratio(label, "bare forward") for label in comparison.timings}
+
+    memory = []
+    jobs = [(b, "harvest") for b in budgets] + [(min(budgets), "bare")]
+    for budget, mode in jobs:
+        memory.append(child_json([sys.executable, __file__, "--model", model, "--child", str(budget),
+                                  "--child-mode", mode]))
+        watch.sample()
+    print(f"\n{'mode':<8} {'budget (tokens)':>16} {'after load MB':>14} {'peak MB':>9} {'working MB':>11}")
+    for r in memory:
+        print(f"{r['mode']:<8} {r['budget']:>16} {r['baseline_mb']:>14.0f} {r['peak_mb']:>9.0f} {r['working_mb']:>11.0f}")
+    print(watch.describe())
+    emit({"bench": "harvest", "model": model, "threads": torch.get_num_threads(), "throughput_tokens": tokens,
+          "ratios": {k: v for k, v in speed.items() if k != "bare forward"},
+          "ratios_meaning": "harvest throughput / bare forward throughput (median over rounds of per-round ratios)",
+          "timing": comparison.to_json(baseline="bare forward"), "memory": memory, "load": watch.to_json(),
+          "unreliable": watch.unreliable})
 
 
 if __name__ == "__main__":
