@@ -320,13 +320,12 @@ def test_a_resume_under_other_settings_is_refused_naming_them(tmp_path):
         with pytest.raises(ResumeMismatchError, match=named):
             train_dictionaries(None, None, specs, _resume_setup(**change)[1], buffer=buf, workdir=tmp_path,
                                progress=False)
-    other = [specs[0], DictSpec(HOOK, activation="topk", k=3, expansion=2, name=specs[1].label())]
-    other[0] = DictSpec(HOOK, expansion=2, l1=1e-3, name=specs[0].label())
-    with pytest.raises(ResumeMismatchError, match=r"specs\[0\].name: checkpoint None"):
-        train_dictionaries(None, None, other, cfg, buffer=buf, workdir=tmp_path, progress=False)
-    wider = [DictSpec(HOOK, expansion=3, l1=1e-3, name=specs[0].label()), other[1]]
-    with pytest.raises(ResumeMismatchError, match=r"specs\[0\].expansion: checkpoint 2.0, now 3"):
+    wider = [DictSpec(HOOK, expansion=3, l1=1e-3, name=specs[0].label()), specs[1]]  # same label, other size
+    with pytest.raises(ResumeMismatchError, match=r"specs\[0\].expansion: checkpoint 2, now 3\)"):
         train_dictionaries(None, None, wider, cfg, buffer=buf, workdir=tmp_path, progress=False)
+    topk = [specs[0], DictSpec(HOOK, activation="topk", k=4, expansion=2, name=specs[1].label())]
+    with pytest.raises(ResumeMismatchError, match=r"specs\[1\].k: checkpoint 3, now 4"):
+        train_dictionaries(None, None, topk, cfg, buffer=buf, workdir=tmp_path, progress=False)
     moved = TensorBuffer(gaussian_rows(768, seed=5), batch_size=32, block_rows=256)  # other activations, same widths
     with pytest.raises(ResumeMismatchError, match=f"activations at {HOOK} differ from those the checkpoint"):
         train_dictionaries(None, None, specs, cfg, buffer=moved, workdir=tmp_path, progress=False)

@@ -434,7 +434,8 @@ def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
         if len(saved["specs"]) != len(now["specs"]):
             out.append(f"specs: checkpoint has {len(saved['specs'])} dictionaries, now {len(now['specs'])}")
         for i, (a, b) in enumerate(zip(saved["specs"], now["specs"], strict=False)):
-            out += [f"specs[{i}].{k}: checkpoint {a.get(k)!r}, now {b[k]!r}" for k in b if a.get(k) != b[k]]
+            out += [f"specs[{i}].{k}: checkpoint {a.get(k)!r}, now {b[k]!r}" for k in b
+                    if k != "name" and a.get(k) != b[k]]  # a name only sets the label, compared on its own
     if "widths" in saved and saved["widths"] != now["widths"]:
         out.append(f"hook widths: checkpoint {saved['widths']}, now {now['widths']} (another model?)")
     return out
