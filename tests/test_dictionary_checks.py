@@ -124,7 +124,7 @@ def test_a_batch_larger_than_a_buffer_block_is_refused():
                            progress=False)
 
 
-def test_non_finite_and_constant_activations_are_refused_naming_the_hook():
+def test_non_finite_activations_are_refused_and_constant_ones_reported_naming_the_hook():
     rows = gaussian_rows()
     rows[HOOK][17, 3] = float("nan")
     cfg = TrainDictConfig(tokens=512, batch_size=64)
@@ -132,16 +132,18 @@ def test_non_finite_and_constant_activations_are_refused_naming_the_hook():
         train_dictionaries(None, None, [DictSpec(HOOK)], cfg, buffer=TensorBuffer(rows, batch_size=64),
                            progress=False)
     flat = {HOOK: torch.ones(512, 16) * 3}
-    with pytest.raises(ValueError, match=f"activations at {HOOK} are the same at every one of the 512 tokens"):
-        train_dictionaries(None, None, [DictSpec(HOOK)], cfg, buffer=TensorBuffer(flat, batch_size=64),
-                           progress=False)
+    res = train_dictionaries(None, None, [DictSpec(HOOK)], TrainDictConfig(tokens=512, batch_size=64, dead_tokens=128),
+                             buffer=TensorBuffer(flat, batch_size=64), progress=False)
+    assert any(w.startswith(f"the activations at {HOOK} are the same at every one of the 512 tokens")
+               for w in res.warnings)
+    assert any("all 128 latents are dead (none fired in the last 128 training tokens)" in w for w in res.warnings)
 
 
-def test_a_corpus_the_tokenizer_cannot_read_is_refused():
-    from circuits.dictionaries.buffer import corpus_source
+def test_a_corpus_the_tokenizer_cannot_read_draws_a_warning():
+    from circuits.dictionaries.buffer import UnreadableCorpusWarning, corpus_source
     from workbench.induction_toy import make_tokenizer
 
-    with pytest.raises(ValueError, match=r"corpus 'wiki' is not text this tokenizer reads: 100% of the tokens"):
+    with pytest.warns(UnreadableCorpusWarning, match=r"corpus 'wiki' is not text this tokenizer reads: 100% of"):
         corpus_source(make_tokenizer(64), "wiki", seq_len=32, batch_size=2)
 
 

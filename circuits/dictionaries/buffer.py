@@ -12,6 +12,7 @@ at batch ``i`` with the same permutation, so a resumed run sees exactly the rows
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -172,13 +173,18 @@ def corpus_source(
     return make
 
 
-#: a corpus whose first batch is more than this fraction unknown tokens is refused
+#: a corpus whose first batch is more than this fraction unknown tokens draws an UnreadableCorpusWarning
 MAX_UNKNOWN_FRACTION = 0.5
 
 
+class UnreadableCorpusWarning(UserWarning):
+    """Most tokens of a corpus are the tokenizer's unknown token: the model sees (nearly) the same input everywhere."""
+
+
 def _check_readable(tokenizer, corpus: str, batch) -> None:
-    """Refuse a corpus the tokenizer cannot read: most real tokens of its first batch are the unknown token (a
-    toy model's word-level vocabulary maps natural text to one id, so the model would see a constant input)."""
+    """Warn when the tokenizer cannot read the corpus: most real tokens of its first batch are the unknown token (a
+    toy model's word-level vocabulary maps natural text to one id, so the model would see a constant input and a
+    dictionary trained on it learns nothing; training and evaluation then say so too)."""
     unk = getattr(tokenizer, "unk_token_id", None)
     if batch is None or unk is None:
         return
@@ -186,11 +192,11 @@ def _check_readable(tokenizer, corpus: str, batch) -> None:
     real = int(mask.sum())
     share = float((tokens[mask] == unk).sum()) / real if real else 0.0
     if share > MAX_UNKNOWN_FRACTION:
-        raise ValueError(
+        warnings.warn(UnreadableCorpusWarning(
             f"corpus {corpus!r} is not text this tokenizer reads: {share:.0%} of the tokens of its first batch are the "
             f"unknown token {getattr(tokenizer, 'unk_token', unk)!r} (id {unk}), so the model would see the same "
             "input at every position; give a token source in the model's own vocabulary (for example "
-            "circuits.dictionaries.buffer.random_source or the model's task batches)")
+            "circuits.dictionaries.buffer.random_source or the model's task batches)"), stacklevel=3)
 
 
 def random_source(vocab_size: int, *, seq_len: int = 32, batch_size: int = 16, n_batches: int = 64, seed: int = 0,

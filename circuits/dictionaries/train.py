@@ -16,7 +16,7 @@ over the last ``decay_fraction`` of the steps.
 Every setting has a stated range, checked when the config or spec is made (:class:`TrainingConfigError` names the
 option); the memory the dictionaries need is estimated and refused before anything is allocated when it cannot fit.
 Non-finite activations stop the run naming the hook. A budget too small to train, a token source that runs out,
-or latents that stopped firing are reported in :attr:`TrainResult.warnings`.
+activations that do not vary, or latents that stopped firing are reported in :attr:`TrainResult.warnings`.
 
 Resume: with a ``workdir``, every ``checkpoint_every`` steps and every ``checkpoint_seconds`` of wall time the
 weights, Adam state and dead-latent counters of every dictionary and the buffer position (block, batch) are written
@@ -342,15 +342,15 @@ def _check_block(block, hooks: Sequence[str]) -> None:
                 f"{block.index}); check the model's weights and inputs")
 
 
-def _check_varies(hook: str, rows: torch.Tensor) -> None:
-    """Refuse a constant target (rows [N, width] with no variance: nothing to learn)."""
+def constant_warning(hook: str, rows: torch.Tensor) -> str | None:
+    """A warning when a target (rows [N, width]) does not vary: nothing to learn, every latent ends dead."""
     rows = rows.double()
     var = float(rows.var(0, unbiased=False).sum()) if rows.shape[0] > 1 else 0.0
-    if var <= 1e-12 * (float(rows.pow(2).sum(-1).mean()) + 1e-30):
-        raise ValueError(
-            f"the activations at {hook} are the same at every one of the {rows.shape[0]} tokens of the first buffer "
-            "block (no variance): there is nothing to learn. Does the model's tokenizer read this text? (a corpus "
-            "whose every token is unknown gives a constant input)")
+    if var > 1e-12 * (float(rows.pow(2).sum(-1).mean()) + 1e-30):
+        return None
+    return (f"the activations at {hook} are the same at every one of the {rows.shape[0]} tokens of the first buffer "
+            "block (no variance): there is nothing to learn, the dictionary's latents will not fire. Does the "
+            "model's tokenizer read this text? (a corpus whose every token is unknown gives a constant input)")
 
 
 @torch.no_grad()
@@ -533,8 +533,7 @@ def train_dictionaries(
     from ``workdir`` when called again. Returns :class:`TrainResult` (dictionaries on the CPU, in eval form).
 
     Raises TrainingConfigError (a setting out of range, sizes that cannot fit in memory, a batch larger than a
-    buffer block), NonFiniteActivationError (NaN/Inf activations, naming the hook), ValueError (constant
-    activations), ResumeMismatchError (a workdir checkpoint made under other settings) and TrainingDivergedError.
+    buffer block), NonFiniteActivationError (NaN/Inf activations, naming the hook), ResumeMismatchError (a workdir checkpoint made under other settings) and TrainingDivergedError.
     """
     specs = list(specs)
     cfg.check()
@@ -581,7 +580,9 @@ def train_dictionaries(
             first = False
         if step == 0 and start_batch == 0:
             for d in dicts.values():
-                _check_varies(d.hook_out, block.rows[d.hook_out])
+                flat = constant_warning(d.hook_out, block.rows[d.hook_out])
+                if flat and flat not in warnings:
+                    warnings.append(flat)
                 init_from_data(d, block.rows[d.hook_in], block.rows[d.hook_out])
         fingerprint = None
         for i in range(start_batch, block.n_batches):
