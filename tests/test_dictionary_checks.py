@@ -95,17 +95,17 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating():
 # ---------------------------------------------------------------------------------------------------- budgets
 def test_short_budgets_scale_the_warmup_and_say_they_are_too_small():
     cfg = TrainDictConfig(tokens=20_000, batch_size=4096)  # the 4-step budget: warm-up would never end
-    assert cfg.steps == 4 and cfg.warmup == 0 and cfg.lr_at(0) == cfg.lr
+    assert cfg.steps == 4 and cfg.warmup == 1 and cfg.lr_at(0) == cfg.lr
     default = TrainDictConfig(tokens=200_000)
-    assert default.steps == 48 and default.warmup == 4
-    assert [default.lr_at(s) / default.lr for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert default.steps == 48 and default.warmup == 12
+    assert [default.lr_at(s) / default.lr for s in (0, 5, 11, 12)] == pytest.approx([1 / 12, 0.5, 1.0, 1.0])
     long = TrainDictConfig(tokens=4096 * 5000)
     assert long.warmup == 100 and long.budget_warnings() == []
     buf = TensorBuffer(gaussian_rows(), batch_size=128)
     short = TrainDictConfig(tokens=512, batch_size=128, warmup_steps=100)
     res = train_dictionaries(None, None, [DictSpec(HOOK, expansion=2, l1=1e-3)], short, buffer=buf, progress=False)
     assert res.steps == 4
-    assert any("warm-up cut from 100 to 0 steps" in w for w in res.warnings)
+    assert any("warm-up cut from 100 to 1 steps" in w for w in res.warnings)
     assert any("only 4 optimisation steps" in w and "too few" in w for w in res.warnings)
 
 

@@ -182,7 +182,7 @@ class TrainDictConfig:
     log_every: int = 10
     spill_dir: str | None = None
     checkpoint_seconds: float | None = 60.0
-    max_warmup_fraction: float = 0.1
+    max_warmup_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         self.check()
