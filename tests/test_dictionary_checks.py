@@ -184,6 +184,14 @@ def test_evaluation_refuses_non_finite_weights(tiny_llama):
         evaluate_dictionaries(tiny_llama, {"bad": d}, random_source(65, n_batches=1), progress=False)
 
 
+@pytest.mark.parametrize("option,value", [("k", 0), ("before", -1), ("after", -2), ("max_tokens", 0)])
+def test_top_context_counts_have_a_range(option, value):
+    from circuits.dictionaries.features import top_contexts
+
+    with pytest.raises(ValueError, match=f"top_contexts: {option} must be an integer"):
+        top_contexts(None, _biased(HOOK, 8, 0.0), random_source(65, n_batches=1), **{option: value}, progress=False)
+
+
 # ---------------------------------------------------------------------------------------------------- files
 def _folder(tmp_path, name, cfg=None, tensors=None):
     folder = tmp_path / name

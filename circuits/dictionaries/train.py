@@ -533,7 +533,8 @@ def train_dictionaries(
     from ``workdir`` when called again. Returns :class:`TrainResult` (dictionaries on the CPU, in eval form).
 
     Raises TrainingConfigError (a setting out of range, sizes that cannot fit in memory, a batch larger than a
-    buffer block), NonFiniteActivationError (NaN/Inf activations, naming the hook), ResumeMismatchError (a workdir checkpoint made under other settings) and TrainingDivergedError.
+    buffer block), NonFiniteActivationError (NaN/Inf activations, naming the hook), ResumeMismatchError (a
+    workdir checkpoint made under other settings) and TrainingDivergedError.
     """
     specs = list(specs)
     cfg.check()
