@@ -12,6 +12,7 @@ at batch ``i`` with the same permutation, so a resumed run sees exactly the rows
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -168,8 +169,34 @@ def corpus_source(
         return token_batches(corpus, tokenizer, seq_len=seq_len, batch_size=batch_size, split=split, seed=seed,
                              max_tokens=max_tokens)
 
-    make()  # check the arguments now
+    _check_readable(tokenizer, corpus, next(iter(make()), None))  # checks the arguments now, and the first batch
     return make
+
+
+#: a corpus whose first batch is more than this fraction unknown tokens draws an UnreadableCorpusWarning
+MAX_UNKNOWN_FRACTION = 0.5
+
+
+class UnreadableCorpusWarning(UserWarning):
+    """Most tokens of a corpus are the tokenizer's unknown token: the model sees (nearly) the same input everywhere."""
+
+
+def _check_readable(tokenizer, corpus: str, batch) -> None:
+    """Warn when the tokenizer cannot read the corpus: most real tokens of its first batch are the unknown token (a
+    toy model's word-level vocabulary maps natural text to one id, so the model would see a constant input and a
+    dictionary trained on it learns nothing; training and evaluation then say so too)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if batch is None or unk is None:
+        return
+    tokens, mask = batch.tokens[:, 1:], batch.attention_mask[:, 1:].bool()  # the first column is the BOS
+    real = int(mask.sum())
+    share = float((tokens[mask] == unk).sum()) / real if real else 0.0
+    if share > MAX_UNKNOWN_FRACTION:
+        warnings.warn(UnreadableCorpusWarning(
+            f"corpus {corpus!r} is not text this tokenizer reads: {share:.0%} of the tokens of its first batch are the "
+            f"unknown token {getattr(tokenizer, 'unk_token', unk)!r} (id {unk}), so the model would see the same "
+            "input at every position; give a token source in the model's own vocabulary (for example "
+            "circuits.dictionaries.buffer.random_source or the model's task batches)"), stacklevel=3)
 
 
 def random_source(vocab_size: int, *, seq_len: int = 32, batch_size: int = 16, n_batches: int = 64, seed: int = 0,

@@ -8,13 +8,21 @@ from the clean run's cached residual stream), CE-loss-recovered ``(L_abl - L_spl
 against both, KL(clean || spliced) per token, per-latent firing frequencies, dead (never fired) and dense
 (fired on more than ``dense_threshold`` of tokens) fractions.
 Memory stays bounded by one batch whatever the token count.
+
+No metric is ever NaN: where one is undefined (FVU of a constant target, CE recovered when ablating changes
+nothing) it is None and :attr:`EvalResult.undefined` says why. Each dictionary's ``warnings`` (also in its
+metrics) flag a dead dictionary (no latent fired, or at least ``DEAD_WARN`` of them never fired), a dense one (at
+least ``DENSE_WARN`` of the latents fire on more than ``dense_threshold`` of tokens), and a text shorter than the
+token budget. Non-finite dictionary weights or model activations are refused, naming the tensor or hook.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +30,7 @@ from tqdm.auto import tqdm
 
 from circuits.dictionaries.buffer import TokenSource
 from circuits.dictionaries.model import Dictionary
+from circuits.dictionaries.train import NonFiniteActivationError
 from workbench.harvest import _as_batch, harvest
 
 
@@ -45,13 +54,48 @@ class _Acc:
         self.tsum = torch.zeros(self.d_out, dtype=torch.float64)
 
 
+#: at least this fraction of never-fired latents flags a dictionary as (mostly) dead
+DEAD_WARN = 0.5
+#: at least this fraction of dense latents flags a dictionary as dense
+DENSE_WARN = 0.1
+
+
 @dataclass
 class EvalResult:
-    """Metrics per dictionary label (JSON numbers) and firing frequencies per label ([d_sae] float)."""
+    """Metrics per dictionary label (JSON numbers, None where undefined, and ``warnings``: a list of strings),
+    firing frequencies per label ([d_sae] float), and per label the reason of each undefined metric."""
 
-    metrics: dict[str, dict[str, float]]
+    metrics: dict[str, dict[str, Any]]
     frequencies: dict[str, torch.Tensor] = field(default_factory=dict)
     tokens: int = 0
+    undefined: dict[str, dict[str, str]] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _check_weights(label: str, d: Dictionary) -> None:
+    for name, p in d.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError(f"dictionary {label}: {name} holds NaN or Inf values; refusing to evaluate it")
+
+
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise NonFiniteActivationError(f"the model's {name} hold NaN or Inf values on the evaluation text; "
+                                       "check the model's weights")
+
+
+def dictionary_warnings(m: Mapping[str, Any], d_sae: int, dense_threshold: float) -> list[str]:
+    """Flags of one dictionary's metrics (``l0``, ``dead_fraction``, ``dense_fraction``, ``tokens``)."""
+    out = []
+    if m["l0"] == 0:
+        out.append(f"dead dictionary: no latent fired on the {m['tokens']} evaluation tokens (L0 0)")
+    elif m["dead_fraction"] >= DEAD_WARN:
+        out.append(f"mostly dead: {m['dead_fraction']:.0%} of the {d_sae} latents never fired on the "
+                   f"{m['tokens']} evaluation tokens")
+    if m["dense_fraction"] >= DENSE_WARN:
+        out.append(f"dense: {m['dense_fraction']:.0%} of the {d_sae} latents fire on more than "
+                   f"{dense_threshold:.0%} of tokens (L0 {m['l0']:.1f})")
+    return out
 
 
 def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -107,6 +151,12 @@ def evaluate_dictionaries(
     """Evaluate every dictionary on the batches of ``source`` (held-out text) up to ``max_tokens`` real tokens."""
     if not dictionaries:
         raise ValueError("evaluate_dictionaries needs at least one dictionary")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be an integer >= 1 or None (the whole text), got {max_tokens!r}")
+    if not (isinstance(dense_threshold, (int, float)) and 0 < dense_threshold <= 1):
+        raise ValueError(f"dense_threshold must be a number in (0, 1], got {dense_threshold!r}")
+    for lab, d in dictionaries.items():
+        _check_weights(lab, d)
     device = device or str(getattr(model.cfg, "device", "cpu"))
     dicts = {lab: d.to(device) for lab, d in dictionaries.items()}
     outs = sorted({d.hook_out for d in dicts.values()})
@@ -121,6 +171,9 @@ def evaluate_dictionaries(
     for batch in source():
         tokens, mask = (t.to(device) for t in _as_batch(batch))
         logits, cache = model.run_with_cache(tokens, names_filter=hooks)
+        for h in hooks:
+            _check_finite(f"activations at {h}", cache[h][mask.bool()])
+        _check_finite("logits", logits[mask.bool()])
         loss, count = next_token_loss(logits, tokens, mask)
         clean_loss += float(loss)
         n_pred += count
@@ -153,22 +206,45 @@ def evaluate_dictionaries(
     bar.close()
     if n_pred == 0:
         raise ValueError("the evaluation text gave no next-token prediction (rows shorter than two tokens?)")
-    metrics, freqs = {}, {}
+    metrics, freqs, undefined, warns = {}, {}, {}, {}
     ce_clean = clean_loss / n_pred
+    short = (f"the evaluation text ran out after {int(n_tok)} of the {max_tokens} tokens asked"
+             if max_tokens is not None and n_tok < max_tokens else None)
     for lab, d in dicts.items():
         a = acc[lab]
+        why: dict[str, str] = {}
         total_var = a.sumsq - float(a.tsum.pow(2).sum()) / max(1, a.tokens)
-        fvu = a.sse / total_var if total_var > 0 else float("nan")
+        if total_var > 1e-12 * max(a.sumsq, 1e-300):
+            fvu = a.sse / total_var
+        else:
+            fvu = None
+            why["fvu"] = why["explained_variance"] = (
+                f"the target {d.hook_out} is constant over the {a.tokens} evaluation tokens (zero variance)")
         freq = (a.fires / max(1, a.tokens)).float()
         ce_spliced = a.loss_spliced / n_pred
-        m = {"tokens": a.tokens, "l0": a.active / max(1, a.tokens), "fvu": fvu, "explained_variance": 1 - fvu,
-             "mse": a.sse / max(1, a.tokens), "ce_clean": ce_clean, "ce_spliced": ce_spliced,
-             "kl": a.kl / max(1, a.tokens), "dead_fraction": float((freq == 0).float().mean()),
-             "dense_fraction": float((freq > dense_threshold).float().mean())}
+        m: dict[str, Any] = {
+            "tokens": a.tokens, "l0": a.active / max(1, a.tokens), "fvu": fvu,
+            "explained_variance": None if fvu is None else 1 - fvu, "mse": a.sse / max(1, a.tokens),
+            "ce_clean": ce_clean, "ce_spliced": ce_spliced, "kl": a.kl / max(1, a.tokens),
+            "dead_fraction": float((freq == 0).float().mean()),
+            "dense_fraction": float((freq > dense_threshold).float().mean())}
         for name in ("zero", "mean"):
             ce_abl = abl[d.hook_out][name] / n_pred
             m[f"ce_{name}_ablated"] = ce_abl
             gap = ce_abl - ce_clean
-            m[f"ce_recovered_{name}"] = (ce_abl - ce_spliced) / gap if abs(gap) > 1e-12 else float("nan")
-        metrics[lab], freqs[lab] = m, freq
-    return EvalResult(metrics=metrics, frequencies=freqs, tokens=int(n_tok))
+            if abs(gap) > 1e-12:
+                m[f"ce_recovered_{name}"] = (ce_abl - ce_spliced) / gap
+            else:
+                m[f"ce_recovered_{name}"] = None
+                why[f"ce_recovered_{name}"] = (f"{name}-ablating {d.hook_out} does not change the loss "
+                                               f"({ce_abl:.6g} vs clean {ce_clean:.6g}): nothing to recover")
+        for k, v in m.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise NonFiniteActivationError(f"dictionary {lab}: metric {k} came out {v} (non-finite logits?)")
+        flags = dictionary_warnings(m, d.d_sae, dense_threshold)
+        flags += [f"{k} undefined: {r}" for k, r in why.items() if k != "explained_variance"]
+        if short:
+            flags.append(short)
+        m["warnings"] = flags
+        metrics[lab], freqs[lab], undefined[lab], warns[lab] = m, freq, why, flags
+    return EvalResult(metrics=metrics, frequencies=freqs, tokens=int(n_tok), undefined=undefined, warnings=warns)

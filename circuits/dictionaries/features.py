@@ -45,7 +45,15 @@ def top_contexts(
     model, d: Dictionary, source: TokenSource, *, k: int = 10, before: int = 8, after: int = 3,
     max_tokens: int | None = None, progress: bool = True, device: str | None = None,
 ) -> TopContexts:
-    """Stream ``source`` and keep the top-``k`` activating tokens of every latent, with their contexts."""
+    """Stream ``source`` and keep the top-``k`` activating tokens of every latent, with their contexts.
+
+    ``k`` >= 1, ``before`` and ``after`` >= 0, ``max_tokens`` None (the whole source) or >= 1 (ValueError naming
+    the option otherwise)."""
+    for name, value, lo in (("k", k, 1), ("before", before, 0), ("after", after, 0), ("max_tokens", max_tokens, 1)):
+        if value is None and name == "max_tokens":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ValueError(f"top_contexts: {name} must be an integer >= {lo}, got {value!r}")
     device = device or str(getattr(model.cfg, "device", "cpu"))
     width = before + 1 + after
     values = torch.zeros(k, d.d_sae)

@@ -35,11 +35,20 @@ def frequency_histogram(freq: torch.Tensor, title: str = "Latent firing frequenc
 
 
 def activation_histogram(counts: torch.Tensor, edges: torch.Tensor, latent: int) -> go.Figure:
-    """Bar chart of one latent's nonzero activations by log10 bin (counts [bins], edges [bins + 1] in log10)."""
-    centers = ((edges[:-1] + edges[1:]) / 2).numpy()
-    fig = go.Figure(go.Bar(x=10 ** centers, y=counts.numpy()))
-    fig.update_xaxes(type="log", title="activation")
-    fig.update_layout(title=f"Latent {latent}: activation histogram", yaxis_title="tokens", height=300)
+    """Bar chart of one latent's nonzero activations by log10 bin (counts [bins], edges [bins + 1] in log10).
+
+    The bars are laid out in log10 units (each spans its bin's two edges, so every bin has the same visible width)
+    and the axis is labelled with the activation values (``10^edge``)."""
+    e = edges.double().numpy()
+    centers, widths = (e[:-1] + e[1:]) / 2, np.diff(e)
+    bounds = np.stack([10 ** e[:-1], 10 ** e[1:]], 1)
+    fig = go.Figure(go.Bar(x=centers, y=counts.numpy(), width=widths, customdata=bounds,
+                           hovertemplate="activation %{customdata[0]:.3g} to %{customdata[1]:.3g}<br>%{y} tokens"
+                                         "<extra></extra>"))
+    ticks = np.arange(np.ceil(e[0]), np.floor(e[-1]) + 1)
+    fig.update_xaxes(title="activation (log scale)", tickvals=ticks, ticktext=[f"{10 ** t:g}" for t in ticks],
+                     range=[e[0], e[-1]])
+    fig.update_layout(title=f"Latent {latent}: activation histogram", yaxis_title="tokens", height=300, bargap=0)
     return fig
 
 

@@ -2,24 +2,33 @@
 
 Written in SAELens 6's layout: top-level ``architecture`` (``standard`` = ReLU SAE, ``topk`` with ``k``, ``transcoder``,
 ``skip_transcoder``), ``d_in``, ``d_sae``, ``dtype``, ``device``, ``apply_b_dec_to_input``, ``normalize_activations``,
-``reshape_activations``; transcoders add ``d_out``, ``hook_name_out``, ``hook_layer_out``, ``hook_head_index_out``; and
-a ``metadata`` object (``model_name``, ``hook_name``, ``hook_layer``, ``hook_head_index``, ``prepend_bos``,
-``context_size``, ``sae_lens_version``). Weight keys are ``W_enc`` [d_in, d_sae], ``b_enc``, ``W_dec`` [d_sae, d_out],
+``reshape_activations``; transcoders add ``d_out``; and a ``metadata`` object (``model_name``, ``hook_name``,
+``hook_layer``, ``hook_head_index``, ``prepend_bos``, ``context_size``, ``sae_lens_version``; transcoders add
+``hook_name_out``, ``hook_layer_out``, ``hook_head_index_out``, which SAELens 6 keeps in the metadata only; files
+with them at the top level, as earlier versions wrote them, load too). Weight keys are ``W_enc`` [d_in, d_sae], ``b_enc``, ``W_dec`` [d_sae, d_out],
 ``b_dec`` and, for skip transcoders, ``W_skip`` stored as SAELens stores it, [d_out, d_in] (this package keeps the
 transpose). SAELens has no TopK transcoder; those are written with architecture ``topk_transcoder`` /
 ``topk_skip_transcoder`` (readable here, not by SAELens). Pre-6 files (``hook_name``/``hook_point`` and
 ``activation_fn_str`` at the top level) load too.
+
+Loading is strict, and checks before it allocates: the safetensors header is read and checked first (a pickle,
+a torch.save archive, an empty, truncated or oversized-header file is refused), the tensor names must be exactly
+those of the architecture (an unknown tensor such as a separate output bias ``b_dec_out`` is refused rather than
+ignored), the shapes must match the cfg, and every weight must be finite. Errors are :class:`DictionaryFileError`
+(a ValueError) naming the file and the tensor.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from circuits.dictionaries.model import Dictionary
 from workbench.atomic import atomic_dir, write_json
@@ -69,8 +78,9 @@ def save_dictionary(
     if d.activation == "topk":
         cfg.update({"k": d.k, "rescale_acts_by_decoder_norm": False})
     if d.kind != "sae":
-        cfg.update({"d_out": d.d_out, "hook_name_out": d.hook_out, "hook_layer_out": hook_layer(d.hook_out),
-                    "hook_head_index_out": None})
+        cfg["d_out"] = d.d_out
+        cfg["metadata"].update({"hook_name_out": d.hook_out, "hook_layer_out": hook_layer(d.hook_out),
+                                "hook_head_index_out": None})
     if extra:
         cfg["workbench"] = extra
     tensors = {name: p.detach().cpu().contiguous().clone() for name, p in d.named_parameters()}
@@ -120,21 +130,108 @@ def _interpret(cfg: dict[str, Any], where: Path) -> dict[str, Any]:
     hook_in = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
     if not hook_in:
         raise DictionaryFileError(f"{where}: no hook name (metadata.hook_name or hook_name)")
+    if not isinstance(hook_in, str):
+        raise DictionaryFileError(f"{where}: the hook name must be a string, got {hook_in!r}")
     for key in ("d_in", "d_sae"):
-        if not isinstance(cfg.get(key), int):
-            raise DictionaryFileError(f"{where}: {key} must be an integer, got {cfg.get(key)!r}")
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DictionaryFileError(f"{where}: {key} must be an integer >= 1, got {value!r}")
+    d_out = cfg.get("d_out")
+    if kind != "sae":
+        if isinstance(d_out, bool) or not isinstance(d_out, int) or d_out < 1:
+            raise DictionaryFileError(f"{where}: a {kind} needs d_out, an integer >= 1, got {d_out!r}")
+        hook_out = meta.get("hook_name_out") or cfg.get("hook_name_out")
+        if not isinstance(hook_out, str) or not hook_out:
+            raise DictionaryFileError(f"{where}: a {kind} needs its output hook (metadata.hook_name_out)")
+    if activation == "topk" and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= cfg["d_sae"]):
+        raise DictionaryFileError(f"{where}: TopK needs k, an integer in [1, d_sae = {cfg['d_sae']}], got {k!r}")
     return dict(
         kind=kind, d_in=cfg["d_in"], d_sae=cfg["d_sae"], activation=activation, k=k, hook_in=hook_in,
-        hook_out=cfg.get("hook_name_out") if kind != "sae" else None, d_out=cfg.get("d_out"),
+        hook_out=(meta.get("hook_name_out") or cfg.get("hook_name_out")) if kind != "sae" else None, d_out=d_out,
         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", kind == "sae")),
         model_name=meta.get("model_name") or cfg.get("model_name"),
     )
 
 
+#: safetensors dtypes and their byte sizes (the float ones are accepted as dictionary weights)
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2,
+             "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_FLOATS = ("F64", "F32", "F16", "BF16")
+#: the largest safetensors header accepted (the format's own limit)
+MAX_HEADER_BYTES = 100_000_000
+
+
+def read_safetensors_header(path: Path | str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The tensors a safetensors file declares, ``{name: (dtype, shape)}``, read from its header alone (nothing is
+    allocated for the data). DictionaryFileError naming the file for anything that is not a whole safetensors file:
+    empty, truncated, a pickle or torch.save archive, a header too large or not JSON, offsets outside the file."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise DictionaryFileError(f"{path}: empty file; expected safetensors weights")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 <= n <= min(MAX_HEADER_BYTES, size - 8):
+            if head[:2] == b"PK":
+                raise DictionaryFileError(f"{path}: a zip archive (torch.save format), not safetensors; pickled "
+                                          "weights are never loaded here: convert them to safetensors")
+            if head[:1] == b"\x80":
+                raise DictionaryFileError(f"{path}: a Python pickle, not safetensors; pickled weights are never "
+                                          "loaded here: convert them to safetensors")
+            if n < 0:
+                raise DictionaryFileError(f"{path}: truncated ({size} bytes); not a safetensors file")
+            raise DictionaryFileError(f"{path}: header length {n} exceeds the file ({size} bytes) or the "
+                                      f"{MAX_HEADER_BYTES}-byte limit; truncated or not a safetensors file")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DictionaryFileError(f"{path}: the safetensors header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise DictionaryFileError(f"{path}: the safetensors header is not a JSON object")
+    out, data = {}, size - 8 - n
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (lo, hi) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            ok = dtype in _ITEMSIZE and all(isinstance(x, int) and x >= 0 for x in (*shape, lo, hi))
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise DictionaryFileError(f"{path}: tensor {name!r} has a malformed header entry {entry!r}")
+        if hi > data or hi - lo != math.prod(shape) * _ITEMSIZE[dtype]:
+            raise DictionaryFileError(f"{path}: tensor {name!r} ({dtype} {list(shape)}) lies outside the file's "
+                                      f"{data} data bytes; the file is truncated or corrupt")
+        out[name] = (dtype, shape)
+    return out
+
+
+def expected_shapes(kind: str, d_in: int, d_sae: int, d_out: int | None) -> dict[str, tuple[int, ...]]:
+    """The tensors of a dictionary file and their shapes as stored (``W_skip`` as SAELens stores it,
+    [d_out, d_in])."""
+    d_out = d_in if d_out is None else d_out
+    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
+    if kind == "skip_transcoder":
+        shapes["W_skip"] = (d_out, d_in)
+    return shapes
+
+
+_CONVERT_HINT = {
+    "b_dec_out": "a separate output bias (out = z @ W_dec + b_dec_out, with b_dec an input shift); this layout is "
+                 "not read blindly: convert it (b_enc -= b_dec @ W_enc when b_dec is subtracted from the input, "
+                 "then b_dec = b_dec_out) and save without b_dec_out",
+    "threshold": "a JumpReLU threshold; JumpReLU dictionaries are not supported",
+}
+
+
 def load_dictionary(folder: Path | str, device: str | torch.device = "cpu") -> Dictionary:
     """Read a SAELens-layout folder (written here or elsewhere) into a :class:`Dictionary` (float32 kept as stored).
 
-    The cfg's ``model_name`` is kept as ``d.model_name``. DictionaryFileError names what is missing or wrong.
+    The cfg's ``model_name`` is kept as ``d.model_name``. DictionaryFileError names what is missing or wrong: the
+    header, names, dtypes and shapes are checked before any weight is allocated; unknown or missing tensors and
+    non-finite weights are refused. A ``scaling_factor`` tensor of ones (a no-op) is accepted and dropped.
     """
     folder = Path(folder)
     cfg = read_cfg(folder)
@@ -143,25 +240,47 @@ def load_dictionary(folder: Path | str, device: str | torch.device = "cpu") -> D
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise DictionaryFileError(f"{weights_path}: missing")
-    tensors = load_file(str(weights_path))
+    declared = read_safetensors_header(weights_path)
+    expected = expected_shapes(args["kind"], args["d_in"], args["d_sae"], args["d_out"])
+    missing = sorted(set(expected) - set(declared))
+    if missing:
+        raise DictionaryFileError(f"{weights_path}: missing weights {missing}; found {sorted(declared)}")
+    unknown = sorted(set(declared) - set(expected) - {"scaling_factor"})
+    if unknown:
+        hints = "".join(f"; {n} looks like {_CONVERT_HINT[n]}" for n in unknown if n in _CONVERT_HINT)
+        raise DictionaryFileError(
+            f"{weights_path}: unknown tensors {unknown} for architecture {cfg.get('architecture', 'standard')!r} "
+            f"(expected exactly {sorted(expected)}){hints}")
+    for name, shape in expected.items():
+        dtype, got = declared[name]
+        if dtype not in _FLOATS:
+            raise DictionaryFileError(f"{weights_path}: {name} has dtype {dtype}; accepted: {', '.join(_FLOATS)}")
+        if got != shape:
+            raise DictionaryFileError(f"{weights_path}: {name} has shape {got}, the cfg implies {shape}")
+    if "scaling_factor" in declared and declared["scaling_factor"][1] not in ((args["d_sae"],), ()):
+        raise DictionaryFileError(f"{weights_path}: scaling_factor has shape {declared['scaling_factor'][1]}, "
+                                  f"expected ({args['d_sae']},)")
     try:
-        d = Dictionary(**args)
+        tensors = load_file(str(weights_path))
+    except Exception as exc:  # safetensors' own error type; the header checks above catch the usual causes
+        raise DictionaryFileError(f"{weights_path}: unreadable safetensors file ({exc})") from exc
+    for name, t in tensors.items():
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise DictionaryFileError(f"{weights_path}: {name} holds {bad} NaN or Inf values of {t.numel()}")
+    scale = tensors.pop("scaling_factor", None)
+    if scale is not None and not bool((scale == 1).all()):
+        raise DictionaryFileError(f"{weights_path}: scaling_factor is not all ones; fold it into the weights first "
+                                  "(W_dec rows times scaling_factor) and save without it")
+    try:
+        with torch.device("meta"):
+            d = Dictionary(**args)
     except ValueError as exc:
         raise DictionaryFileError(f"{folder / CFG_FILE}: {exc}") from exc
     if "W_skip" in tensors:
         tensors["W_skip"] = tensors["W_skip"].t().contiguous()
-    expected = {name: tuple(p.shape) for name, p in d.named_parameters()}
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        raise DictionaryFileError(f"{weights_path}: missing weights {missing}; found {sorted(tensors)}")
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise DictionaryFileError(
-                f"{weights_path}: {name} has shape {tuple(tensors[name].shape)}, the cfg implies {shape}"
-            )
-    with torch.no_grad():
-        for name, p in d.named_parameters():
-            p.data = tensors[name].to(device)
+    for name in expected:
+        setattr(d, name, nn.Parameter(tensors[name].to(device)))
     d.model_name = model_name
     return d
 

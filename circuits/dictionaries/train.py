@@ -9,22 +9,33 @@ Losses (METHODS.md section 1), per token, averaged over the batch:
   removed before the step, the rows renormalised after it). TopK runs the sparse path: only the k chosen decoder
   rows and encoder columns get gradients.
 ``b_dec`` starts at the mean of the target over the first buffer block and the encoder is scaled so the first
-reconstructions are small (:func:`init_from_data`). Adam with linear warm-up, then a constant
-learning rate, then a linear decay to zero over the last ``decay_fraction`` of the steps.
+reconstructions are small (:func:`init_from_data`). Adam with linear warm-up (``warmup_steps``, cut to
+``max_warmup_fraction`` of the steps for short budgets), then a constant learning rate, then a linear decay to zero
+over the last ``decay_fraction`` of the steps.
 
-Resume: with a ``workdir``, every ``checkpoint_every`` steps the weights, Adam state and dead-latent counters of every
-dictionary and the buffer position (block, batch) are written atomically to ``workdir/resume/step-<N>/``. Starting
-again with the same arguments continues from there and ends with the same weights as an uninterrupted run.
+Every setting has a stated range, checked when the config or spec is made (:class:`TrainingConfigError` names the
+option); the memory the dictionaries need is estimated and refused before anything is allocated when it cannot fit.
+Non-finite activations stop the run naming the hook. A budget too small to train, a token source that runs out,
+activations that do not vary, or latents that stopped firing are reported in :attr:`TrainResult.warnings`.
+
+Resume: with a ``workdir``, every ``checkpoint_every`` steps and every ``checkpoint_seconds`` of wall time the
+weights, Adam state and dead-latent counters of every dictionary and the buffer position (block, batch) are written
+atomically to ``workdir/resume/step-<N>/``, with the settings of the run. Starting again with the same settings
+continues from there and ends with the same weights as an uninterrupted run; other settings are refused
+(:class:`ResumeMismatchError` names them).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +45,10 @@ from tqdm.auto import tqdm
 from circuits.dictionaries.buffer import ActivationBuffer, TokenSource
 from circuits.dictionaries.fused import relu_code
 from circuits.dictionaries.model import (
+    ACTIVATIONS,
+    KINDS,
     Dictionary,
+    DictionaryConfigError,
     _SparseDecode,
     _SparseGatherLinear,
     csr_plan,
@@ -45,9 +59,55 @@ from workbench.atomic import atomic_dir, clean_stale_tmp, write_json
 from workbench.train import _optim_from_tensors, _optim_to_tensors, saved_steps, step_dir
 
 
+class TrainingConfigError(DictionaryConfigError):
+    """A training setting or dictionary spec is outside its valid range (the message names the option)."""
+
+
+class NonFiniteActivationError(ValueError):
+    """The model's activations at a hook hold NaN or Inf values."""
+
+
+class ResumeMismatchError(ValueError):
+    """A workdir's checkpoint was made under other settings, or cannot be read."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """A dictionary's loss or weights became non-finite during training."""
+
+
+def _bad(owner: str, name: str, value: Any, accepted: str) -> TrainingConfigError:
+    return TrainingConfigError(f"{owner}.{name} must be {accepted}, got {value!r}")
+
+
+def _int(owner: str, name: str, value: Any, lo: int, hi: int | None = None, *, optional: bool = False) -> None:
+    """``value`` an integer in [lo, hi] (None allowed when ``optional``)."""
+    if value is None and optional:
+        return
+    rng = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        raise _bad(owner, name, value, rng + (" or None" if optional else ""))
+
+
+def _real(owner: str, name: str, value: Any, lo: float, hi: float | None = None, *, lo_open: bool = False,
+          hi_open: bool = False, optional: bool = False) -> None:
+    """``value`` a finite number in the interval (NaN and Inf refused)."""
+    if value is None and optional:
+        return
+    rng = f"{'(' if lo_open else '['}{lo:g}, {'inf)' if hi is None else f'{hi:g}' + (')' if hi_open else ']')}"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > lo if lo_open else value >= lo)
+    ok = ok and (hi is None or (value < hi if hi_open else value <= hi))
+    if not ok:
+        raise _bad(owner, name, value, f"a finite number in {rng}" + (" or None" if optional else ""))
+
+
 @dataclass
 class DictSpec:
-    """One dictionary to train: where it reads (``hook_in``) and writes (``hook_out``), its shape and sparsity."""
+    """One dictionary to train: where it reads (``hook_in``) and writes (``hook_out``), its shape and sparsity.
+
+    Valid ranges (checked when made): ``kind`` in KINDS, ``activation`` in ACTIVATIONS, ``expansion`` > 0 finite,
+    ``d_sae`` None or >= 1, ``l1`` >= 0 finite, ``k`` (TopK only, required) >= 1 and <= the latent count;
+    transcoders need ``hook_out``; an SAE's ``hook_out`` is None or ``hook_in``."""
 
     hook_in: str
     kind: str = "sae"
@@ -59,6 +119,30 @@ class DictSpec:
     k: int | None = None
     name: str | None = None
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise TrainingConfigError naming the first setting outside its range."""
+        o = "DictSpec"
+        if not isinstance(self.hook_in, str) or not self.hook_in:
+            raise _bad(o, "hook_in", self.hook_in, "a hook name such as blocks.0.hook_resid_post")
+        if self.kind not in KINDS:
+            raise _bad(o, "kind", self.kind, f"one of {', '.join(KINDS)}")
+        if self.activation not in ACTIVATIONS:
+            raise _bad(o, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
+        if self.kind != "sae" and not (isinstance(self.hook_out, str) and self.hook_out):
+            raise _bad(o, "hook_out", self.hook_out, f"a hook name for a {self.kind} (e.g. blocks.0.hook_mlp_out)")
+        if self.kind == "sae" and self.hook_out not in (None, self.hook_in):
+            raise _bad(o, "hook_out", self.hook_out, f"None or hook_in ({self.hook_in}) for an SAE")
+        _real(o, "expansion", self.expansion, 0, lo_open=True)
+        _int(o, "d_sae", self.d_sae, 1, optional=True)
+        _real(o, "l1", self.l1, 0)
+        if self.activation == "topk":
+            _int(o, "k", self.k, 1, self.d_sae)
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
+            raise _bad(o, "name", self.name, "a non-empty string or None")
+
     def label(self) -> str:
         """A short name: ``<kind>-<hook_in>-<relu-l1 | topk-k>``, unless ``name`` is given."""
         if self.name:
@@ -67,9 +151,22 @@ class DictSpec:
         return f"{self.kind}-{self.hook_in}-{sparsity}"
 
 
+#: settings that do not change the trained weights: a resume may change them
+RESUME_FREE = ("checkpoint_every", "checkpoint_seconds", "log_every", "spill_dir")
+#: fewer optimisation steps than this draw a warning that the budget is too small to train
+MIN_STEPS = 200
+
+
 @dataclass
 class TrainDictConfig:
-    """Optimisation settings shared by every dictionary of one training pass."""
+    """Optimisation settings shared by every dictionary of one training pass.
+
+    Valid ranges (checked when made): ``tokens`` >= 1; ``batch_size`` in [1, tokens] (at least one batch);
+    ``lr`` > 0; ``warmup_steps`` >= 0; ``max_warmup_fraction`` and ``decay_fraction`` in [0, 1]; ``betas`` in
+    [0, 1); ``block_batches`` >= 1; ``seed`` >= 0; ``auxk_coef`` >= 0; ``dead_tokens`` None or >= 1;
+    ``checkpoint_every`` >= 1; ``checkpoint_seconds`` None (steps only) or > 0; ``log_every`` >= 1. Every number
+    finite. ``checkpoint_seconds``: with a workdir, also checkpoint when this much wall time has passed since
+    the last checkpoint."""
 
     tokens: int
     batch_size: int = 4096
@@ -84,14 +181,51 @@ class TrainDictConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     spill_dir: str | None = None
+    checkpoint_seconds: float | None = 60.0
+    max_warmup_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise TrainingConfigError naming the first setting outside its range."""
+        o = "TrainDictConfig"
+        _int(o, "tokens", self.tokens, 1)
+        _int(o, "batch_size", self.batch_size, 1)
+        if self.batch_size > self.tokens:
+            raise TrainingConfigError(
+                f"{o}.batch_size ({self.batch_size}) exceeds tokens ({self.tokens}): the budget holds no full batch; "
+                "lower batch_size or raise tokens")
+        _real(o, "lr", self.lr, 0, lo_open=True)
+        _int(o, "warmup_steps", self.warmup_steps, 0)
+        _real(o, "max_warmup_fraction", self.max_warmup_fraction, 0, 1)
+        _real(o, "decay_fraction", self.decay_fraction, 0, 1)
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise _bad(o, "betas", self.betas, "two numbers in [0, 1)")
+        for b in self.betas:
+            _real(o, "betas", b, 0, 1, hi_open=True)
+        _int(o, "block_batches", self.block_batches, 1)
+        _int(o, "seed", self.seed, 0)
+        _real(o, "auxk_coef", self.auxk_coef, 0)
+        _int(o, "dead_tokens", self.dead_tokens, 1, optional=True)
+        _int(o, "checkpoint_every", self.checkpoint_every, 1)
+        _real(o, "checkpoint_seconds", self.checkpoint_seconds, 0, lo_open=True, optional=True)
+        _int(o, "log_every", self.log_every, 1)
+        if self.spill_dir is not None and Path(self.spill_dir).exists() and not Path(self.spill_dir).is_dir():
+            raise _bad(o, "spill_dir", str(self.spill_dir), "a folder (this path is a file)")
 
     @property
     def steps(self) -> int:
         return max(1, self.tokens // self.batch_size)
 
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps used: ``warmup_steps``, at most ``max_warmup_fraction`` of the steps."""
+        return min(self.warmup_steps, int(self.max_warmup_fraction * self.steps))
+
     def lr_at(self, step: int) -> float:
         """Linear warm-up, constant, then linear decay to 0 over the last ``decay_fraction`` of the steps."""
-        warm = min(1.0, (step + 1) / max(1, self.warmup_steps))
+        warm = min(1.0, (step + 1) / max(1, self.warmup))
         decay_start = int(self.steps * (1 - self.decay_fraction))
         if self.decay_fraction > 0 and step >= decay_start:
             warm = min(warm, (self.steps - step) / max(1, self.steps - decay_start))
@@ -100,39 +234,123 @@ class TrainDictConfig:
     def dead_after(self) -> int:
         return self.dead_tokens if self.dead_tokens is not None else max(10 * self.batch_size, self.tokens // 10)
 
+    def budget_warnings(self) -> list[str]:
+        """What the budget costs the schedule: a cut warm-up, too few steps to train."""
+        out = []
+        if self.warmup < self.warmup_steps:
+            out.append(f"warm-up cut from {self.warmup_steps} to {self.warmup} steps (at most "
+                       f"{self.max_warmup_fraction:g} of the {self.steps} steps)")
+        if self.steps < MIN_STEPS:
+            out.append(f"only {self.steps} optimisation steps (tokens {self.tokens} / batch_size {self.batch_size}): "
+                       f"too few to train a dictionary well (at least {MIN_STEPS}); raise tokens or lower batch_size")
+        return out
+
 
 @dataclass
 class TrainResult:
-    """Trained dictionaries (by label), per-step history rows, steps and tokens done, wall seconds."""
+    """Trained dictionaries (by label), per-step history rows, steps and tokens done, wall seconds, and warnings
+    (budget too small, token source exhausted, latents that stopped firing)."""
 
     dictionaries: dict[str, Dictionary]
     history: list[dict] = field(default_factory=list)
     steps: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
-def build_dictionaries(model, specs: Sequence[DictSpec], seed: int = 0,
-                       widths: dict[str, int] | None = None) -> dict[str, Dictionary]:
-    """Randomly initialised dictionaries for ``specs`` with widths read from the model's hooks (or ``widths``)."""
+def _available_bytes() -> int | None:
+    """Memory this process may still take (MemAvailable), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def training_bytes(d_in: int, d_sae: int, d_out: int, batch_size: int, skip: bool = False) -> int:
+    """Estimated float32 bytes to train one dictionary: weights, gradients and two Adam moments (4 copies of the
+    parameters) plus about three [batch_size, d_sae] buffers of one step's codes."""
+    params = d_in * d_sae + d_sae + d_sae * d_out + d_out + (d_in * d_out if skip else 0)
+    return 4 * (4 * params + 3 * batch_size * d_sae)
+
+
+def check_memory(shapes: Sequence[tuple[str, int, int, int, bool]], batch_size: int,
+                 available: int | None = None) -> int:
+    """Refuse dictionaries (label, d_in, d_sae, d_out, skip) whose training cannot fit in memory; returns the
+    estimated bytes. ``available`` defaults to the machine's available memory."""
+    need = sum(training_bytes(a, b, c, batch_size, s) for _, a, b, c, s in shapes)
+    available = _available_bytes() if available is None else available
+    if available is not None and need > available:
+        sizes = ", ".join(f"{lab}: d_sae {b:,}" for lab, _, b, _, _ in shapes)
+        raise TrainingConfigError(
+            f"training these dictionaries needs about {need / 2**30:.2f} GiB (weights, gradients, Adam state and "
+            f"one batch of codes; {sizes}) but {available / 2**30:.2f} GiB is available; lower expansion, d_sae or "
+            "batch_size")
+    return need
+
+
+def build_dictionaries(model, specs: Sequence[DictSpec], seed: int = 0, widths: dict[str, int] | None = None,
+                       batch_size: int | None = None) -> dict[str, Dictionary]:
+    """Randomly initialised dictionaries for ``specs`` with widths read from the model's hooks (or ``widths``).
+
+    With ``batch_size``, the memory training needs is estimated first (:func:`check_memory`) and refused, before
+    anything is allocated, when it cannot fit."""
     hooks = sorted({s.hook_in for s in specs} | {s.hook_out or s.hook_in for s in specs})
     widths = widths if widths is not None else hook_widths(model, hooks)
     missing = [h for h in hooks if h not in widths]
     if missing:
         raise ValueError(f"no activations for hooks {missing}; the buffer holds {sorted(widths)}")
-    out: dict[str, Dictionary] = {}
-    for i, s in enumerate(specs):
+    shapes, labels = [], set()
+    for s in specs:
         label = s.label()
-        if label in out:
+        if label in labels:
             raise ValueError(f"two dictionaries share the label {label!r}; give them distinct names")
+        labels.add(label)
         d_in = widths[s.hook_in]
         d_sae = s.d_sae or expansion_width(d_in, s.expansion)
+        if s.activation == "topk" and s.k > d_sae:
+            raise TrainingConfigError(f"DictSpec.k ({s.k}) of {label} exceeds its {d_sae} latents (d_in {d_in} x "
+                                      f"expansion {s.expansion:g}); accepted: 1 <= k <= {d_sae}")
+        d_out = widths[s.hook_out] if s.kind != "sae" and s.hook_out else d_in
+        shapes.append((label, d_in, d_sae, d_out, s.kind == "skip_transcoder"))
+    if batch_size is not None:
+        check_memory(shapes, batch_size)
+    out: dict[str, Dictionary] = {}
+    for i, (s, (label, d_in, d_sae, d_out, _)) in enumerate(zip(specs, shapes, strict=True)):
         out[label] = Dictionary.create(
             s.kind, d_in, d_sae, activation=s.activation, k=s.k, hook_in=s.hook_in,
-            hook_out=s.hook_out if s.kind != "sae" else None,
-            d_out=widths[s.hook_out] if s.kind != "sae" and s.hook_out else None, seed=seed + i,
+            hook_out=s.hook_out if s.kind != "sae" else None, d_out=d_out if s.kind != "sae" else None,
+            seed=seed + i,
         )
     return out
+
+
+def _check_block(block, hooks: Sequence[str]) -> None:
+    """Refuse a block with non-finite activations, naming the hook."""
+    for h in hooks:
+        rows = block.rows[h]
+        if not bool(torch.isfinite(rows).all()):
+            bad = int((~torch.isfinite(rows)).any(-1).sum())
+            raise NonFiniteActivationError(
+                f"the activations at {h} hold NaN or Inf values ({bad} of {rows.shape[0]} rows of buffer block "
+                f"{block.index}); check the model's weights and inputs")
+
+
+def constant_warning(hook: str, rows: torch.Tensor) -> str | None:
+    """A warning when a target (rows [N, width]) does not vary: nothing to learn, every latent ends dead."""
+    rows = rows.double()
+    var = float(rows.var(0, unbiased=False).sum()) if rows.shape[0] > 1 else 0.0
+    if var > 1e-12 * (float(rows.pow(2).sum(-1).mean()) + 1e-30):
+        return None
+    return (f"the activations at {hook} are the same at every one of the {rows.shape[0]} tokens of the first buffer "
+            "block (no variance): there is nothing to learn, the dictionary's latents will not fire. Does the "
+            "model's tokenizer read this text? (a corpus whose every token is unknown gives a constant input)")
 
 
 @torch.no_grad()
@@ -195,7 +413,56 @@ def _step_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec
     return loss, logs, fired
 
 
-def _save(workdir: Path, step: int, position: tuple[int, int], dicts, optims, since, history, cfg_json) -> None:
+#: the clock of time-based checkpoints (a function returning seconds)
+_clock = time.monotonic
+
+
+def _settings(cfg: TrainDictConfig, specs: Sequence[DictSpec], widths: dict[str, int]) -> dict[str, Any]:
+    """The settings a checkpoint records (JSON values): everything that changes the trained weights."""
+    config = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in RESUME_FREE}
+    return {"config": config, "specs": [json.loads(json.dumps(asdict(s))) for s in specs], "widths": widths}
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``name: checkpoint X, now Y`` for every recorded setting that differs (settings a checkpoint lacks are
+    not compared)."""
+    out = []
+    for k, v in now.get("config", {}).items():
+        if k in saved.get("config", {}) and saved["config"][k] != v:
+            out.append(f"{k}: checkpoint {saved['config'][k]!r}, now {v!r}")
+    if "specs" in saved and saved["specs"] != now["specs"]:
+        if len(saved["specs"]) != len(now["specs"]):
+            out.append(f"specs: checkpoint has {len(saved['specs'])} dictionaries, now {len(now['specs'])}")
+        for i, (a, b) in enumerate(zip(saved["specs"], now["specs"], strict=False)):
+            out += [f"specs[{i}].{k}: checkpoint {a.get(k)!r}, now {b[k]!r}" for k in b
+                    if k != "name" and a.get(k) != b[k]]  # a name only sets the label, compared on its own
+    if "widths" in saved and saved["widths"] != now["widths"]:
+        out.append(f"hook widths: checkpoint {saved['widths']}, now {now['widths']} (another model?)")
+    return out
+
+
+def _fingerprint(block) -> dict[str, Any]:
+    """A few stored rows of a block (its first 4 rows, first 8 columns per hook): a resume re-harvesting the
+    block must see the same activations."""
+    return {"block": block.index, "rows": {h: r[:4, :8].tolist() for h, r in block.rows.items()}}
+
+
+def _check_fingerprint(saved: dict[str, Any] | None, block, folder: Path) -> None:
+    if not saved or saved.get("block") != block.index:
+        return
+    for h, rows in saved["rows"].items():
+        if h not in block.rows:
+            continue
+        got = block.rows[h][:4, :8]
+        want = torch.tensor(rows, dtype=got.dtype)
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
+            raise ResumeMismatchError(
+                f"{folder}: the activations at {h} differ from those the checkpoint was trained on (another model, "
+                "corpus, sequence length or token source?); resume with the same inputs or use another workdir")
+
+
+def _save(workdir: Path, step: int, position: tuple[int, int], dicts, optims, since, history, settings,
+          fingerprint) -> None:
     root = workdir / "resume"
     with atomic_dir(step_dir(root, step), overwrite=True) as tmp:
         for i, (label, d) in enumerate(dicts.items()):
@@ -204,32 +471,54 @@ def _save(workdir: Path, step: int, position: tuple[int, int], dicts, optims, si
             tensors["since"] = since[label].clone()
             save_file(tensors, str(tmp / f"o{i}.safetensors"))
         write_json(tmp / "state.json", {"step": step, "block": position[0], "batch": position[1], "history": history,
-                                         "labels": list(dicts), "config": cfg_json,
+                                         "labels": list(dicts), "config": settings["config"],
+                                         "specs": settings["specs"], "widths": settings["widths"],
+                                         "fingerprint": fingerprint,
                                          "optim": {lab: _optim_to_tensors(o)[1] for lab, o in optims.items()}})
     for old in saved_steps(root):
         if old != step:
             shutil.rmtree(step_dir(root, old), ignore_errors=True)
 
 
-def _load(workdir: Path, dicts, optims, since) -> tuple[int, int, int, list[dict]] | None:
+def _load(workdir: Path, dicts, optims, since, settings=None):
+    """Restore the newest checkpoint into ``dicts``/``optims``/``since``: (step, block, batch, history,
+    fingerprint), or None without one. ResumeMismatchError when it was made under other ``settings``."""
     root = workdir / "resume"
     clean_stale_tmp(root)
     steps = saved_steps(root)
     if not steps:
         return None
     folder = step_dir(root, steps[-1])
-    state = json.loads((folder / "state.json").read_text())
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ResumeMismatchError(f"{folder / 'state.json'}: unreadable checkpoint ({exc}); delete {folder} to "
+                                  "resume from scratch") from exc
     if state["labels"] != list(dicts):
-        raise ValueError(f"{folder}: the checkpoint holds {state['labels']}, this run trains {list(dicts)}")
+        raise ResumeMismatchError(f"{folder}: the checkpoint holds {state['labels']}, this run trains {list(dicts)}")
+    if settings is not None:
+        diffs = _differences(state, settings)
+        if diffs:
+            raise ResumeMismatchError(
+                f"{folder}: the checkpoint was made with other settings ({'; '.join(diffs)}); resume with the "
+                f"same settings, or start a fresh run in another workdir")
     for i, (label, d) in enumerate(dicts.items()):
-        weights = load_file(str(folder / f"d{i}.safetensors"))
+        try:
+            weights = load_file(str(folder / f"d{i}.safetensors"))
+            tensors = load_file(str(folder / f"o{i}.safetensors"))
+        except Exception as exc:  # safetensors raises its own error type for truncated or foreign files
+            raise ResumeMismatchError(f"{folder}: unreadable checkpoint weights ({exc}); delete {folder} to resume "
+                                      "from scratch") from exc
         with torch.no_grad():
             for n, p in d.named_parameters():
+                if n not in weights or weights[n].shape != p.shape:
+                    raise ResumeMismatchError(f"{folder}: {label} {n} does not match this run's dictionary shape "
+                                              f"{tuple(p.shape)}")
                 p.copy_(weights[n])
-        tensors = load_file(str(folder / f"o{i}.safetensors"))
         since[label] = tensors.pop("since")
         optims[label].load_state_dict(_optim_from_tensors(tensors, state["optim"][label]))
-    return int(state["step"]), int(state["block"]), int(state["batch"]), list(state["history"])
+    return int(state["step"]), int(state["block"]), int(state["batch"]), list(state["history"]), \
+        state.get("fingerprint")
 
 
 def train_dictionaries(
@@ -242,29 +531,61 @@ def train_dictionaries(
     :class:`circuits.dictionaries.buffer.TensorBuffer` (activations already in memory).
     ``stop_after`` ends the call after that many steps in total (used to test resumption); the run then continues
     from ``workdir`` when called again. Returns :class:`TrainResult` (dictionaries on the CPU, in eval form).
+
+    Raises TrainingConfigError (a setting out of range, sizes that cannot fit in memory, a batch larger than a
+    buffer block), NonFiniteActivationError (NaN/Inf activations, naming the hook), ResumeMismatchError (a
+    workdir checkpoint made under other settings) and TrainingDivergedError.
     """
     specs = list(specs)
-    dicts = build_dictionaries(model, specs, seed=cfg.seed, widths=buffer.widths() if buffer is not None else None)
+    cfg.check()
+    for s in specs:
+        s.check()
+    if not specs:
+        raise TrainingConfigError("train_dictionaries needs at least one DictSpec")
+    workdir = Path(workdir) if workdir is not None else None
+    if workdir is not None and workdir.exists() and not workdir.is_dir():
+        raise TrainingConfigError(f"workdir {workdir} is a file; give a folder for resume checkpoints")
+    if stop_after is not None:
+        _int("train_dictionaries", "stop_after", stop_after, 0)
+    dicts = build_dictionaries(model, specs, seed=cfg.seed, widths=buffer.widths() if buffer is not None else None,
+                               batch_size=cfg.batch_size)
     spec_of = dict(zip(dicts, specs, strict=True))
+    widths = {}
+    for d in dicts.values():
+        widths[d.hook_in], widths[d.hook_out] = d.d_in, d.d_out
+    settings = _settings(cfg, specs, dict(sorted(widths.items())))
     optims = {lab: torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=cfg.betas) for lab, d in dicts.items()}
     since = {lab: torch.zeros(d.d_sae, dtype=torch.long) for lab, d in dicts.items()}
     hooks = sorted({d.hook_in for d in dicts.values()} | {d.hook_out for d in dicts.values()})
     if buffer is None:
         buffer = ActivationBuffer(model, source, hooks, block_batches=cfg.block_batches, batch_size=cfg.batch_size,
                                   seed=cfg.seed, spill_dir=cfg.spill_dir, device=device)
-    step, start_block, start_batch, history = 0, 0, 0, []
-    workdir = Path(workdir) if workdir is not None else None
+    step, start_block, start_batch, history, saved_print = 0, 0, 0, [], None
     if workdir is not None:
-        loaded = _load(workdir, dicts, optims, since)
+        loaded = _load(workdir, dicts, optims, since, settings)
         if loaded:
-            step, start_block, start_batch, history = loaded
+            step, start_block, start_batch, history, saved_print = loaded
     total, dead_after, t0 = cfg.steps, cfg.dead_after(), time.perf_counter()
+    warnings = cfg.budget_warnings()
     bar = tqdm(total=total, initial=step, desc="train-dict", unit="step", disable=not progress)
-    cfg_json = asdict(cfg)
+    last_save, first = _clock(), True
     for block in buffer.blocks(start_block) if step < total else ():
+        _check_block(block, hooks)
+        if first:
+            if block.n_batches == 0 and step == 0:
+                raise TrainingConfigError(
+                    f"TrainDictConfig.batch_size ({cfg.batch_size}) exceeds the {block.n_rows} rows of one buffer "
+                    f"block ({cfg.block_batches} token batches): no training batch; lower batch_size or raise "
+                    "block_batches")
+            _check_fingerprint(saved_print, block, workdir / "resume" if workdir else Path("."))
+            first = False
         if step == 0 and start_batch == 0:
             for d in dicts.values():
+                flat = constant_warning(d.hook_out, block.rows[d.hook_out])
+                if flat and flat not in warnings:
+                    warnings.append(flat)
                 init_from_data(d, block.rows[d.hook_in], block.rows[d.hook_out])
+        fingerprint = None
         for i in range(start_batch, block.n_batches):
             if step >= total or (stop_after is not None and step >= stop_after):
                 break
@@ -276,6 +597,9 @@ def train_dictionaries(
                     group["lr"] = cfg.lr_at(step)
                 loss, logs, fired = _step_losses(d, batch[d.hook_in], batch[d.hook_out], spec_of[lab],
                                                  since[lab] >= dead_after, cfg.auxk_coef, log=log)
+                if log and not math.isfinite(logs["mse"]):
+                    raise TrainingDivergedError(f"{lab}: the reconstruction loss became {logs['mse']} at step {step}; "
+                                                f"lower lr (now {cfg.lr:g})")
                 optims[lab].zero_grad(set_to_none=True)
                 loss.backward()
                 if d.activation == "topk":
@@ -292,14 +616,37 @@ def train_dictionaries(
                 history.append(row)
             step += 1
             bar.update(1)
-            if workdir is not None and (step % cfg.checkpoint_every == 0 or step == total):
+            timed = cfg.checkpoint_seconds is not None and _clock() - last_save >= cfg.checkpoint_seconds
+            if workdir is not None and (step % cfg.checkpoint_every == 0 or step == total or timed):
                 nxt = (block.index, i + 1) if i + 1 < block.n_batches else (block.index + 1, 0)
-                _save(workdir, step, nxt, dicts, optims, since, history, cfg_json)
+                fingerprint = fingerprint or _fingerprint(block)
+                _save(workdir, step, nxt, dicts, optims, since, history, settings, fingerprint)
+                last_save = _clock()
         start_batch = 0
         if step >= total or (stop_after is not None and step >= stop_after):
             break
     bar.close()
-    if step >= total or stop_after is None:
+    finished = step >= total or stop_after is None
+    if step < total and stop_after is None:
+        warnings.append(f"the token source ran out after {step * cfg.batch_size} training tokens ({step} steps) of "
+                        f"the {total * cfg.batch_size} planned ({total} steps); the schedule did not finish")
+    if step == 0 and finished:
+        raise TrainingConfigError(f"no training step was made: the token source gave no batch of {cfg.batch_size} "
+                                  "rows; lower batch_size or give more text")
+    for lab, d in dicts.items():
+        bad = [n for n, p in d.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise TrainingDivergedError(f"{lab}: the weights {bad} became NaN or Inf by step {step}; lower lr "
+                                        f"(now {cfg.lr:g})")
+        if finished and step > 0:
+            n_dead = int((since[lab] >= dead_after).sum())
+            if n_dead == d.d_sae:
+                warnings.append(f"{lab}: all {d.d_sae} latents are dead (none fired in the last {dead_after} "
+                                "training tokens)")
+            elif n_dead > d.d_sae // 2:
+                warnings.append(f"{lab}: {n_dead} of {d.d_sae} latents are dead (did not fire in the last "
+                                f"{dead_after} training tokens)")
+    if finished:
         for d in dicts.values():
             if d.activation == "relu":
                 d.normalize_decoder()
@@ -307,4 +654,4 @@ def train_dictionaries(
         d.requires_grad_(False)
         d.eval()
     return TrainResult(dictionaries=dicts, history=history, steps=step, tokens=step * cfg.batch_size,
-                       seconds=time.perf_counter() - t0)
+                       seconds=time.perf_counter() - t0, warnings=warnings)
