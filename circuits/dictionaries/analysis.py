@@ -64,6 +64,9 @@ class TrainDictionaryConfig(HeldOutOptions):
     warmup: int = option(100, "warm-up steps", minimum=0)
     seed: int = option(0, "seed of the data order and the initialisation", minimum=0)
     workdir: str | None = option(None, "folder for resume checkpoints (a killed run continues from there)")
+    checkpoint_every: int = option(200, "with --workdir: checkpoint every this many steps", minimum=1)
+    checkpoint_seconds: float | None = option(60.0, "with --workdir: also checkpoint after this much wall time",
+                                              minimum=0.0, exclusive_minimum=True)
     spill_dir: str | None = option(None, "keep the activation buffer in memory-mapped files there")
 
     def validate(self) -> None:
@@ -141,6 +144,8 @@ def dictionary_result(model: Any, dicts: Mapping[str, Any], evaluation: Any, *, 
         flat = [{"step": h["step"], "label": lab, **h[lab]} for h in history for lab in labels if lab in h]
         out.tables["history"] = pd.DataFrame(flat)
     out.summary["eval_tokens"] = evaluation.tokens
+    for label, flags in getattr(evaluation, "warnings", {}).items():
+        out.warnings += [f"{label}: {flag}" for flag in flags]
     out.lines = [f"{'dictionary':<60} {'L0':>8} {'FVU':>7} {'CE rec(0)':>9} {'KL':>8} {'dead':>6}"]
     for label, m in out.summary.items():
         if isinstance(m, dict):
@@ -173,7 +178,8 @@ def _train(model: Any, cfg: TrainDictionaryConfig, progress: bool) -> Result:
                       l1=v if cfg.activation == "relu" else 0.0, k=v if cfg.activation == "topk" else None)
              for v in values]
     train = TrainDictConfig(tokens=cfg.tokens, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup,
-                            seed=cfg.seed, spill_dir=cfg.spill_dir)
+                            seed=cfg.seed, spill_dir=cfg.spill_dir, checkpoint_every=cfg.checkpoint_every,
+                            checkpoint_seconds=cfg.checkpoint_seconds)
     device = str(model.W_E.device)
     source = corpus_source(model.tokenizer, cfg.corpus, seq_len=cfg.seq_len, batch_size=8, seed=cfg.seed)
     eval_source = corpus_source(model.tokenizer, cfg.corpus, seq_len=cfg.seq_len, batch_size=8, split="heldout", seed=0)
@@ -187,12 +193,7 @@ def _train(model: Any, cfg: TrainDictionaryConfig, progress: bool) -> Result:
                                 progress=progress)
     out.params = {"specs": [s.__dict__ for s in specs], "train": dict(train.__dict__),
                   "seconds_training": trained.seconds, "steps": trained.steps, "tokens_trained": trained.tokens}
-    out.warnings += list(getattr(trained, "warnings", []))
-    if trained.tokens < cfg.tokens:
-        out.warnings.append(f"{cfg.corpus!r} gave {trained.tokens} training tokens, fewer than --tokens {cfg.tokens}")
-    for label, m in out.summary.items():
-        if isinstance(m, dict) and isinstance(m.get("dead_fraction"), (int, float)) and m["dead_fraction"] >= 1.0:
-            out.warnings.append(f"{label}: every latent is dead (L0 {m['l0']:.2f}); train longer or lower the sparsity")
+    out.warnings = list(trained.warnings) + out.warnings
     return out
 
 
