@@ -144,7 +144,13 @@ def _launch_section() -> None:
         submitted = st.form_submit_button("Run")
     if not submitted:
         return
-    argv = launch.build_argv(verb, values)
+    from workbench.paths import workbench_home
+
+    try:
+        argv = launch.build_argv(verb, values, confine=workbench_home())
+    except ValueError as exc:
+        st.error(str(exc))
+        return
     st.code(launch.shell_command(argv), language="bash")
     bar = st.progress(0.0, text="starting ...")
     try:

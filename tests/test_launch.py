@@ -82,3 +82,15 @@ def test_the_form_matches_the_parser(capsys):
 
 def test_the_shown_command_is_shell_quoted():
     assert launch.shell_command(["paths", "--prompt=a b; rm -rf /"]) == "workbench paths '--prompt=a b; rm -rf /'"
+
+
+def test_the_form_keeps_files_inside_the_home(tmp_path):
+    inside = tmp_path / "work"
+    argv = launch.build_argv("train-dict", {"layer": "1", "workdir": str(inside)}, confine=tmp_path)
+    assert argv[argv.index("--workdir") + 1] == str(inside)
+    for bad in ("/etc", str(tmp_path / ".." / "elsewhere")):
+        with pytest.raises(ValueError, match="--workdir .* is outside the workbench's home"):
+            launch.build_argv("train-dict", {"layer": "1", "workdir": bad}, confine=tmp_path)
+    with pytest.raises(ValueError, match="path .* outside"):
+        launch.build_argv("eval-dict", {"path": "/etc/passwd"}, confine=tmp_path)
+    assert launch.build_argv("train-dict", {"layer": "1", "workdir": "/etc"})  # the command line takes any path

@@ -37,17 +37,18 @@ class ConfigError(ValueError):
 
 def option(default: Any = MISSING, help: str = "", *, minimum: float | None = None, maximum: float | None = None,
            exclusive_minimum: bool = False, positional: bool = False, aliases: tuple[str, ...] = (),
-           lines: bool = False) -> Any:
+           lines: bool = False, path: bool = False) -> Any:
     """A config field with its command-line and form metadata.
 
     ``minimum``/``maximum`` bound numbers (and every number of a list), ``exclusive_minimum`` makes the minimum
     strict; floats must also be finite. ``positional`` makes it a positional argument (required when there is no
     default); ``aliases`` are extra (older) flags; ``lines`` marks a text field whose values are whole lines (prompts:
-    never split on spaces or commas). A list default is copied per instance; an option without a default is required
-    and keyword-only.
+    never split on spaces or commas); ``path`` marks a file or folder (the dashboard's form keeps those inside the
+    workbench's home). A list default is copied per instance; an option without a default is required and
+    keyword-only.
     """
     meta = {"help": help, "minimum": minimum, "maximum": maximum, "exclusive_minimum": exclusive_minimum,
-            "positional": positional, "aliases": tuple(aliases), "lines": lines}
+            "positional": positional, "aliases": tuple(aliases), "lines": lines, "path": path}
     if isinstance(default, (list, dict, set)):
         value = default
         return field(default_factory=lambda: type(value)(value), metadata=meta)
@@ -83,6 +84,7 @@ class FieldInfo:
     positional: bool
     aliases: tuple[str, ...]
     lines: bool
+    path: bool = False
 
     @property
     def flag(self) -> str:
@@ -127,7 +129,8 @@ def describe_fields(config: type) -> list[FieldInfo]:
         m = f.metadata
         out.append(FieldInfo(f.name, base, many, optional, choices, default, default is MISSING, m.get("help", ""),
                              m.get("minimum"), m.get("maximum"), m.get("exclusive_minimum", False),
-                             m.get("positional", False), m.get("aliases", ()), m.get("lines", False)))
+                             m.get("positional", False), m.get("aliases", ()), m.get("lines", False),
+                             m.get("path", False)))
     return out
 
 

@@ -63,11 +63,11 @@ class TrainDictionaryConfig(HeldOutOptions):
     lr: float = option(4e-4, "learning rate", minimum=0.0, exclusive_minimum=True)
     warmup: int = option(100, "warm-up steps", minimum=0)
     seed: int = option(0, "seed of the data order and the initialisation", minimum=0)
-    workdir: str | None = option(None, "folder for resume checkpoints (a killed run continues from there)")
+    workdir: str | None = option(None, "folder for resume checkpoints (a killed run continues from there)", path=True)
     checkpoint_every: int = option(200, "with --workdir: checkpoint every this many steps", minimum=1)
     checkpoint_seconds: float | None = option(60.0, "with --workdir: also checkpoint after this much wall time",
                                               minimum=0.0, exclusive_minimum=True)
-    spill_dir: str | None = option(None, "keep the activation buffer in memory-mapped files there")
+    spill_dir: str | None = option(None, "keep the activation buffer in memory-mapped files there", path=True)
 
     def validate(self) -> None:
         if self.hook is None and self.layer is None:
@@ -97,7 +97,7 @@ class TrainDictionaryConfig(HeldOutOptions):
 class EvalDictionaryConfig(HeldOutOptions):
     """Options of ``workbench eval-dict``."""
 
-    path: list[str] = option(help="folders holding cfg.json and sae_weights.safetensors", positional=True)
+    path: list[str] = option(help="folders holding cfg.json and sae_weights.safetensors", positional=True, path=True)
 
     def validate(self) -> None:
         resolved = [str(Path(p).resolve()) for p in self.path]

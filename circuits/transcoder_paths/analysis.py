@@ -32,7 +32,8 @@ class TcCircuitConfig(Config):
         None, "a task instead of --prompt: its --example-th prompt")
     example: int = option(0, "which example of the task", minimum=0)
     n: int = option(16, "task examples for the clean/spliced metric", minimum=1)
-    transcoder: list[str] | None = option(None, "transcoder folders in SAELens format (one per layer)", lines=True)
+    transcoder: list[str] | None = option(None, "transcoder folders in SAELens format (one per layer)", lines=True,
+                                          path=True)
     train_tokens: int = option(0, "with no --transcoder: first train TopK-16 transcoders (4x) for every layer on this "
                                   "many wiki tokens (0: --transcoder is required)", minimum=0)
     target: str = option("logit", "'logit' (a logit difference) or a feature id like tc5.f12@7")

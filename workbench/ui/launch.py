@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # Verbs that are not analyses (they do not write one run from parameters).
@@ -43,6 +44,7 @@ class OptionSpec:
     many: bool = False
     lines: bool = False
     negatable: bool = False
+    path: bool = False
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -73,7 +75,7 @@ def _field_specs(verb: str) -> list[OptionSpec]:
         flag = info.name if info.positional else info.flag
         specs.append(OptionSpec(flag, info.name, None if info.required else info.default, info.choices, kind, info.help,
                                 info.required, many=info.many, lines=info.lines or (info.many and info.base is str),
-                                negatable=info.base is bool))
+                                negatable=info.base is bool, path=info.path))
     return specs
 
 
@@ -118,9 +120,20 @@ def _values(spec: OptionSpec, value: Any) -> list[str]:
     return [v for v in re.split(r"[\s,]+", text.strip()) if v]
 
 
-def build_argv(verb: str, values: dict[str, Any]) -> list[str]:
+def _confined(spec: OptionSpec, parts: list[str], root: Path) -> None:
+    base = root.resolve()
+    for part in parts:
+        target = Path(part).expanduser()
+        target = (target if target.is_absolute() else base / target).resolve()
+        if target != base and base not in target.parents:
+            raise ValueError(f"{spec.flag} {part!r} is outside the workbench's home {base}; from the dashboard, files "
+                             "and folders must be inside it (the command line takes any path)")
+
+
+def build_argv(verb: str, values: dict[str, Any], *, confine: Path | None = None) -> list[str]:
     """The argument list for ``verb`` from option values keyed by dest (None or "" leaves an option out, as does a
-    value equal to the default)."""
+    value equal to the default). With ``confine``, a file or folder option outside that folder raises ValueError
+    (the dashboard's form keeps reads and writes inside the workbench's home)."""
     argv = [verb]
     for spec in verb_options(verb):
         value = values.get(spec.dest, spec.default)
@@ -133,6 +146,8 @@ def build_argv(verb: str, values: dict[str, Any]) -> list[str]:
         parts = _values(spec, value)
         if not parts:
             continue
+        if confine is not None and spec.path:
+            _confined(spec, parts, confine)
         if not spec.flag.startswith("-"):
             argv += parts
         elif spec.many:
