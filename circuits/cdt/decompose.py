@@ -145,15 +145,15 @@ def _walk(w: Weights, task: Task, cache: CleanCache, start: Node, beta0: torch.T
                     W_O = w.W_O[layer, t.head]
                     record(i, t, (z[0][:, :, t.head] @ W_O, z[1][:, :, t.head] @ W_O))
             out = R.linear(z, w.W_O[layer], w.b_O[layer], rules, "rthe,hed->rtd")
-            resid = R.sign_rule((resid[0] + out[0], resid[1] + out[1]), rules)
+            resid = (resid[0] + out[0], resid[1] + out[1])  # no sign rule here (as published)
             note(f"blocks.{layer}.hook_resid_mid", *resid)
         if at_start and start.kind == "mlp":
             mlp = (beta0, cache.mlp_out[layer][ex] - beta0)
         else:
             h = R.norm(resid, w, w.ln2_w[layer], w.ln2_b[layer], rules)
-            up = R.linear(h, w.W_in[layer], w.b_in[layer], rules)
+            up = R.sign_rule(R.linear(h, w.W_in[layer], w.b_in[layer], rules), rules)
             if w.gated:
-                gate = R.nonlinear(R.linear(h, w.W_gate[layer], None, rules), w.act)
+                gate = R.nonlinear(R.sign_rule(R.linear(h, w.W_gate[layer], None, rules), rules), w.act)
                 post = R.gated_product(up, gate)
             else:
                 post = R.nonlinear(up, w.act)
@@ -222,6 +222,10 @@ def decompose(w: Weights, task: Task, cache: CleanCache, means: Means, sources: 
     ``blocks.L.mlp.hook_post``, ``blocks.L.hook_mlp_out``, ``blocks.L.hook_resid_post``, ``logits``) with rows
     ``source x example``.
 
+    ``rules.norm_eps`` (when not None and not the model's) replaces the epsilon of every norm: the clean run is then
+    recomputed here with it (so ``metric_total`` and ``beta + gamma`` are that model's), while ``means`` stay as given
+    (the published code, too, takes its ablation means from the model's own run).
+
     Without a probe the decomposition runs the beta-only walk of :mod:`circuits.cdt.walk` over each chunk's window of
     positions (``full``: the clean run node by node, from :func:`circuits.cdt.clean.full_forward`, computed here when
     not given); ``reference=True`` (or a probe) walks both parts through every position, the slower reference the tests
@@ -229,6 +233,10 @@ def decompose(w: Weights, task: Task, cache: CleanCache, means: Means, sources: 
     """
     from tqdm.auto import tqdm
 
+    if rules.weights(w) is not w:  # another norm epsilon: another model, so its own clean run (the means stay)
+        w = rules.weights(w)
+        full = full_forward(w, cache.tokens)
+        cache = full.clean_cache()
     B, T = cache.tokens.shape
     device = cache.embed.device
     S, n_t = len(sources), len(targets)

@@ -30,17 +30,19 @@ of ``b`` through ``eps``; here beta gets ``b s`` and gamma ``b (1 - s)`` with ``
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from circuits.cdt.weights import Weights, activation
 
-__all__ = ["Rules", "add_bias", "attention", "gated_product", "linear", "nonlinear", "norm", "sign_rule"]
+__all__ = ["Rules", "add_bias", "bias_share", "attention", "gated_product", "linear", "nonlinear", "norm", "sign_rule"]
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 ATTENTION_RULES = ("own", "total", "ablated")
 BIAS_SPLITS = ("proportional", "gamma")
+NORM_BIASES = ("output", "input")
+PUBLISHED_EPS = 1e-8  # the published code's LayerNorm epsilon and bias-share tolerance
 
 
 @dataclass(frozen=True)
@@ -50,19 +52,28 @@ class Rules:
     sign_rule: bool = False
     attention: str = "ablated"
     bias_split: str = "proportional"
+    norm_bias: str = "output"
+    share_eps: float = 0.0
     norm_eps: float | None = None
 
     @classmethod
     def published(cls) -> Rules:
-        """The published CD-T behaviour: sign rule on, own-pattern attention, proportional bias split."""
-        return cls(sign_rule=True, attention="own", bias_split="proportional")
+        """The published CD-T code's behaviour: sign rule on, own-pattern attention, biases shared by magnitude with a
+        1e-8 tolerance, LayerNorm biases shared by the norm's input parts, norm epsilon 1e-8."""
+        return cls(sign_rule=True, attention="own", bias_split="proportional", norm_bias="input",
+                   share_eps=PUBLISHED_EPS, norm_eps=PUBLISHED_EPS)
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_RULES:
             raise ValueError(f"attention rule must be one of {ATTENTION_RULES}, got {self.attention!r}")
         if self.bias_split not in BIAS_SPLITS:
             raise ValueError(f"bias_split must be one of {BIAS_SPLITS}, got {self.bias_split!r}")
-        if self.norm_eps is not None and not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+        if self.norm_bias not in NORM_BIASES:
+            raise ValueError(f"norm_bias must be one of {NORM_BIASES}, got {self.norm_bias!r}")
+        if isinstance(self.share_eps, bool) or not (isinstance(self.share_eps, (int, float)) and self.share_eps >= 0):
+            raise ValueError(f"share_eps must be a number >= 0, got {self.share_eps!r}")
+        if self.norm_eps is not None and (isinstance(self.norm_eps, bool) or not (
+                isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0)):
             raise ValueError(f"norm_eps must be a positive number or None, got {self.norm_eps!r}")
 
     @classmethod
@@ -77,15 +88,30 @@ class Rules:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def weights(self, w: Weights) -> Weights:
+        """``w`` with the norms' epsilon these rules ask for (``w`` itself when ``norm_eps`` is None or the model's)."""
+        if self.norm_eps is None or float(self.norm_eps) == w.eps:
+            return w
+        return replace(w, eps=float(self.norm_eps))
 
-def add_bias(beta: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor, rules: Rules) -> Pair:
-    """Add ``bias`` (broadcast over the last dims) to the pair, shared as ``rules.bias_split`` says."""
+
+def bias_share(a: torch.Tensor, c: torch.Tensor, rules: Rules) -> torch.Tensor:
+    """The fraction of a bias that goes to beta, from the magnitudes ``a = |beta|`` and ``c = |gamma|`` (elementwise):
+    ``a / (a + c + share_eps)``; with ``share_eps == 0``, ``a / (a + c)`` and 0 where both vanish."""
+    total = a + c
+    if rules.share_eps:
+        return a / (total + rules.share_eps)
+    return torch.where(total > 0, a / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
+
+
+def add_bias(beta: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor, rules: Rules, by: Pair | None = None) -> Pair:
+    """Add ``bias`` (broadcast over the last dims) to the pair, shared as ``rules.bias_split`` says: beta gets ``bias *
+    share`` (:func:`bias_share` of the magnitudes of ``by``, default the pair itself) and gamma the rest."""
     if rules.bias_split == "gamma" or not bool(bias.any()):
         return beta, gamma + bias
-    a, c = beta.abs(), gamma.abs()
-    total = a + c
-    share = torch.where(total > 0, a / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
-    return beta + bias * share, gamma + bias * (1 - share)
+    a, c = (beta, gamma) if by is None else by
+    part = bias * bias_share(a.abs(), c.abs(), rules)
+    return beta + part, gamma + (bias - part)
 
 
 def linear(pair: Pair, weight: torch.Tensor, bias: torch.Tensor | None, rules: Rules, equation: str | None = None) -> Pair:
@@ -102,7 +128,8 @@ def linear(pair: Pair, weight: torch.Tensor, bias: torch.Tensor | None, rules: R
 
 def norm(pair: Pair, w: Weights, weight: torch.Tensor, bias: torch.Tensor, rules: Rules) -> Pair:
     """LayerNorm/RMSNorm: statistics from the total; each part centred (LayerNorm) and scaled by them, then ``* weight``
-    and (LayerNorm) the bias shared by magnitude."""
+    and (LayerNorm) the bias shared by magnitude: of the normed parts (``norm_bias="output"``) or of the input parts
+    before centring (``"input"``)."""
     beta, gamma = pair
     x = beta + gamma
     eps = w.eps if rules.norm_eps is None else float(rules.norm_eps)
@@ -111,9 +138,9 @@ def norm(pair: Pair, w: Weights, weight: torch.Tensor, bias: torch.Tensor, rules
         return beta * scale * weight, gamma * scale * weight
     centred = x - x.mean(-1, keepdim=True)
     scale = torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)
-    beta = (beta - beta.mean(-1, keepdim=True)) * scale * weight
-    gamma = (gamma - gamma.mean(-1, keepdim=True)) * scale * weight
-    return add_bias(beta, gamma, bias, rules)
+    out_beta = (beta - beta.mean(-1, keepdim=True)) * scale * weight
+    out_gamma = (gamma - gamma.mean(-1, keepdim=True)) * scale * weight
+    return add_bias(out_beta, out_gamma, bias, rules, by=pair if rules.norm_bias == "input" else None)
 
 
 def nonlinear(pair: Pair, kind: str) -> Pair:
