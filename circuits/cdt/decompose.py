@@ -222,9 +222,10 @@ def decompose(w: Weights, task: Task, cache: CleanCache, means: Means, sources: 
     ``blocks.L.mlp.hook_post``, ``blocks.L.hook_mlp_out``, ``blocks.L.hook_resid_post``, ``logits``) with rows
     ``source x example``.
 
-    ``rules.norm_eps`` (when not None and not the model's) replaces the epsilon of every norm: the clean run is then
-    recomputed here with it (so ``metric_total`` and ``beta + gamma`` are that model's), while ``means`` stay as given
-    (the published code, too, takes its ablation means from the model's own run).
+    ``rules.norm_eps`` (when not None and not the model's) replaces the epsilon of every norm, and ``rules.share_eps > 0``
+    adds every bias as :func:`circuits.cdt.rules.total_bias` says: the clean run is then recomputed here for that model
+    (``metric_total`` and ``beta + gamma`` are its), while ``means`` stay as given (the published code, too, takes its
+    ablation means from the model's own run).
 
     Without a probe the decomposition runs the beta-only walk of :mod:`circuits.cdt.walk` over each chunk's window of
     positions (``full``: the clean run node by node, from :func:`circuits.cdt.clean.full_forward`, computed here when
@@ -233,9 +234,9 @@ def decompose(w: Weights, task: Task, cache: CleanCache, means: Means, sources: 
     """
     from tqdm.auto import tqdm
 
-    if rules.weights(w) is not w:  # another norm epsilon: another model, so its own clean run (the means stay)
+    if rules.changes_model(w):  # another norm epsilon or lossy bias shares: that model's own clean run (means stay)
         w = rules.weights(w)
-        full = full_forward(w, cache.tokens)
+        full = full_forward(w, cache.tokens, rules)
         cache = full.clean_cache()
     B, T = cache.tokens.shape
     device = cache.embed.device
@@ -243,7 +244,8 @@ def decompose(w: Weights, task: Task, cache: CleanCache, means: Means, sources: 
     metric_beta = torch.zeros(S, B, dtype=w.W_E.dtype, device=device)
     t_beta = torch.full((S, n_t), float("nan"), dtype=w.W_E.dtype, device=device)
     t_gamma = t_beta.clone()
-    fast = probe is None and not reference
+    # the fast walk needs beta + gamma = clean at every node, which the published shares (share_eps > 0) do not keep
+    fast = probe is None and not reference and not rules.share_eps
     if fast:
         full = full if full is not None else full_forward(w, cache.tokens)
         idx = metric_positions(task, B, device)

@@ -36,7 +36,7 @@ import torch
 
 from circuits.cdt.weights import Weights, activation
 
-__all__ = ["Rules", "add_bias", "bias_share", "attention", "gated_product", "linear", "nonlinear", "norm", "sign_rule"]
+__all__ = ["Rules", "add_bias", "bias_share", "total_bias", "attention", "gated_product", "linear", "nonlinear", "norm", "sign_rule"]
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 ATTENTION_RULES = ("own", "total", "ablated")
@@ -88,6 +88,11 @@ class Rules:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def changes_model(self, w: Weights) -> bool:
+        """Whether these rules decompose another model than ``w``'s: another norm epsilon, or biases that lose
+        ``share_eps`` (see :func:`total_bias`)."""
+        return self.weights(w) is not w or bool(self.share_eps)
+
     def weights(self, w: Weights) -> Weights:
         """``w`` with the norms' epsilon these rules ask for (``w`` itself when ``norm_eps`` is None or the model's)."""
         if self.norm_eps is None or float(self.norm_eps) == w.eps:
@@ -104,13 +109,25 @@ def bias_share(a: torch.Tensor, c: torch.Tensor, rules: Rules) -> torch.Tensor:
     return torch.where(total > 0, a / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
 
 
+def total_bias(bias: torch.Tensor, y: torch.Tensor, rules: Rules) -> torch.Tensor:
+    """The bias the total gets where its pre-bias value is ``y``: ``bias`` itself, or with ``share_eps > 0``
+    ``bias |y| / (|y| + share_eps)``, what the published shares give a total whose relevant part is zero."""
+    if not rules.share_eps:
+        return bias
+    m = y.abs()
+    return bias * m / (m + rules.share_eps)
+
+
 def add_bias(beta: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor, rules: Rules, by: Pair | None = None) -> Pair:
     """Add ``bias`` (broadcast over the last dims) to the pair, shared as ``rules.bias_split`` says: beta gets ``bias *
-    share`` (:func:`bias_share` of the magnitudes of ``by``, default the pair itself) and gamma the rest."""
+    share`` (:func:`bias_share` of the magnitudes of ``by``, default the pair itself) and gamma the rest, or with
+    ``share_eps > 0`` its own share ``bias |c| / (|a| + |c| + share_eps)`` as published."""
     if rules.bias_split == "gamma" or not bool(bias.any()):
-        return beta, gamma + bias
+        return beta, gamma + total_bias(bias, beta + gamma if by is None else by[0] + by[1], rules)
     a, c = (beta, gamma) if by is None else by
     part = bias * bias_share(a.abs(), c.abs(), rules)
+    if rules.share_eps:  # the published shares: gamma's is symmetric, so the total loses bias * share_eps / (...)
+        return beta + part, gamma + bias * bias_share(c.abs(), a.abs(), rules)
     return beta + part, gamma + (bias - part)
 
 
