@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -131,12 +132,18 @@ def available_specs() -> list[str]:
     return [SMOLLM2] + [f"toy/{name}" for name in zoo.names()]
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: Any = None):
+def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: Any = None, *,
+               weight_processing: bool = True):
     """Load ``spec`` as a transformer-lens ``TransformerBridge`` in compatibility mode.
 
     Compatibility mode gives the familiar hook names (``blocks.L.hook_resid_post``, ``blocks.L.attn.hook_pattern``,
     ``blocks.L.mlp.hook_post`` ...) and stacked weights (``W_Q`` [L, H, d_model, d_head] ...). ``dtype`` defaults to
     float32, ``device`` to CUDA when present. The model is put in eval mode.
+
+    ``weight_processing`` (default True): the library's weight processing (LayerNorm folded into the next linear maps,
+    writing weights and the unembedding centred, value biases folded into the output bias), which changes no output but
+    changes the weights that methods such as CD-T decompose; False keeps the checkpoint's own weights. A float64 model
+    is processed in float64 (the library alone would process it in float32 and cast back).
     """
     import torch
     import transformer_lens.model_bridge.sources.transformers  # noqa: F401  (attaches boot_transformers)
@@ -151,10 +158,65 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: Any 
     if offline and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelSpecError(f"{spec!r} is neither a local folder nor an offline model; available: {available_specs()}")
     bridge = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
-    bridge.enable_compatibility_mode()
+    if not weight_processing:
+        bridge.enable_compatibility_mode(no_processing=True)
+    elif dtype == torch.float64:
+        with _processing_in_float64():
+            bridge.enable_compatibility_mode()
+    else:
+        bridge.enable_compatibility_mode()
     bridge.eval()
     bridge.workbench_spec = spec
+    bridge.workbench_weight_processing = weight_processing
     return bridge
+
+
+@contextmanager
+def _processing_in_float64():
+    """While active, the library's weight processing runs its steps in the weights' own dtype (float64).
+
+    transformer-lens 4's ``ProcessWeights.process_weights`` casts every tensor that is not float32 to float32 before
+    its steps and back after (meant for float16 / bfloat16), which leaves a float64 model's processed weights with
+    float32 rounding. This runs the same steps, in the same order and with the same guards, without that cast.
+    """
+    from transformer_lens.weight_processing import ProcessWeights
+
+    original = ProcessWeights.__dict__["process_weights"]
+
+    def process(state_dict, cfg, fold_ln=True, center_writing_weights=True, center_unembed=True,
+                fold_value_biases=True, refactor_factored_attn_matrices=False, adapter=None):
+        P = ProcessWeights
+        norm = getattr(cfg, "normalization_type", "LN")
+        if fold_ln and adapter and not getattr(adapter, "supports_fold_ln", True):
+            fold_ln = False
+        if fold_ln and norm in ("LN", "LNPre"):
+            state_dict = P.fold_layer_norm(state_dict, cfg, fold_biases=True, center_weights=True, adapter=adapter)
+        elif fold_ln and norm in ("RMS", "RMSPre"):
+            state_dict = P.fold_layer_norm(state_dict, cfg, fold_biases=False, center_weights=False, adapter=adapter)
+        if center_writing_weights and adapter and not getattr(adapter, "supports_center_writing_weights", True):
+            center_writing_weights = False
+        centre = center_writing_weights and norm in ("LN", "LNPre") and not getattr(cfg, "final_rms", False)
+        if centre:
+            state_dict = P.center_writing_weights(state_dict, cfg, adapter=adapter)
+        if center_unembed:
+            state_dict = P.center_unembed(state_dict, cfg=cfg, adapter=adapter)
+        if fold_value_biases:
+            state_dict = P.fold_value_biases(state_dict, cfg, adapter=adapter)
+            if centre:
+                for layer in range(cfg.n_layers):
+                    key = P._get_param_key(f"blocks.{layer}.attn.b_O", adapter)
+                    if key in state_dict:
+                        b_O = P.convert_tensor_to_tl_format(key, state_dict, state_dict.get(key), cfg, adapter, layer)
+                        state_dict[key] = P.convert_tensor_to_hf_format(key, b_O - b_O.mean(), cfg, adapter, layer)
+        if refactor_factored_attn_matrices:
+            state_dict = P.refactor_factored_attn_matrices(state_dict, cfg, adapter=adapter)
+        return state_dict
+
+    ProcessWeights.process_weights = staticmethod(process)
+    try:
+        yield
+    finally:
+        ProcessWeights.process_weights = original
 
 
 def load_tokenizer(spec: str = DEFAULT_MODEL):

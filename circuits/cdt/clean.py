@@ -75,38 +75,59 @@ def _norm(w: Weights, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tens
     return scale, centred * scale * weight
 
 
+def _with_bias(y: torch.Tensor, bias: torch.Tensor, rules, by: torch.Tensor | None = None) -> torch.Tensor:
+    """``y + bias``, the bias as :func:`circuits.cdt.rules.total_bias` of ``by`` (default ``y``) gives it under ``rules``."""
+    if rules is None or not rules.share_eps:
+        return y + bias
+    from circuits.cdt.rules import total_bias
+
+    return y + total_bias(bias, y if by is None else by, rules)
+
+
 @torch.no_grad()
-def full_forward(w: Weights, tokens: torch.Tensor) -> FullCache:
-    """Run the model over ``tokens`` [B, T] in the weights' dtype and keep every node (see :class:`LayerCache`)."""
+def full_forward(w: Weights, tokens: torch.Tensor, rules=None) -> FullCache:
+    """Run the model over ``tokens`` [B, T] in the weights' dtype and keep every node (see :class:`LayerCache`).
+
+    ``rules`` (a :class:`circuits.cdt.rules.Rules`, optional): with ``share_eps > 0`` every bias is added as the
+    published code's shares add it to a total whose relevant part is zero (:func:`circuits.cdt.rules.total_bias`), so
+    that this is the run those rules decompose; LayerNorm biases by the norm's input with ``norm_bias="input"``.
+    """
     tokens = tokens.to(w.W_E.device)
     T = tokens.shape[1]
     x = w.W_E[tokens]
     if w.W_pos is not None:
         x = x + w.W_pos[:T]
     embed, rot, group = x, w.rotary(T), w.n_heads // w.n_kv
+    by_input = rules is not None and rules.norm_bias == "input"
+
+    def norm_out(x, normed, bias):
+        return normed if w.rms else _with_bias(normed, bias, rules, x if by_input else None)
+
     layers = []
     for layer in range(w.n_layers):
         s1, n1 = _norm(w, x, w.ln1_w[layer])
-        h = n1 if w.rms else n1 + w.ln1_b[layer]  # RMSNorm has no bias
+        h = norm_out(x, n1, w.ln1_b[layer])  # RMSNorm has no bias
         q_lin = torch.einsum("btd,hde->bthe", h, w.W_Q[layer])
         k_lin = torch.einsum("btd,hde->bthe", h, w.W_K[layer])
         v_lin = torch.einsum("btd,hde->bthe", h, w.W_V[layer])
-        q, k, v = q_lin + w.b_Q[layer], k_lin + w.b_K[layer], v_lin + w.b_V[layer]
+        q = _with_bias(q_lin, w.b_Q[layer], rules)
+        k = _with_bias(k_lin, w.b_K[layer], rules)
+        v = _with_bias(v_lin, w.b_V[layer], rules)
         if rot is not None:
             q, k = rotate(q, *rot), rotate(k, *rot)
         pattern = attention_pattern(w, q, k)
         z = torch.einsum("bhqk,bkhe->bqhe", pattern, v.repeat_interleave(group, dim=-2))
         attn_lin = torch.einsum("bthe,hed->btd", z, w.W_O[layer])
-        mid = x + attn_lin + w.b_O[layer]
+        mid = x + _with_bias(attn_lin, w.b_O[layer], rules)
         s2, n2 = _norm(w, mid, w.ln2_w[layer])
-        h2 = n2 if w.rms else n2 + w.ln2_b[layer]
+        h2 = norm_out(mid, n2, w.ln2_b[layer])
         up_lin = h2 @ w.W_in[layer]
-        up = up_lin + w.b_in[layer]
+        up = _with_bias(up_lin, w.b_in[layer], rules)
         gate_pre = h2 @ w.W_gate[layer] if w.gated else None
         gate = activation(w.act, gate_pre) if w.gated else None
         post = up * gate if w.gated else activation(w.act, up)
         out_lin = post @ w.W_out[layer]
-        out = out_lin + w.b_out[layer]
+        out = _with_bias(out_lin, w.b_out[layer], rules)
         post_resid = mid + out
         layers.append(LayerCache(x, s1, n1, q_lin, k_lin, v_lin, q, k, v, pattern, z, attn_lin, mid, s2, n2, up_lin,
                                  up, gate_pre, gate, post, out_lin, out, post_resid))

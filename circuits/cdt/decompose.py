@@ -145,15 +145,15 @@ def _walk(w: Weights, task: Task, cache: CleanCache, start: Node, beta0: torch.T
                     W_O = w.W_O[layer, t.head]
                     record(i, t, (z[0][:, :, t.head] @ W_O, z[1][:, :, t.head] @ W_O))
             out = R.linear(z, w.W_O[layer], w.b_O[layer], rules, "rthe,hed->rtd")
-            resid = R.sign_rule((resid[0] + out[0], resid[1] + out[1]), rules)
+            resid = (resid[0] + out[0], resid[1] + out[1])  # no sign rule here (as published)
             note(f"blocks.{layer}.hook_resid_mid", *resid)
         if at_start and start.kind == "mlp":
             mlp = (beta0, cache.mlp_out[layer][ex] - beta0)
         else:
             h = R.norm(resid, w, w.ln2_w[layer], w.ln2_b[layer], rules)
-            up = R.linear(h, w.W_in[layer], w.b_in[layer], rules)
+            up = R.sign_rule(R.linear(h, w.W_in[layer], w.b_in[layer], rules), rules)
             if w.gated:
-                gate = R.nonlinear(R.linear(h, w.W_gate[layer], None, rules), w.act)
+                gate = R.nonlinear(R.sign_rule(R.linear(h, w.W_gate[layer], None, rules), rules), w.act)
                 post = R.gated_product(up, gate)
             else:
                 post = R.nonlinear(up, w.act)
@@ -222,6 +222,11 @@ def decompose(w: Weights, task: Task, cache: CleanCache, means: Means, sources: 
     ``blocks.L.mlp.hook_post``, ``blocks.L.hook_mlp_out``, ``blocks.L.hook_resid_post``, ``logits``) with rows
     ``source x example``.
 
+    ``rules.norm_eps`` (when not None and not the model's) replaces the epsilon of every norm, and ``rules.share_eps > 0``
+    adds every bias as :func:`circuits.cdt.rules.total_bias` says: the clean run is then recomputed here for that model
+    (``metric_total`` and ``beta + gamma`` are its), while ``means`` stay as given (the published code, too, takes its
+    ablation means from the model's own run).
+
     Without a probe the decomposition runs the beta-only walk of :mod:`circuits.cdt.walk` over each chunk's window of
     positions (``full``: the clean run node by node, from :func:`circuits.cdt.clean.full_forward`, computed here when
     not given); ``reference=True`` (or a probe) walks both parts through every position, the slower reference the tests
@@ -229,13 +234,18 @@ def decompose(w: Weights, task: Task, cache: CleanCache, means: Means, sources: 
     """
     from tqdm.auto import tqdm
 
+    if rules.changes_model(w):  # another norm epsilon or lossy bias shares: that model's own clean run (means stay)
+        w = rules.weights(w)
+        full = full_forward(w, cache.tokens, rules)
+        cache = full.clean_cache()
     B, T = cache.tokens.shape
     device = cache.embed.device
     S, n_t = len(sources), len(targets)
     metric_beta = torch.zeros(S, B, dtype=w.W_E.dtype, device=device)
     t_beta = torch.full((S, n_t), float("nan"), dtype=w.W_E.dtype, device=device)
     t_gamma = t_beta.clone()
-    fast = probe is None and not reference
+    # the fast walk needs beta + gamma = clean at every node, which the published shares (share_eps > 0) do not keep
+    fast = probe is None and not reference and not rules.share_eps
     if fast:
         full = full if full is not None else full_forward(w, cache.tokens)
         idx = metric_positions(task, B, device)

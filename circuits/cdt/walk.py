@@ -64,21 +64,23 @@ def _gather(x: torch.Tensor, idx: torch.Tensor, p0: int) -> torch.Tensor:
     return out * keep
 
 
-def _bias(beta: torch.Tensor, lin_clean: torch.Tensor, bias: torch.Tensor | None, rules: R.Rules) -> torch.Tensor:
-    """``beta`` plus its share of ``bias``: ``|W beta| / (|W beta| + |W gamma|)``, ``W gamma = lin_clean - W beta``."""
+def _bias(beta: torch.Tensor, lin_clean: torch.Tensor, bias: torch.Tensor | None, rules: R.Rules,
+          by: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``beta`` plus its share of ``bias`` (:func:`circuits.cdt.rules.bias_share` of ``|W beta|`` and ``|W gamma|``,
+    ``W gamma = lin_clean - W beta``; or of ``|x_beta|`` and ``|x_clean - x_beta|`` for ``by = (x_beta, x_clean)``)."""
     if bias is None or rules.bias_split == "gamma" or not bool(bias.any()):
         return beta
-    a, c = beta.abs(), (lin_clean - beta).abs()
-    total = a + c
-    share = torch.where(total > 0, a / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
-    return beta + bias * share
+    a, clean = (beta, lin_clean) if by is None else by
+    return beta + bias * R.bias_share(a.abs(), (clean - a).abs(), rules)
 
 
-def _norm(w: Weights, beta, scale, normed, weight, bias, rules: R.Rules) -> torch.Tensor:
-    """The norm's beta: scaled by the clean run's statistics (LayerNorm: centred first, then its bias shared)."""
+def _norm(w: Weights, beta, scale, normed, weight, bias, rules: R.Rules, x_clean: torch.Tensor) -> torch.Tensor:
+    """The norm's beta: scaled by the clean run's statistics (LayerNorm: centred first, then its bias shared by the
+    normed parts or, ``norm_bias="input"``, by the input's parts ``beta`` and ``x_clean - beta``)."""
     if w.rms:
         return beta * scale * weight
-    return _bias((beta - beta.mean(-1, keepdim=True)) * scale * weight, normed, bias, rules)
+    by = (beta, x_clean) if rules.norm_bias == "input" else None
+    return _bias((beta - beta.mean(-1, keepdim=True)) * scale * weight, normed, bias, rules, by)
 
 
 def _sign(beta: torch.Tensor, total: torch.Tensor, rules: R.Rules) -> torch.Tensor:
@@ -150,13 +152,17 @@ def _activation_(kind: str, x: torch.Tensor) -> torch.Tensor:
 
 def _mlp(w: Weights, lc: LayerCache, layer: int, mid_beta: torch.Tensor, sel: Sel, rules: R.Rules) -> torch.Tensor:
     """The MLP output's beta at ``sel`` from the residual's beta there (sign rule applied)."""
-    h = _norm(w, mid_beta, _at(lc.scale2, sel), _at(lc.normed2, sel), w.ln2_w[layer], w.ln2_b[layer], rules)
-    # gamma's parts, formed in place (large [s, B, T, m] temporaries dominate the elementwise cost):
-    # up_gamma = up - up_beta; gated: gate_gamma = act(gate_pre - h W_gate), post_beta = post - up_gamma * gate_gamma;
-    # otherwise post_beta = post - act(up_gamma).
-    up_gamma = _bias(h @ w.W_in[layer], _at(lc.up_lin, sel), w.b_in[layer], rules).neg_().add_(_at(lc.up, sel))
+    h = _norm(w, mid_beta, _at(lc.scale2, sel), _at(lc.normed2, sel), w.ln2_w[layer], w.ln2_b[layer], rules,
+              _at(lc.resid_mid, sel))
+    # gamma's parts, formed in place (large [s, B, T, m] temporaries dominate the elementwise cost), the sign rule on
+    # the pre-activations first: up_gamma = up - up_beta; gated: gate_gamma = act(gate_pre - gate_beta), post_beta =
+    # post - up_gamma * gate_gamma; otherwise post_beta = post - act(up_gamma).
+    up = _at(lc.up, sel)
+    up_beta = _sign(_bias(h @ w.W_in[layer], _at(lc.up_lin, sel), w.b_in[layer], rules), up, rules)
+    up_gamma = up_beta.neg_().add_(up)
     if w.gated:
-        gate_gamma = _activation_(w.act, (h @ w.W_gate[layer]).neg_().add_(_at(lc.gate_pre, sel)))
+        gate_pre = _at(lc.gate_pre, sel)
+        gate_gamma = _activation_(w.act, _sign(h @ w.W_gate[layer], gate_pre, rules).neg_().add_(gate_pre))
         post_gamma = up_gamma.mul_(gate_gamma)
     else:
         post_gamma = _activation_(w.act, up_gamma)
@@ -200,7 +206,8 @@ def walk_beta(w: Weights, fc: FullCache, start: Node, beta0: torch.Tensor, win: 
             z = _gather(beta0, win.idx, p0) if last else beta0
             sel = win.idx if last else span
         else:
-            h = _norm(w, resid, _at(lc.scale1, span), _at(lc.normed1, span), w.ln1_w[layer], w.ln1_b[layer], rules)
+            h = _norm(w, resid, _at(lc.scale1, span), _at(lc.normed1, span), w.ln1_w[layer], w.ln1_b[layer], rules,
+                      _at(lc.resid_pre, span))
             sel = win.idx if last else span
             z = _attention(w, lc, layer, h, sel, win, rot, rules)
         for i, t in enumerate(targets):
@@ -209,7 +216,7 @@ def walk_beta(w: Weights, fc: FullCache, start: Node, beta0: torch.Tensor, win: 
                 record(i, t, z[..., t.head, :] @ W_O, lc.z[..., t.head, :] @ W_O)
         attn = _bias(torch.einsum("sbthe,hed->sbtd", z, w.W_O[layer]), _at(lc.attn_lin, sel), w.b_O[layer], rules)
         base = 0 if at_start else (_gather(resid, win.idx, p0) if last else resid)
-        mid = _sign(base + attn, _at(lc.resid_mid, sel), rules)
+        mid = base + attn  # no sign rule after the attention branch (as published)
         out = _mlp(w, lc, layer, mid, sel, rules)
         for i, t in enumerate(targets):
             if t.kind == "mlp" and t.layer == layer:
@@ -224,7 +231,7 @@ def readout(w: Weights, fc: FullCache, task, resid: torch.Tensor, idx: torch.Ten
     """Logit parts at the metric's positions: ``(beta, gamma)`` [s*B, P, V'] (V' = 2 for ``logit_diff``)."""
     s, B, P, _ = resid.shape
     scale, normed = _at(fc.final_scale, idx), _at(fc.final_normed, idx)
-    n_beta = _norm(w, resid, scale, normed, w.lnf_w, w.lnf_b, rules)
+    n_beta = _norm(w, resid, scale, normed, w.lnf_w, w.lnf_b, rules, _at(fc.layers[-1].resid_post, idx))
     h_clean = normed if w.rms else normed + w.lnf_b  # RMSNorm has no bias
     if task.metric_name == "logit_diff":
         ids = torch.stack([task.correct, task.incorrect], -1).to(resid.device)  # [B, 2]
