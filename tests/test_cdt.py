@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from circuits.cdt import CDTInputError, Rules, decompose_sources, head_scores, prepare
+from circuits.cdt.clean import clean_forward
 from circuits.cdt.decompose import decompose, reference_means
 from circuits.cdt.nodes import parse_nodes
-from circuits.cdt.weights import clean_forward, model_weights
+from circuits.cdt.weights import model_weights
 from workbench.data import make_task
 
 # every attention rule, both sign-rule settings and both bias splits, in four combinations

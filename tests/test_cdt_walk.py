@@ -9,10 +9,10 @@ import torch
 from test_cdt import _with_random_biases
 
 from circuits.cdt import Rules
-from circuits.cdt.clean import full_forward
+from circuits.cdt.clean import clean_forward, full_forward
 from circuits.cdt.decompose import decompose, reference_means
 from circuits.cdt.nodes import parse_nodes
-from circuits.cdt.weights import clean_forward, model_weights
+from circuits.cdt.weights import model_weights
 from workbench.data import make_task
 
 # float64 agreement; 1e-8 because where one part is exactly zero in the reference (zero ablation of every input: gamma

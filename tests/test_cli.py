@@ -142,6 +142,7 @@ def test_choices_mirror_the_libraries():
     assert (choices(PatchConfig, "ablation"), choices(PatchConfig, "receiver_input"), choices(PatchConfig, "mode")) == (
         ablation.ABLATIONS, path.RECEIVER_INPUTS, MODES)
     assert tuple(DEFAULT_TAUS) == tuple(LIBRARY_TAUS)
+    assert choices(CdtConfig, "norm_bias") == rules.NORM_BIASES
 
 
 def test_cdt_attention_defaults_to_each_use_of_the_library(tiny_gpt2, tmp_path, monkeypatch, capsys):

@@ -13,19 +13,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.bridge import boot
+from workbench.errors import ModelSpecError
 from workbench.paths import models_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2 = "smollm2-135m"
-
-
-class ModelSpecError(ValueError):
-    """An unknown or malformed model spec, or a checkpoint step that does not exist."""
 
 
 class ModelCacheError(RuntimeError):
@@ -146,8 +143,6 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: Any 
     is processed in float64 (the library alone would process it in float32 and cast back).
     """
     import torch
-    import transformer_lens.model_bridge.sources.transformers  # noqa: F401  (attaches boot_transformers)
-    from transformer_lens.model_bridge import TransformerBridge
 
     folder = resolve(spec)
     device = device or default_device()
@@ -157,66 +152,10 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: Any 
     offline = not Path(folder).exists()
     if offline and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelSpecError(f"{spec!r} is neither a local folder nor an offline model; available: {available_specs()}")
-    bridge = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
-    if not weight_processing:
-        bridge.enable_compatibility_mode(no_processing=True)
-    elif dtype == torch.float64:
-        with _processing_in_float64():
-            bridge.enable_compatibility_mode()
-    else:
-        bridge.enable_compatibility_mode()
-    bridge.eval()
+    bridge = boot(folder, device=device, dtype=dtype, weight_processing=weight_processing)
     bridge.workbench_spec = spec
     bridge.workbench_weight_processing = weight_processing
     return bridge
-
-
-@contextmanager
-def _processing_in_float64():
-    """While active, the library's weight processing runs its steps in the weights' own dtype (float64).
-
-    transformer-lens 4's ``ProcessWeights.process_weights`` casts every tensor that is not float32 to float32 before
-    its steps and back after (meant for float16 / bfloat16), which leaves a float64 model's processed weights with
-    float32 rounding. This runs the same steps, in the same order and with the same guards, without that cast.
-    """
-    from transformer_lens.weight_processing import ProcessWeights
-
-    original = ProcessWeights.__dict__["process_weights"]
-
-    def process(state_dict, cfg, fold_ln=True, center_writing_weights=True, center_unembed=True,
-                fold_value_biases=True, refactor_factored_attn_matrices=False, adapter=None):
-        P = ProcessWeights
-        norm = getattr(cfg, "normalization_type", "LN")
-        if fold_ln and adapter and not getattr(adapter, "supports_fold_ln", True):
-            fold_ln = False
-        if fold_ln and norm in ("LN", "LNPre"):
-            state_dict = P.fold_layer_norm(state_dict, cfg, fold_biases=True, center_weights=True, adapter=adapter)
-        elif fold_ln and norm in ("RMS", "RMSPre"):
-            state_dict = P.fold_layer_norm(state_dict, cfg, fold_biases=False, center_weights=False, adapter=adapter)
-        if center_writing_weights and adapter and not getattr(adapter, "supports_center_writing_weights", True):
-            center_writing_weights = False
-        centre = center_writing_weights and norm in ("LN", "LNPre") and not getattr(cfg, "final_rms", False)
-        if centre:
-            state_dict = P.center_writing_weights(state_dict, cfg, adapter=adapter)
-        if center_unembed:
-            state_dict = P.center_unembed(state_dict, cfg=cfg, adapter=adapter)
-        if fold_value_biases:
-            state_dict = P.fold_value_biases(state_dict, cfg, adapter=adapter)
-            if centre:
-                for layer in range(cfg.n_layers):
-                    key = P._get_param_key(f"blocks.{layer}.attn.b_O", adapter)
-                    if key in state_dict:
-                        b_O = P.convert_tensor_to_tl_format(key, state_dict, state_dict.get(key), cfg, adapter, layer)
-                        state_dict[key] = P.convert_tensor_to_hf_format(key, b_O - b_O.mean(), cfg, adapter, layer)
-        if refactor_factored_attn_matrices:
-            state_dict = P.refactor_factored_attn_matrices(state_dict, cfg, adapter=adapter)
-        return state_dict
-
-    ProcessWeights.process_weights = staticmethod(process)
-    try:
-        yield
-    finally:
-        ProcessWeights.process_weights = original
 
 
 def load_tokenizer(spec: str = DEFAULT_MODEL):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.atomic import write_json
+from workbench.errors import ModelSpecError
 from workbench.paths import zoo_dir
 from workbench.train import CHECKPOINTS, RESUME, saved_steps, step_dir
 
@@ -43,9 +44,9 @@ def _induction_spec() -> ZooSpec:
     cfg = toy.InductionConfig()
 
     def report(folder: Path) -> dict[str, Any]:
-        from workbench.models import load_model
+        from workbench.bridge import boot
 
-        bridge = load_model(str(step_dir(folder / CHECKPOINTS, cfg.steps)), device="cpu")
+        bridge = boot(step_dir(folder / CHECKPOINTS, cfg.steps), device="cpu", dtype=None)
         return toy.induction_report(bridge, cfg)
 
     return ZooSpec(
@@ -102,8 +103,6 @@ def targets(name: str) -> list[str]:
 
     An unknown name raises a ModelSpecError listing the families and members.
     """
-    from workbench.models import ModelSpecError
-
     fams = families()
     if name in fams:
         return fams[name]
@@ -114,8 +113,6 @@ def targets(name: str) -> list[str]:
 
 def get(name: str) -> ZooSpec:
     """The spec of member ``name``; an unknown name raises a ModelSpecError listing the members."""
-    from workbench.models import ModelSpecError
-
     if name not in _REGISTRY:
         raise ModelSpecError(f"unknown zoo model {name!r}; the zoo has: {', '.join('toy/' + n for n in names())}")
     return _REGISTRY[name]()
@@ -218,8 +215,6 @@ def _differs(path: Path, config: dict[str, Any]) -> bool:
 
 def model_dir(name: str, step: int | None = None, *, build_missing: bool = True) -> Path:
     """The Hugging Face folder of member ``name`` at ``step`` (default: its last step), training it if needed."""
-    from workbench.models import ModelSpecError
-
     get(name)
     if not is_built(name):
         if not build_missing:

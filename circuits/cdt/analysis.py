@@ -55,7 +55,12 @@ class CdtConfig(TaskOptions):
               "for --explain; published: own)")
     sign_rule: bool = option(False, "apply the sign rule after MLPs and residual additions (published: on)")
     bias_split: Literal["proportional", "gamma"] = option("proportional", "how biases are shared")
-    norm_eps: float | None = option(None, "epsilon of the norms (default: the model's)", minimum=0.0)
+    norm_bias: Literal["output", "input"] = option("output", "a LayerNorm's bias shared by the normed parts (output) "
+                                                             "or by the parts of its input (input; published)")
+    share_eps: float = option(0.0, "added to every bias share's denominator (published: 1e-8)", minimum=0.0)
+    norm_eps: float | None = option(None, "epsilon of the norms (default: the model's; published: 1e-8)", minimum=0.0)
+    published: bool = option(False, "the published code's rules (adelaidehsu/CD_Circuit): sign rule, own attention, "
+                                    "input bias split, share and norm epsilon 1e-8; overrides the rule options")
     explain: list[str] | None = option(None, "also explain these texts word by word (sentiment prompt, ' positive' vs "
                                              "' negative'); one text per line in the form", lines=True)
 
@@ -65,7 +70,12 @@ class CdtConfig(TaskOptions):
 
 
 def _rules(cfg: CdtConfig) -> dict[str, Any]:
-    rules: dict[str, Any] = {"sign_rule": cfg.sign_rule, "bias_split": cfg.bias_split, "norm_eps": cfg.norm_eps}
+    if cfg.published:
+        from circuits.cdt.rules import Rules
+
+        return Rules.published().to_dict()
+    rules: dict[str, Any] = {"sign_rule": cfg.sign_rule, "bias_split": cfg.bias_split, "norm_bias": cfg.norm_bias,
+                             "share_eps": cfg.share_eps, "norm_eps": cfg.norm_eps}
     if cfg.attention is not None:  # else each use keeps the library's default (scores: ablated; explain: total)
         rules["attention"] = cfg.attention
     return rules

@@ -15,7 +15,7 @@ import torch
 
 from circuits.cdt.weights import CleanCache, Weights, activation, attention_pattern, rotate
 
-__all__ = ["FullCache", "LayerCache", "full_forward"]
+__all__ = ["FullCache", "LayerCache", "clean_forward", "full_forward"]
 
 
 @dataclass
@@ -134,3 +134,9 @@ def full_forward(w: Weights, tokens: torch.Tensor, rules=None) -> FullCache:
         x = post_resid
     sf, nf = _norm(w, x, w.lnf_w)
     return FullCache(tokens, embed, layers, sf, nf, rot)
+
+
+def clean_forward(w: Weights, tokens: torch.Tensor) -> CleanCache:
+    """Run the model over ``tokens`` [B, T] in the weights' dtype and keep the activations CD-T starts from
+    (the per-layer subset of :func:`full_forward`)."""
+    return full_forward(w, tokens).clean_cache()

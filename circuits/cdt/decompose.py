@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from circuits.cdt import rules as R
-from circuits.cdt.clean import FullCache, full_forward
+from circuits.cdt.clean import FullCache, clean_forward, full_forward
 from circuits.cdt.nodes import Node
 from circuits.cdt.walk import Window, metric_positions, readout, walk_beta
-from circuits.cdt.weights import CleanCache, Weights, clean_forward, rotate
+from circuits.cdt.weights import CleanCache, Weights, rotate
 from workbench.data.task_base import Task
 
 __all__ = ["Decomposition", "Means", "decompose", "reference_means"]

@@ -7,7 +7,7 @@ Both families the workbench loads are covered:
 
 The weights come from the bridge's stacked tensors (``W_Q`` [L, H, d, dh], ``W_K``/``W_V`` [L, KV, d, dh], ...); biases the
 checkpoint lacks (AttributeError) are zeros. Building from the stacked weights rather than the bridge's modules is what makes a
-float64 decomposition possible whatever dtype the model was loaded in; :func:`clean_forward` reproduces the bridge's
+float64 decomposition possible whatever dtype the model was loaded in; :func:`circuits.cdt.clean.clean_forward` reproduces the bridge's
 activations (checked by the tests against its hooks).
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CleanCache", "Weights", "activation", "clean_forward", "model_weights"]
+__all__ = ["CleanCache", "Weights", "activation", "model_weights"]
 
 _ACTS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "exact", "relu": "relu",
          "silu": "silu", "swish": "silu"}
@@ -223,11 +223,3 @@ def attention_pattern(w: Weights, q: torch.Tensor, k: torch.Tensor) -> torch.Ten
     T = q.shape[-3]
     mask = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
     return scores.masked_fill(mask, float("-inf")).softmax(-1)
-
-
-def clean_forward(w: Weights, tokens: torch.Tensor) -> CleanCache:
-    """Run the model over ``tokens`` [B, T] in the weights' dtype and keep the activations CD-T starts from
-    (the per-layer subset of :func:`circuits.cdt.clean.full_forward`)."""
-    from circuits.cdt.clean import full_forward  # clean builds on this module
-
-    return full_forward(w, tokens).clean_cache()

@@ -118,7 +118,12 @@ def run_analysis(analysis: Analysis, args: argparse.Namespace) -> int:
         from workbench.models import load_model
 
         check_device(args.device)
-        model = load_model(args.model, device=args.device)
+        dtype = None
+        if args.dtype is not None:
+            import torch
+
+            dtype = getattr(torch, args.dtype)
+        model = load_model(args.model, device=args.device, dtype=dtype, weight_processing=args.weight_processing)
     info, result = analysis.launch(model, config, store=Store(), progress=not args.quiet)
     payload = {"summary": info.summary, "run": {"kind": info.kind, "run_id": info.run_id, "path": str(info.path)}}
     emit(args, payload, "\n".join([result.text(), f"run: {info.path}"]))
@@ -132,6 +137,11 @@ def add_analysis_verb(sub: argparse._SubParsersAction, analysis: Analysis) -> No
         p.add_argument("--model", default=analysis.default_model,
                        help=f"model spec (default {analysis.default_model}; see `workbench models`)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when present)")
+        p.add_argument("--dtype", default=None, choices=("float32", "float64", "bfloat16", "float16"),
+                       help="weights' dtype (default float32; float64 is processed in float64)")
+        p.add_argument("--weight-processing", action=argparse.BooleanOptionalAction, default=True,
+                       help="fold LayerNorms and centre weights as transformer-lens does (default on; "
+                            "--no-weight-processing keeps the checkpoint's raw weights, as CD-T's published code uses)")
     add_config_arguments(p, analysis.config)
     p.add_argument("--json", action="store_true", help="print one JSON object (summary and run folder) last")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -69,7 +69,12 @@ def _field_specs(verb: str) -> list[OptionSpec]:
     specs = []
     if analysis.needs_model:
         specs += [OptionSpec("--model", "model", analysis.default_model, None, "str", "model spec", False),
-                  OptionSpec("--device", "device", None, None, "str", "cpu, cuda, cuda:N or mps", False)]
+                  OptionSpec("--device", "device", None, None, "str", "cpu, cuda, cuda:N or mps", False),
+                  OptionSpec("--dtype", "dtype", None, ("float32", "float64", "bfloat16", "float16"), "str",
+                             "weights' dtype", False),
+                  OptionSpec("--weight-processing", "weight_processing", True, None, "flag",
+                             "fold LayerNorms and centre weights (off: the checkpoint's raw weights)", False,
+                             negatable=True)]
     for info in describe_fields(analysis.config):
         kind = "flag" if info.base is bool else info.base.__name__
         flag = info.name if info.positional else info.flag
