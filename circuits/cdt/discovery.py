@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from circuits import discovery as loop
+import circuits.discovery as loop
 from circuits.cdt.nodes import CDTInputError, Node
 from circuits.cdt.scores import decompose_sources, head_nodes, prepare
 from circuits.graph import Circuit

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from circuits import discovery as loop
+import circuits.discovery as loop
 from circuits.graph import Circuit
 from circuits.nodes import Node
 from circuits.patching.ablation import PatchingInputError, check_ablation, references
