@@ -113,7 +113,7 @@ def main() -> None:
     rows.append(("CD-T", c_cdt, time.perf_counter() - t0))
     t0 = time.perf_counter()
     c_path = discover(model, task, top_k=args.path_top_k, include_mlps=True, ablation="mean",
-                      min_faithfulness=args.bound, max_rounds=args.path_rounds, prune_batch=args.batch, progress=True)
+                      faithfulness_bound=args.bound, max_rounds=args.path_rounds, prune_batch=args.batch, progress=True)
     rows.append(("path patching", c_path, time.perf_counter() - t0))
 
     t0 = time.perf_counter()

@@ -1,21 +1,12 @@
 """The circuit graph every analysis returns: a ``networkx.DiGraph`` whose node ids say what they are.
 
-Node ids:
-
-=================  ==============================================================
-``emb@3``          token embedding at position 3
-``L2.H5@7``        layer 2, head 5, at (destination) position 7 (``L2.H5`` when position-free)
-``L2.H5@7:3``      that head at position 7 reading source position 3 only (one node per source token)
-``mlp4@7``         MLP of layer 4 at position 7 (``mlp4`` when position-free)
-``tc4.f123@7``     feature 123 of a layer-4 dictionary (``tc`` transcoder; ``sae``, ``stc``, ... also parse)
-``err:tc4@7``      the error (reconstruction residual) node of that dictionary
-``logit``          the output (``logit:<token>`` for one output token, ``logit@7`` at a position)
-``bias``           a constant input (``bias:<label>``)
-=================  ==============================================================
+Node ids follow the one grammar of :mod:`circuits.nodes` (``emb@3``, ``L2.H5@7``, ``L2.H5@7:3``, ``mlp4@7``,
+``tc4.f123@7``, ``err:tc4@7``, ``logit``, ``bias``; spans ``emb@2-4``); :func:`parse_node_id` is its dict view.
 
 Every node carries the attributes ``kind`` (one of :data:`KINDS`), ``layer``, ``head``, ``feature``, ``position``,
 ``token``, ``activation`` and ``score`` (None where they do not apply), plus any extra ones given; a head node whose id
-names a source position also carries it as ``source_position``. Every edge carries a signed ``weight``.
+names a source position also carries it as ``source_position``, a span its last position as ``end_position``.
+Every edge carries a signed ``weight``.
 """
 
 from __future__ import annotations
@@ -23,38 +14,26 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
+from circuits.nodes import KINDS, Node, parse
 from workbench.atomic import write_json, write_text
 
 if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
 
-__all__ = ["ATTRS", "KINDS", "Circuit", "parse_node_id"]
+__all__ = ["ATTRS", "KINDS", "Circuit", "Node", "parse", "parse_node_id"]
 
-KINDS: tuple[str, ...] = ("emb", "head", "mlp", "feature", "error", "logit", "bias", "other")
 #: the attributes every node has (None where not applicable)
 ATTRS: tuple[str, ...] = ("kind", "layer", "head", "feature", "position", "token", "activation", "score")
-_INT_ATTRS = ("layer", "head", "feature", "position", "source_position")
+_INT_ATTRS = ("layer", "head", "feature", "position", "source_position", "end_position")
 _FLOAT_ATTRS = ("activation", "score")
-
-_POS = r"(?:@(?P<position>\d+))?"
-_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    ("emb", re.compile(r"emb" + _POS)),
-    ("head", re.compile(r"L(?P<layer>\d+)\.H(?P<head>\d+)(?:@(?P<position>\d+)(?::(?P<source_position>\d+))?)?")),
-    ("mlp", re.compile(r"mlp(?P<layer>\d+)" + _POS)),
-    ("feature", re.compile(r"(?P<dict>[a-z]+)(?P<layer>\d+)\.f(?P<feature>\d+)" + _POS)),
-    ("error", re.compile(r"err:(?P<dict>[a-z]+)(?P<layer>\d+)" + _POS)),
-    ("logit", re.compile(r"logit(?::(?P<token>.+?))?" + _POS)),
-    ("bias", re.compile(r"bias(?::(?P<label>[^@]+))?" + _POS)),
-]
-_ID_HELP = "expected emb@P, L<l>.H<h>[@P[:S]], mlp<l>[@P], tc<l>.f<i>[@P], err:tc<l>[@P], logit[:<token>][@P] or bias[:<label>]"
+_OPTIONAL = ("source_position", "end_position")  # parsed keys present only in the ids that name them
 
 _KIND_COLOURS = {
     "emb": "#7f7f7f",
@@ -72,7 +51,8 @@ _POSITIVE, _NEGATIVE = "#1f77b4", "#d62728"
 def parse_node_id(node_id: str) -> dict[str, Any]:
     """Parse a node id into ``{"kind", "layer", "head", "feature", "position", "token"}`` (None where absent),
     plus ``"source_position"`` for a head id that names one (``L2.H5@7:3``: head 5 of layer 2 at position 7, reading
-    position 3); ids without a source give exactly the six keys.
+    position 3) and ``"end_position"`` for a span (``emb@2-4``); other ids give exactly the six keys.
+    The dict view of :func:`circuits.nodes.parse`.
 
     >>> parse_node_id("L2.H5@7")["head"]
     5
@@ -81,28 +61,10 @@ def parse_node_id(node_id: str) -> dict[str, Any]:
 
     Raises ValueError for an id that does not follow the naming scheme.
     """
-    if not isinstance(node_id, str):
-        raise ValueError(f"node id must be a string, got {type(node_id).__name__}: {node_id!r}")
-    for kind, pattern in _PATTERNS:
-        m = pattern.fullmatch(node_id)
-        if m is None:
-            continue
-        groups = m.groupdict()
-        out: dict[str, Any] = {
-            "kind": kind,
-            "layer": None,
-            "head": None,
-            "feature": None,
-            "position": None,
-            "token": None,
-        }
-        for key in _INT_ATTRS:
-            if groups.get(key) is not None:
-                out[key] = int(groups[key])
-        if groups.get("token") is not None:
-            out["token"] = groups["token"]
-        return out
-    raise ValueError(f"malformed node id {node_id!r}: {_ID_HELP}")
+    node = parse(node_id)
+    out: dict[str, Any] = {key: getattr(node, key) for key in ("kind", "layer", "head", "feature", "position", "token")}
+    out.update({key: getattr(node, key) for key in _OPTIONAL if getattr(node, key) is not None})
+    return out
 
 
 def _clean(key: str, value: Any) -> Any:
@@ -151,8 +113,9 @@ class Circuit:
         existing = dict(self.graph.nodes[node_id]) if node_id in self.graph else {}
         data: dict[str, Any] = {key: existing.get(key, parsed.get(key)) for key in ATTRS}
         data.update({k: v for k, v in existing.items() if k not in data})
-        if parsed.get("source_position") is not None:
-            data.setdefault("source_position", parsed["source_position"])
+        for key in _OPTIONAL:
+            if parsed.get(key) is not None:
+                data.setdefault(key, parsed[key])
         data["kind"] = kind
         for key, value in attrs.items():
             data[key] = value

@@ -10,7 +10,8 @@ from pathlib import Path
 
 ROOTS = ("workbench", "probes", "circuits")
 FACES = ("workbench.ui",)
-SHARED = ("circuits.graph", "circuits.head_figures")  # the circuit families' common types and figures
+# the circuit families' common types (graph, node grammar), discovery loop and figures
+SHARED = ("circuits.graph", "circuits.nodes", "circuits.discovery", "circuits.head_figures")
 # (importer family, imported family): an analysis that builds on another one's public API
 ALLOWED = {("circuits.transcoder_paths", "circuits.dictionaries"), ("circuits.cdt", "circuits.patching")}
 

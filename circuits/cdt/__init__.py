@@ -2,7 +2,8 @@
 
 - :func:`head_scores`: relevance of each head (at each position) to a task's metric, [L, H] or [L, H, T].
 - :func:`decompose_sources`: any sources (heads, MLPs, input spans at positions) against the metric or later components.
-- :func:`discover`: the iterative CD-T circuit search with greedy pruning by faithfulness.
+- :func:`discover`: the iterative CD-T circuit search with greedy pruning by faithfulness (its scorer
+  :class:`CdtScorer` drives the one loop :func:`circuits.discovery.discover`).
 - :func:`explain` / :func:`highlight_html`: word and phrase contributions to a classification (local interpretation).
 - :class:`Rules`: the propagation rules' options (sign rule, attention rule, bias split, norm epsilon).
 - :data:`CDT` / :class:`CdtConfig`: the analysis behind the contract (``CDT.run(model, CdtConfig(...))``).
@@ -19,6 +20,7 @@ from workbench.lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "CDT": "circuits.cdt.analysis",
     "CdtConfig": "circuits.cdt.analysis",
+    "CdtScorer": "circuits.cdt.discovery",
     "candidates": "circuits.cdt.discovery",
     "discover": "circuits.cdt.discovery",
     "prune": "circuits.cdt.discovery",

@@ -24,14 +24,17 @@ is counted over (head, position) pairs: ``n_layers * n_heads * seq_len`` candida
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+import circuits.discovery as loop
 from circuits.cdt.nodes import CDTInputError, Node
 from circuits.cdt.scores import decompose_sources, head_nodes, prepare
 from circuits.graph import Circuit
 from workbench.data.task_base import Task
 
-__all__ = ["candidates", "discover", "prune"]
+__all__ = ["CdtScorer", "candidates", "discover", "prune"]
 
 
 def candidates(n_layers: int, n_heads: int, seq_len: int, *, per_position: bool = True,
@@ -39,7 +42,7 @@ def candidates(n_layers: int, n_heads: int, seq_len: int, *, per_position: bool 
     """The nodes discovery ranks: every head (and MLP) at every position (or whole, without ``per_position``)."""
     nodes = head_nodes(n_layers, n_heads, seq_len, per_position=per_position)
     if include_mlps:
-        nodes += [Node("mlp", layer, None, (p,) if per_position else None)
+        nodes += [Node("mlp", layer, position=p)
                   for layer in range(n_layers) for p in (range(seq_len) if per_position else [None])]
     return sorted(nodes, key=lambda n: (n.order, n.head or 0, n.positions or ()))
 
@@ -66,67 +69,75 @@ def prune(model, task: Task, circuit: Circuit, *, faithfulness_bound: float, abl
     return out, f_now
 
 
-def discover(model, task: Task, *, top_k: int = 20, faithfulness_bound: float = 0.8, per_position: bool = True,
-             include_mlps: bool = False, ablation: str = "mean", do_prune: bool = True, chunk_rows: int = 256,
-             dtype: torch.dtype | None = None, progress: bool = False, prune_batch: int = 1, prune_coarse: int = 0,
-             **rule_options) -> Circuit:
-    """The CD-T circuit of ``task`` (see the module docstring); ``metadata["faithfulness"]`` holds its F.
+class CdtScorer:
+    """The CD-T scorer of :func:`circuits.discovery.discover`: round r scores the r-th stage from the top (the last
+    MLP, its heads, the MLP before, ...) against the output and every node kept so far, in one batched pass;
+    faithfulness by mean (or zero) ablation (:class:`circuits.patching.Faithfulness`)."""
 
-    top_k: nodes kept per round. faithfulness_bound: pruning keeps F at or above it. prune_batch / prune_coarse: see
-    :func:`prune`. rule_options: see :class:`circuits.cdt.rules.Rules`. Also in the metadata: the faithfulness before
-    pruning, the candidate count, the rounds' sizes and the rule options.
-    """
-    if not isinstance(top_k, int) or top_k < 1:
-        raise CDTInputError(f"top_k must be a positive integer, got {top_k!r}")
-    if not 0 < faithfulness_bound <= 1:
-        raise CDTInputError(f"faithfulness_bound must be in (0, 1], got {faithfulness_bound!r}")
-    ctx = prepare(model, task, ablation=ablation, dtype=dtype)
-    w = ctx.weights
-    pool = candidates(w.n_layers, w.n_heads, task.seq_len, per_position=per_position, include_mlps=include_mlps)
-    circuit = Circuit(f"CD-T: {task.name}", {
-        "method": "cdt", "task": task.name, "ablation": ablation, "top_k": top_k, "per_position": per_position,
-        "include_mlps": include_mlps, "faithfulness_bound": faithfulness_bound, "n_candidates": len(pool),
-    })
-    circuit.add_node("logit", kind="logit")
-    found: list[Node] = []
-    rounds: list[int] = []
-    rules = {}
-    stages = sorted({n.order for n in pool}, reverse=True)
-    for round_, stage in enumerate(stages):
-        sources = [n for n in pool if n.order == stage]
-        scores = decompose_sources(ctx, sources=sources, targets=["logit", *found], strict_order=False,
-                                   chunk_rows=chunk_rows, progress=progress, **rule_options)
-        rules = scores.rules
+    def __init__(self, model, task: Task, *, per_position: bool = True, include_mlps: bool = False,
+                 ablation: str = "mean", chunk_rows: int = 256, dtype: torch.dtype | None = None,
+                 progress: bool = False, **rule_options) -> None:
+        from circuits.patching.faithfulness import Faithfulness
+
+        self.ctx = prepare(model, task, ablation=ablation, dtype=dtype)
+        w = self.ctx.weights
+        self.pool = candidates(w.n_layers, w.n_heads, task.seq_len, per_position=per_position,
+                               include_mlps=include_mlps)
+        self.stages = sorted({n.order for n in self.pool}, reverse=True)
+        self.chunk_rows, self.progress, self.rule_options = chunk_rows, progress, rule_options
+        self.rules: dict = {}
+        self.faithfulness = Faithfulness(model, task, ablation=ablation)
+
+    def candidates(self, round_: int, kept: Sequence[Sequence[Node]]) -> list[Node]:
+        if round_ >= len(self.stages):
+            return []
+        return [n for n in self.pool if n.order == self.stages[round_]]
+
+    def score(self, candidates: Sequence[Node], kept: Sequence[Sequence[Node]]) -> loop.Round:
+        found = [n for nodes in kept for n in nodes]
+        scores = decompose_sources(self.ctx, sources=list(candidates), targets=["logit", *found], strict_order=False,
+                                   chunk_rows=self.chunk_rows, progress=self.progress, **self.rule_options)
+        self.rules = scores.rules
         to_output = scores.metric
         to_found = scores.relevance() if found else torch.zeros_like(to_output)
-        by_output = torch.argsort(to_output.abs(), descending=True)[:top_k].tolist()
-        by_found = torch.argsort(to_found, descending=True)[:top_k].tolist() if found else []
         top_o = float(to_output.abs().max()) or 1.0
         top_f = float(to_found.max()) or 1.0
-        kept = []
-        for i in dict.fromkeys(by_output + by_found):
-            node = sources[i]
-            kept.append(node)
+
+        def record(i: int) -> loop.Found:
             relative = max(float(to_output[i].abs()) / top_o, float(to_found[i]) / top_f)
-            circuit.add_node(node.id, score=float(to_output[i]), relevance_to_found=float(to_found[i]),
-                             round=round_, relative=relative)
-            circuit.add_edge(node.id, "logit", float(to_output[i]))
+            edges = [("logit", float(to_output[i]))]
             for j, t in enumerate(found):
                 r = scores.target_relevance[i, j]
                 if not torch.isnan(r) and float(r) > 0:
-                    circuit.add_edge(node.id, t.id, float(r))
-        found += kept
-        rounds.append(len(kept))
-    from circuits.patching import faithfulness
+                    edges.append((t.id, float(r)))
+            attrs = {"score": float(to_output[i]), "relevance_to_found": float(to_found[i]), "relative": relative}
+            return loop.Found(attrs, edges, relative)
 
-    f_before = faithfulness(model, task, circuit, ablation=ablation)
-    circuit.metadata.update({"rules": rules, "rounds": rounds, "faithfulness_before_pruning": f_before,
-                             "n_found": len(found)})
-    f_after = f_before
-    if do_prune:
-        circuit, f_after = prune(model, task, circuit, faithfulness_bound=faithfulness_bound, ablation=ablation,
-                                 progress=progress, batch=prune_batch, coarse=prune_coarse)
-    n_nodes = sum(1 for _, d in circuit.graph.nodes(data=True) if d.get("kind") in ("head", "mlp"))
-    circuit.metadata.update({"faithfulness": f_after, "n_nodes": n_nodes})
-    circuit.graph.graph["faithfulness"] = f_after
+        return loop.Round([to_output.abs(), *([to_found] if found else [])], record)
+
+
+def discover(model, task: Task, *, top_k: int = 20, faithfulness_bound: float = 0.8, per_position: bool = True,
+             include_mlps: bool = False, ablation: str = "mean", do_prune: bool = True, chunk_rows: int = 256,
+             dtype: torch.dtype | None = None, progress: bool = False, prune_batch: int = 1, prune_coarse: int = 0,
+             max_rounds: int | None = None, **rule_options) -> Circuit:
+    """The CD-T circuit of ``task`` (see the module docstring): :class:`CdtScorer` in the one greedy loop
+    (:func:`circuits.discovery.discover`); ``metadata["faithfulness"]`` holds its F and ``bound_met`` whether it
+    reaches the bound.
+
+    top_k: nodes kept per round and ranking. faithfulness_bound: pruning keeps F at or above it. max_rounds: stop
+    after this many stages (default: down to layer 0). prune_batch / prune_coarse: see :func:`prune`.
+    rule_options: see :class:`circuits.cdt.rules.Rules`. Also in the metadata: the faithfulness before pruning, the
+    candidate count, the rounds' sizes and the rule options.
+    """
+    loop.check_options(top_k, faithfulness_bound, max_rounds, prune_batch, prune_coarse, error=CDTInputError)
+    scorer = CdtScorer(model, task, per_position=per_position, include_mlps=include_mlps, ablation=ablation,
+                       chunk_rows=chunk_rows, dtype=dtype, progress=progress, **rule_options)
+    circuit = loop.discover(
+        scorer, top_k=top_k, faithfulness_bound=faithfulness_bound, max_rounds=max_rounds, prune=do_prune,
+        prune_batch=prune_batch, prune_coarse=prune_coarse, progress=progress, name=f"CD-T: {task.name}",
+        metadata={"method": "cdt", "task": task.name, "ablation": ablation, "per_position": per_position,
+                  "include_mlps": include_mlps, "n_candidates": len(scorer.pool)})
+    meta = circuit.metadata
+    meta.update({"rules": scorer.rules, "rounds": meta["round_sizes"],
+                 "faithfulness_before_pruning": meta["faithfulness_unpruned"]})
     return circuit

@@ -137,7 +137,7 @@ def head_nodes(n_layers: int, n_heads: int, seq_len: int, *, per_position: bool,
     """Every head (at every position when ``per_position``), layer-major: L0.H0@0, L0.H0@1, ..."""
     layers = range(n_layers) if layers is None else layers
     if per_position:
-        return [Node("head", layer, h, (p,)) for layer in layers for h in range(n_heads) for p in range(seq_len)]
+        return [Node("head", layer, h, position=p) for layer in layers for h in range(n_heads) for p in range(seq_len)]
     return [Node("head", layer, h) for layer in layers for h in range(n_heads)]
 
 

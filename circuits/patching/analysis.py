@@ -100,7 +100,7 @@ def _discovered(model: Any, task: Any, cfg: PatchConfig, progress: bool) -> tupl
 
     from circuits.patching.discovery import discover
 
-    circuit = discover(model, task, top_k=cfg.top_k, ablation=cfg.ablation, min_faithfulness=cfg.faithfulness_bound,
+    circuit = discover(model, task, top_k=cfg.top_k, ablation=cfg.ablation, faithfulness_bound=cfg.faithfulness_bound,
                        max_rounds=cfg.max_rounds, progress=progress)
     nodes = circuit.graph.nodes
     found = [n for n in circuit if nodes[n].get("kind") in ("head", "mlp")]

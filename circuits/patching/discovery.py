@@ -1,12 +1,13 @@
-"""Circuit discovery driven by path patching, pruned greedily by faithfulness.
+"""Circuit discovery driven by path patching: :class:`PathPatchingScorer` in the one greedy loop
+(:func:`circuits.discovery.discover`), pruned greedily by faithfulness.
 
-1. Score every component (heads, optionally MLPs, whole or per position) by path patching to the logits; keep the
-   ``top_k`` largest by |score|.
-2. Take the nodes found last as receivers; score every not-yet-found component that can reach one of them by path
-   patching through the receivers it reaches; keep the ``top_k`` largest. Repeat until no earlier component is left
-   (layer 0) or for ``max_rounds`` rounds.
-3. The union of the found nodes is the circuit; prune greedily: try removing nodes from the weakest (smallest
-   |score|) up, keeping a removal whenever the faithfulness stays at or above ``min_faithfulness``.
+1. Round 0 scores every component (heads, optionally MLPs, whole or per position) by path patching to the logits;
+   the ``top_k`` largest by |score| are kept.
+2. Each later round takes the nodes kept last as receivers and scores every not-yet-found component that can reach one
+   of them by path patching through the receivers it reaches; the ``top_k`` largest are kept. The search ends when no
+   earlier component is left (layer 0) or after ``max_rounds`` rounds.
+3. The union of the found nodes is the circuit; pruning tries removing nodes from the weakest (smallest |score|) up,
+   keeping a removal whenever the faithfulness stays at or above ``faithfulness_bound``.
 
 Each node keeps the score of the round that found it (``score``) and the round (``round``); an edge runs from each
 found sender to the receivers of its round (weight = its path score), and from first-round nodes to ``logit``.
@@ -14,16 +15,51 @@ found sender to the receivers of its round (weight = its path score), and from f
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
 
+import circuits.discovery as loop
 from circuits.graph import Circuit
-from circuits.patching.ablation import check_ablation, references
-from circuits.patching.faithfulness import faithfulness_many, prune_greedy
+from circuits.nodes import Node
+from circuits.patching.ablation import PatchingInputError, check_ablation, references
+from circuits.patching.faithfulness import Faithfulness, prune_greedy
 from circuits.patching.nodes import components
 from circuits.patching.path import all_components, path_patching_scores, reaches
 from workbench.data.task_base import Task
 
-__all__ = ["discover", "prune_by_faithfulness"]
+__all__ = ["PathPatchingScorer", "discover", "prune_by_faithfulness"]
+
+
+class PathPatchingScorer:
+    """The path-patching scorer of :func:`circuits.discovery.discover`: round 0 against the logits, each later round
+    the components that reach the last round's nodes, through them; faithfulness with the same references."""
+
+    def __init__(self, model, task: Task, *, per_position: bool = False, include_mlps: bool = False,
+                 ablation: str = "mean", max_rows: int | None = None, progress: bool = False) -> None:
+        check_ablation(ablation)
+        self.model, self.task, self.ablation, self.max_rows, self.progress = model, task, ablation, max_rows, progress
+        self.refs = references(model, task, ablation)
+        self.pool: list[Node] = components(model, task, all_components(model, task, per_position=per_position,
+                                                                        include_mlps=include_mlps))
+        self.faithfulness = Faithfulness(model, task, ablation=ablation, refs=self.refs)
+
+    def candidates(self, round_: int, kept: Sequence[Sequence[Node]]) -> list[Node]:
+        if round_ == 0:
+            return list(self.pool)
+        found = {n for nodes in kept for n in nodes}
+        return [c for c in self.pool if c not in found and any(reaches(c, r) for r in kept[-1])]
+
+    def score(self, candidates: Sequence[Node], kept: Sequence[Sequence[Node]]) -> loop.Round:
+        receivers = "logits" if not kept else [r.id for r in kept[-1]]
+        scores = path_patching_scores(self.model, self.task, [c.id for c in candidates], receivers,
+                                      ablation=self.ablation, refs=self.refs, max_rows=self.max_rows,
+                                      progress=self.progress)
+
+        def found(i: int) -> loop.Found:
+            s = float(scores[i])
+            targets = ["logit"] if not kept else [r.id for r in kept[-1] if reaches(candidates[i], r)]
+            return loop.Found({"score": s}, [(t, s) for t in targets], abs(s))
+
+        return loop.Round([scores.abs()], found)
 
 
 def prune_by_faithfulness(
@@ -31,29 +67,41 @@ def prune_by_faithfulness(
     task: Task,
     circuit: Circuit,
     *,
-    min_faithfulness: float = 0.8,
+    faithfulness_bound: float | None = None,
     ablation: str = "mean",
     refs=None,
     progress: bool = False,
     batch: int = 1,
     coarse: int = 0,
+    min_faithfulness: float | None = None,
 ) -> tuple[Circuit, float]:
-    """Greedy pruning: remove nodes (weakest |score| first) while F stays >= ``min_faithfulness``.
+    """Greedy pruning: remove nodes (weakest |score| first) while F stays >= ``faithfulness_bound`` (default 0.8;
+    ``min_faithfulness`` is accepted as its old name).
 
     batch / coarse: see :func:`circuits.patching.prune_greedy` (``batch`` changes the speed, not the result).
     Returns (pruned circuit, its faithfulness). Nodes that are not heads or MLPs are kept.
     """
+    bound = _bound(faithfulness_bound, min_faithfulness)
     current = circuit.graph.copy()
     order = sorted(
         (n for n in current.nodes if current.nodes[n].get("kind") in ("head", "mlp")),
         key=lambda n: abs(current.nodes[n].get("score") or 0.0),
     )
-    kept, f_now, scored = prune_greedy(model, task, list(current.nodes), order, bound=min_faithfulness,
+    kept, f_now, scored = prune_greedy(model, task, list(current.nodes), order, bound=bound,
                                        ablation=ablation, refs=refs, batch=batch, coarse=coarse, progress=progress)
     current.remove_nodes_from(set(current.nodes) - set(kept))
     out = Circuit(circuit.name, {**circuit.metadata, "prune_scored": scored})
     out.graph = current
     return out, f_now
+
+
+def _bound(faithfulness_bound: float | None, min_faithfulness: float | None) -> float:
+    if faithfulness_bound is not None and min_faithfulness is not None and faithfulness_bound != min_faithfulness:
+        raise PatchingInputError(
+            f"faithfulness_bound={faithfulness_bound!r} and its old name min_faithfulness={min_faithfulness!r} "
+            "disagree; give faithfulness_bound only")
+    bound = faithfulness_bound if faithfulness_bound is not None else min_faithfulness
+    return 0.8 if bound is None else bound
 
 
 def discover(
@@ -64,67 +112,37 @@ def discover(
     per_position: bool = False,
     include_mlps: bool = False,
     ablation: str = "mean",
-    min_faithfulness: float = 0.8,
+    faithfulness_bound: float | None = None,
     prune: bool = True,
     max_rounds: int | None = None,
     max_rows: int | None = None,
     progress: bool = False,
     prune_batch: int = 1,
     prune_coarse: int = 0,
+    min_faithfulness: float | None = None,
 ) -> Circuit:
-    """A circuit found by path patching (see the module docstring); metadata holds its faithfulness.
+    """A circuit found by path patching (see the module docstring); metadata holds its faithfulness and ``bound_met``.
 
     top_k: nodes kept per round. per_position: nodes are ``L{l}.H{h}@{p}`` instead of whole heads. include_mlps:
     MLPs are candidates too. ablation: for path patching and faithfulness (``mean``, ``zero`` or ``corrupted``).
+    faithfulness_bound: pruning keeps F at or above it (default 0.8; ``min_faithfulness`` is its old name).
     max_rounds: stop after this many rounds (default: until no earlier component is left). prune_batch /
-    prune_coarse: see :func:`prune_by_faithfulness`.
+    prune_coarse: see :func:`circuits.discovery.greedy_prune`. Also in the metadata: ``faithfulness_unpruned``,
+    ``nodes_unpruned``, ``metric_model`` and ``metric_empty`` (m(M) and m(empty)), ``rounds`` (rounds run).
     """
+    bound = _bound(faithfulness_bound, min_faithfulness)
     check_ablation(ablation)
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    refs = references(model, task, ablation)
-    candidates = all_components(model, task, per_position=per_position, include_mlps=include_mlps)
-    comp = dict(zip(candidates, components(model, task, candidates), strict=True))
-    circuit = Circuit(
-        f"path patching: {task.name}",
-        {"method": "path patching", "task": task.name, "ablation": ablation, "top_k": top_k,
-         "per_position": per_position, "include_mlps": include_mlps, "max_rounds": max_rounds},
-    )
-    circuit.add_node("logit", kind="logit")
-    found: list[str] = []
-    receivers: list[str] | str = "logits"
-    rounds = 2 * model.cfg.n_layers + 1 if max_rounds is None else max_rounds
-    for round_ in range(rounds):
-        if isinstance(receivers, str):
-            pool = list(candidates)
-        else:
-            recv = [comp[r] for r in receivers]
-            pool = [c for c in candidates if c not in found and any(reaches(comp[c], r) for r in recv)]
-        if not pool:
-            break
-        scores = path_patching_scores(
-            model, task, pool, receivers, ablation=ablation, refs=refs, max_rows=max_rows, progress=progress
-        )
-        best = torch.argsort(scores.abs(), descending=True)[:top_k].tolist()
-        new = [pool[i] for i in best]
-        for i in best:
-            circuit.add_node(pool[i], score=float(scores[i]), round=round_)
-            targets = ["logit"] if isinstance(receivers, str) else [
-                r for r in receivers if reaches(comp[pool[i]], comp[r])
-            ]
-            for t in targets:
-                circuit.add_edge(pool[i], t, float(scores[i]))
-        found += new
-        receivers = new
-        circuit.metadata["rounds"] = round_ + 1
-    (f_full,), m_full, m_empty = faithfulness_many(model, task, [circuit], ablation=ablation, refs=refs)
-    circuit.metadata.update({"faithfulness_unpruned": float(f_full), "nodes_unpruned": len(found),
-                             "metric_model": m_full, "metric_empty": m_empty})
-    f_final = float(f_full)
-    if prune:
-        circuit, f_final = prune_by_faithfulness(
-            model, task, circuit, min_faithfulness=min_faithfulness, ablation=ablation, refs=refs, progress=progress,
-            batch=prune_batch, coarse=prune_coarse,
-        )
-    circuit.metadata.update({"faithfulness": f_final, "min_faithfulness": min_faithfulness if prune else None})
+    loop.check_options(top_k, bound, max_rounds, prune_batch, prune_coarse, error=PatchingInputError)
+    scorer = PathPatchingScorer(model, task, per_position=per_position, include_mlps=include_mlps, ablation=ablation,
+                                max_rows=max_rows, progress=progress)
+    circuit = loop.discover(
+        scorer, top_k=top_k, faithfulness_bound=bound, max_rounds=max_rounds, prune=prune, prune_batch=prune_batch,
+        prune_coarse=prune_coarse, progress=progress, name=f"path patching: {task.name}",
+        metadata={"method": "path patching", "task": task.name, "ablation": ablation, "per_position": per_position,
+                  "include_mlps": include_mlps})
+    meta = circuit.metadata
+    if meta["round_sizes"]:
+        meta["rounds"] = len(meta["round_sizes"])
+    meta.update({"nodes_unpruned": meta["n_found"], "metric_model": scorer.faithfulness.metric_model,
+                 "metric_empty": scorer.faithfulness.metric_empty, "min_faithfulness": bound if prune else None})
     return circuit

@@ -1,73 +1,63 @@
-"""Node ids of heads and MLPs, checked against a model and a task, and turned into boolean masks.
+"""Heads and MLPs named by node ids (:mod:`circuits.nodes`), checked against a model and a task, and turned into masks.
 
-``L{l}.H{h}`` is head h of layer l at every position, ``L{l}.H{h}@{p}`` that head at position p only;
-``mlp{l}`` / ``mlp{l}@{p}`` likewise for the MLP of layer l. Other node kinds (``emb``, ``logit`` ...) are never
-ablated and are ignored.
+``L{l}.H{h}`` is head h of layer l at every position, ``L{l}.H{h}@{p}`` that head at position p only (``@a-b``: the
+inclusive span a..b); ``mlp{l}`` / ``mlp{l}@{p}`` likewise for the MLP of layer l. Other node kinds (``emb``,
+``logit`` ...) are never ablated and are ignored. A head reading one source position (``L2.H5@7:3``) names part of a
+head's output that patching cannot ablate on its own, and is an error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 
-from circuits.graph import Circuit, parse_node_id
+from circuits.graph import Circuit
+from circuits.nodes import Node, NodeIdError, parse
 from circuits.patching.ablation import PatchingInputError
 
 __all__ = ["Component", "check_component", "component_id", "components", "keep_masks", "parse_component"]
 
-
-@dataclass(frozen=True, order=True)
-class Component:
-    """A head (head >= 0) or an MLP (head None) of one layer, at one position or all (position None)."""
-
-    layer: int
-    head: int | None
-    position: int | None = None
-
-    @property
-    def is_mlp(self) -> bool:
-        return self.head is None
+#: a head or MLP node (:class:`circuits.nodes.Node` of kind ``head`` or ``mlp``)
+Component = Node
 
 
-def component_id(c: Component) -> str:
+def component_id(c: Node) -> str:
     """The node id of a component (``L2.H5``, ``L2.H5@7``, ``mlp4``, ``mlp4@7``)."""
-    base = f"mlp{c.layer}" if c.is_mlp else f"L{c.layer}.H{c.head}"
-    return base if c.position is None else f"{base}@{c.position}"
+    return c.id
 
 
-def check_component(c: Component, n_layers: int, n_heads: int, seq_len: int) -> Component:
+def check_component(c: Node, n_layers: int, n_heads: int, seq_len: int) -> Node:
     """``c`` itself, or PatchingInputError naming the out-of-range layer, head or position and the valid range."""
-    name = component_id(c)
-    if not 0 <= c.layer < n_layers:
-        raise PatchingInputError(f"{name}: layer {c.layer} out of range; the model has layers 0..{n_layers - 1}")
-    if c.head is not None and not 0 <= c.head < n_heads:
-        raise PatchingInputError(f"{name}: head {c.head} out of range; the model has heads 0..{n_heads - 1}")
-    if c.position is not None and not 0 <= c.position < seq_len:
+    if c.kind not in ("head", "mlp"):
+        raise PatchingInputError(f"{c.id!r} is not a head or an MLP")
+    if c.source_position is not None:
         raise PatchingInputError(
-            f"{name}: position {c.position} out of range; the task's prompts have positions 0..{seq_len - 1}"
+            f"{c.id!r} names one source position of a head; patching ablates a head's whole output at a position "
+            f"(use {c.with_positions(c.positions).id!r})"
         )
+    problem = c.out_of_range(n_layers=n_layers, n_heads=n_heads, seq_len=seq_len)
+    if problem is not None:
+        raise PatchingInputError(problem)
     return c
 
 
-def parse_component(node_id: str, n_layers: int, n_heads: int, seq_len: int) -> Component | None:
+def parse_component(node_id: str, n_layers: int, n_heads: int, seq_len: int) -> Node | None:
     """The component a node id names (checked), or None for nodes that are not heads or MLPs."""
     try:
-        info = parse_node_id(node_id)
-    except ValueError as err:
+        node = parse(node_id)
+    except NodeIdError as err:
         raise PatchingInputError(str(err)) from None
-    if info["kind"] not in ("head", "mlp"):
+    if node.kind not in ("head", "mlp"):
         return None
-    c = Component(info["layer"], info["head"] if info["kind"] == "head" else None, info["position"])
-    return check_component(c, n_layers, n_heads, seq_len)
+    return check_component(node, n_layers, n_heads, seq_len)
 
 
-def components(model, task, nodes: Circuit | Iterable[str]) -> list[Component]:
+def components(model, task, nodes: Circuit | Iterable[str]) -> list[Node]:
     """The checked head/MLP components of a circuit or a list of node ids (others dropped)."""
-    ids = list(nodes.graph.nodes) if isinstance(nodes, Circuit) else list(nodes)
     if isinstance(nodes, str):
         raise PatchingInputError("expected a Circuit or a list of node ids, got one string")
+    ids = list(nodes.graph.nodes) if isinstance(nodes, Circuit) else list(nodes)
     out = []
     for node_id in ids:
         c = parse_component(node_id, model.cfg.n_layers, model.cfg.n_heads, task.seq_len)
@@ -76,12 +66,13 @@ def components(model, task, nodes: Circuit | Iterable[str]) -> list[Component]:
     return out
 
 
-def keep_masks(comps: Iterable[Component], n_layers: int, n_heads: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def keep_masks(comps: Iterable[Node], n_layers: int, n_heads: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean masks of what the components cover: heads [L, pos, H] and MLPs [L, pos]."""
     heads = torch.zeros(n_layers, seq_len, n_heads, dtype=torch.bool)
     mlps = torch.zeros(n_layers, seq_len, dtype=torch.bool)
     for c in comps:
-        pos = slice(None) if c.position is None else c.position
+        p = c.positions
+        pos = slice(None) if p is None else slice(p[0], p[-1] + 1)
         if c.is_mlp:
             mlps[c.layer, pos] = True
         else:

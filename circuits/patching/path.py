@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from circuits.nodes import Node
 from circuits.patching.ablation import (
     PatchingInputError,
     References,
@@ -34,7 +35,7 @@ from circuits.patching.ablation import (
     row_metric,
     rows,
 )
-from circuits.patching.nodes import Component, component_id, components, keep_masks
+from circuits.patching.nodes import component_id, components, keep_masks
 from workbench.data.task_base import Task
 
 __all__ = ["RECEIVER_INPUTS", "all_components", "path_head_scores", "path_patching_scores", "reaches"]
@@ -42,7 +43,7 @@ __all__ = ["RECEIVER_INPUTS", "all_components", "path_head_scores", "path_patchi
 RECEIVER_INPUTS: tuple[str, ...] = ("z", "q", "k", "v")
 
 
-def reaches(sender: Component, receiver: Component) -> bool:
+def reaches(sender: Node, receiver: Node) -> bool:
     """Whether the sender's output can reach the receiver (heads read the layer's input, MLPs the attention's output)."""
     if sender.is_mlp or not receiver.is_mlp:
         return sender.layer < receiver.layer
@@ -59,7 +60,7 @@ def all_components(model, task: Task, *, per_position: bool = False, include_mlp
     return out
 
 
-def _check_receiver_input(model, receiver_input: str, receivers: list[Component]) -> str:
+def _check_receiver_input(model, receiver_input: str, receivers: list[Node]) -> str:
     if receiver_input not in RECEIVER_INPUTS:
         raise PatchingInputError(f"unknown receiver_input {receiver_input!r}; accepted: {', '.join(RECEIVER_INPUTS)}")
     n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
@@ -68,7 +69,7 @@ def _check_receiver_input(model, receiver_input: str, receivers: list[Component]
         by_kv: dict[tuple, set] = {}
         for r in receivers:
             if not r.is_mlp:
-                by_kv.setdefault((r.layer, r.head // group, r.position), set()).add(r.head)
+                by_kv.setdefault((r.layer, r.head // group, r.positions), set()).add(r.head)
         for (layer, kv, _), heads in by_kv.items():
             if len(heads) != group:
                 raise PatchingInputError(
@@ -105,7 +106,7 @@ def path_patching_scores(
     to_logits = isinstance(receivers, str)
     if to_logits and receivers != "logits":
         raise PatchingInputError(f"receivers must be 'logits' or a list of node ids, got {receivers!r}")
-    recv: list[Component] = [] if to_logits else components(model, task, receivers)
+    recv: list[Node] = [] if to_logits else components(model, task, receivers)
     if not to_logits:
         if not recv:
             raise PatchingInputError("no receivers: give head or MLP node ids, or 'logits'")
