@@ -6,14 +6,13 @@ Reads ``dictionary`` runs from the store; all numbers come from the run's tables
 
 from __future__ import annotations
 
-import html
-
 import pandas as pd
 import streamlit as st
 from page_helpers import browse_runs
 
 from circuits.dictionaries.figures import (
     activation_histogram,
+    context_html,
     frequency_histogram,
     frontier_figure,
     training_figure,
@@ -22,17 +21,6 @@ from workbench.store import Store
 
 st.set_page_config(page_title="Dictionaries", layout="wide")
 st.title("Dictionaries: SAEs and transcoders")
-
-
-def highlighted(tokens: list[str], highlight: int, activation: float) -> str:
-    """HTML of a context with the activating token marked."""
-    parts = []
-    for i, t in enumerate(tokens):
-        text = html.escape(str(t)).replace("\n", "⏎")
-        if i == highlight:
-            text = f"<mark title='{activation:.3f}'><b>{text}</b></mark>"
-        parts.append(text)
-    return "".join(parts)
 
 
 def _browse(run, index: int, d_sae: int) -> None:
@@ -62,7 +50,7 @@ def _browse(run, index: int, d_sae: int) -> None:
         if rows.empty:
             st.write("No activation on the scanned tokens.")
         for _, c in rows.iterrows():
-            st.markdown(f"`{c['activation']:.3f}` " + highlighted(list(c["tokens"]), int(c["highlight"]),
+            st.markdown(f"`{c['activation']:.3f}` " + context_html(list(c["tokens"]), int(c["highlight"]),
                                                                    float(c["activation"])), unsafe_allow_html=True)
         if len(row):
             r = row.iloc[0]

@@ -49,6 +49,9 @@ class CdtConfig(TaskOptions):
     discover: bool = option(False, "run the iterative CD-T circuit discovery")
     faithfulness_bound: float = option(0.8, "discovery: pruning keeps F at or above it", minimum=0.0,
                                        exclusive_minimum=True, maximum=1.0)
+    max_rounds: int | None = option(None, "discovery: at most this many rounds (default: down to layer 0)", minimum=1)
+    prune_batch: int = option(1, "discovery: removals tried per batched pruning pass (same result as one at a time, "
+                                 "fewer circuits scored)", minimum=1)
     ablation: Literal["mean", "zero"] = option("mean", "source semantics")
     attention: Literal["own", "total", "ablated"] | None = option(
         None, "attention rule (default: the library's for each use: ablated for the scores and the discovery, total "
@@ -118,7 +121,8 @@ def _compute(model: Any, cfg: CdtConfig, progress: bool) -> Result:
     out.lines += [f"  {node:<14} {score:+.4f}" for node, score in s["top_sources"]]
     if cfg.discover:
         circuit = discovery.discover(model, task, top_k=cfg.top_k, faithfulness_bound=cfg.faithfulness_bound,
-                                     per_position=per_position, ablation=cfg.ablation, progress=progress, **rules)
+                                     per_position=per_position, ablation=cfg.ablation, max_rounds=cfg.max_rounds,
+                                     prune_batch=cfg.prune_batch, progress=progress, **rules)
         circuit.metadata["tokens"] = tokens
         out.graphs["circuit"] = circuit
         s.update({k: circuit.metadata[k] for k in ("faithfulness", "n_nodes", "n_candidates")})

@@ -43,6 +43,7 @@ class HeldOutOptions(Config):
     corpus: str = option("wiki", "corpus name (workbench.data.CORPORA)")
     seq_len: int = option(128, "tokens per row, BOS included", minimum=2)
     eval_tokens: int = option(8192, "held-out tokens for the metrics and the feature views", minimum=1)
+    skip_bos: bool = option(True, "leave BOS out of the top-activating contexts (many latents fire hardest on it)")
 
 
 @dataclass
@@ -108,7 +109,7 @@ class EvalDictionaryConfig(HeldOutOptions):
 def dictionary_result(model: Any, dicts: Mapping[str, Any], evaluation: Any, *, history: Sequence[dict] = (),
                       feature_source: Any = None, feature_tokens: int = 4096, tokenizer: Any = None,
                       specs: Mapping[str, Any] | None = None, context_size: int | None = None,
-                      progress: bool = False) -> Result:
+                      progress: bool = False, exclude_tokens: Sequence[int] = ()) -> Result:
     """Everything a ``dictionary`` run holds: SAELens folders, metrics, history and (with ``feature_source``) the
     feature tables, from dictionaries by label and their :class:`~circuits.dictionaries.evaluate.EvalResult`."""
     import pandas as pd
@@ -129,7 +130,8 @@ def dictionary_result(model: Any, dicts: Mapping[str, Any], evaluation: Any, *, 
                      "l1": ds.l1 if ds and d.activation == "relu" else None, **evaluation.metrics[label]})
         freqs[f"d{i}"] = evaluation.frequencies[label]
         if feature_source is not None:
-            ctx = top_contexts(model, d, feature_source, max_tokens=feature_tokens, progress=progress)
+            ctx = top_contexts(model, d, feature_source, max_tokens=feature_tokens, progress=progress,
+                               exclude_tokens=exclude_tokens)
             latents, contexts = feature_tables(model, d, ctx, evaluation.frequencies[label], tokenizer)
             out.tables[f"latents-{i}"] = latents
             out.tables[f"contexts-{i}"] = contexts
@@ -156,6 +158,13 @@ def dictionary_result(model: Any, dicts: Mapping[str, Any], evaluation: Any, *, 
 
 def _num(value: Any, width: int, digits: int) -> str:
     return f"{value:>{width}.{digits}f}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
+
+
+def _bos(model: Any, cfg: HeldOutOptions) -> list[int]:
+    from workbench.data.tokens import bos_id
+
+    bos = bos_id(model.tokenizer)
+    return [bos] if cfg.skip_bos and bos is not None else []
 
 
 def run_dictionaries(run: Any) -> dict[str, Any]:
@@ -190,7 +199,7 @@ def _train(model: Any, cfg: TrainDictionaryConfig, progress: bool) -> Result:
         out = dictionary_result(model, trained.dictionaries, evaluation, history=trained.history,
                                 feature_source=eval_source, feature_tokens=cfg.eval_tokens, tokenizer=model.tokenizer,
                                 specs=dict(zip(trained.dictionaries, specs, strict=True)), context_size=cfg.seq_len,
-                                progress=progress)
+                                progress=progress, exclude_tokens=_bos(model, cfg))
     out.params = {"specs": [s.__dict__ for s in specs], "train": dict(train.__dict__),
                   "seconds_training": trained.seconds, "steps": trained.steps, "tokens_trained": trained.tokens}
     out.warnings = list(trained.warnings) + out.warnings
@@ -214,7 +223,8 @@ def _evaluate(model: Any, cfg: EvalDictionaryConfig, progress: bool) -> Result:
     evaluation = evaluate_dictionaries(model, dicts, src, max_tokens=cfg.eval_tokens, progress=progress, device=device)
     with torch.no_grad():
         out = dictionary_result(model, dicts, evaluation, feature_source=src, feature_tokens=cfg.eval_tokens,
-                                tokenizer=model.tokenizer, context_size=cfg.seq_len, progress=progress)
+                                tokenizer=model.tokenizer, context_size=cfg.seq_len, progress=progress,
+                                exclude_tokens=_bos(model, cfg))
     out.params = {"sources": [str(Path(f).resolve()) for f in cfg.path]}
     return out
 

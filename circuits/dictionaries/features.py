@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -44,8 +45,12 @@ class TopContexts:
 def top_contexts(
     model, d: Dictionary, source: TokenSource, *, k: int = 10, before: int = 8, after: int = 3,
     max_tokens: int | None = None, progress: bool = True, device: str | None = None,
+    exclude_tokens: Sequence[int] = (),
 ) -> TopContexts:
     """Stream ``source`` and keep the top-``k`` activating tokens of every latent, with their contexts.
+
+    ``exclude_tokens``: token ids whose activations never make a top context (e.g. BOS, on which the strongest
+    latents of many models fire); they still count in the histograms.
 
     ``k`` >= 1, ``before`` and ``after`` >= 0, ``max_tokens`` None (the whole source) or >= 1 (ValueError naming
     the option otherwise)."""
@@ -73,7 +78,11 @@ def top_contexts(
         bins = torch.bucketize(nz.log10(), HIST_EDGES[1:-1])
         hist.view(-1).index_add_(0, cols * nb + bins, torch.ones_like(bins))
         kk = min(k, B * S)
-        bv, bi = flat.topk(kk, dim=0)  # [kk, d_sae]
+        ranked = flat
+        if exclude_tokens:
+            skip = torch.isin(tokens.cpu().reshape(-1), torch.tensor(list(exclude_tokens)))
+            ranked = flat.masked_fill(skip[:, None], 0.0)
+        bv, bi = ranked.topk(kk, dim=0)  # [kk, d_sae]
         padded = torch.nn.functional.pad(tokens.cpu(), (before, after), value=-1)
         padded = torch.where(torch.nn.functional.pad(mask.cpu(), (before, after)) > 0, padded, -1)
         rows, pos = bi // S, bi % S

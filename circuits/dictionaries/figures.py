@@ -60,3 +60,29 @@ def training_figure(history: pd.DataFrame, column: str = "mse") -> go.Figure:
             fig.add_trace(go.Scatter(x=df["step"], y=df[column], mode="lines", name=str(label)))
     fig.update_layout(title=f"Training: {column}", xaxis_title="step", yaxis_title=column, height=320)
     return fig
+
+
+def context_html(tokens: list[str], highlight: int, activation: float) -> str:
+    """One top-activating context as HTML: the tokens as text (newlines shown as ⏎), the activating token marked
+    with its activation in a tooltip."""
+    import html
+
+    parts = []
+    for i, t in enumerate(tokens):
+        text = html.escape(str(t)).replace("\n", "⏎")
+        if i == highlight:
+            text = f"<mark title='{activation:.3f}'><b>{text}</b></mark>"
+        parts.append(text)
+    return "".join(parts)
+
+
+def contexts_html(contexts: pd.DataFrame, latent: int, limit: int = 10) -> str:
+    """The top-activating contexts of ``latent`` from a run's ``contexts-<i>`` table (latent, rank, activation,
+    tokens, highlight) as one HTML block, strongest first; a notebook shows it with ``IPython.display.HTML``."""
+    rows = contexts[contexts["latent"] == latent].sort_values("rank").head(limit)
+    if rows.empty:
+        return f"<p>Latent {latent} was not active on the scanned tokens.</p>"
+    lines = [f"<div><code>{float(r['activation']):.3f}</code> "
+             f"{context_html(list(r['tokens']), int(r['highlight']), float(r['activation']))}</div>"
+             for _, r in rows.iterrows()]
+    return "\n".join(lines)

@@ -50,6 +50,8 @@ class PatchConfig(TaskOptions):
     faithfulness_bound: float = option(0.8, "discover: pruning keeps F at or above it", minimum=0.0,
                                        exclusive_minimum=True, maximum=1.0, aliases=("--min-faithfulness",))
     max_rounds: int | None = option(None, "discover: at most this many rounds (default: down to layer 0)", minimum=1)
+    prune_batch: int = option(1, "discover: removals tried per batched pruning pass (same result as one at a time, "
+                                 "fewer circuits scored)", minimum=1)
     prompt: list[str] | None = option(None, "own clean prompts instead of --task (one per line in the form)", lines=True)
     corrupted: list[str] | None = option(None, "with --prompt: corrupted prompts (same token counts)", lines=True)
     correct: list[str] | None = option(None, "with --prompt: one-token right answer(s)", lines=True)
@@ -101,7 +103,7 @@ def _discovered(model: Any, task: Any, cfg: PatchConfig, progress: bool) -> tupl
     from circuits.patching.discovery import discover
 
     circuit = discover(model, task, top_k=cfg.top_k, ablation=cfg.ablation, faithfulness_bound=cfg.faithfulness_bound,
-                       max_rounds=cfg.max_rounds, progress=progress)
+                       max_rounds=cfg.max_rounds, prune_batch=cfg.prune_batch, progress=progress)
     nodes = circuit.graph.nodes
     found = [n for n in circuit if nodes[n].get("kind") in ("head", "mlp")]
 

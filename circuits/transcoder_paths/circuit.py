@@ -89,6 +89,10 @@ def tc_circuit(
     root, paths = search_paths(run, tgt, num_branches=num_branches, max_depth=max_depth, exclude_bos=exclude_bos)
     tokenizer = getattr(model, "tokenizer", None)
     strings = [tokenizer.decode([int(t)]) for t in run.tokens] if tokenizer is not None else None
+    if tgt.node == "logit" and strings is not None:  # token strings, not ids, in every label
+        pos = tgt.state.position
+        tgt.label = (f"logit({tokenizer.decode([int(correct)])!r}) - logit({tokenizer.decode([int(incorrect)])!r}) "
+                     f"after {strings[pos]!r} (position {pos})")
     meta = {"model": getattr(model, "workbench_spec", None), "transcoder_layers": sorted(run.transcoders),
             "num_branches": num_branches, "max_depth": max_depth, "method": "transcoder paths"}
     circuit = circuit_from_paths(run, tgt, root, token_strings=strings, metadata=meta, name=f"{tgt.label}")
