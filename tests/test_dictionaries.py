@@ -277,7 +277,7 @@ def test_cli_eval_dict_stores_a_run_and_rejects_misfits(tiny_llama, tmp_path, mo
     assert code == 0
     payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     run = Store().load("dictionary", payload["run"]["run_id"])
-    (label,) = [k for k in payload["summary"] if k != "eval_tokens"]
+    (label,) = [k for k in payload["summary"] if k not in ("eval_tokens", "warnings")]
     assert run.table("metrics")["l0"].iloc[0] == pytest.approx(payload["summary"][label]["l0"])
     save_dictionary(Dictionary.create("sae", 40, 48, hook_in="blocks.0.hook_resid_post"), tmp_path / "wide")
     assert main(["eval-dict", str(tmp_path / "wide"), "--model", spec, "--device", "cpu"]) == 2
