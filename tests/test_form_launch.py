@@ -54,11 +54,12 @@ REQUIRED = {
     "cdt": ("tiny_gpt2", {"half_len": "8"}),
     "patch": ("tiny_gpt2", {"task": "induction", "half_len": "8"}),
     "paths": ("tiny_llama", {"prompt": "t3 t5 t7 t9 t3 t5 t7"}),
+    "dynamics": (None, {"target": "llama-tiny-demo", "sequences": "4"}),
 }
 
 
 def test_every_analysis_verb_is_launched():
-    assert set(REQUIRED) | {"dynamics"} == set(launch.analysis_verbs())  # dynamics: tests/test_dynamics.py
+    assert set(REQUIRED) == set(launch.analysis_verbs())
 
 
 @pytest.mark.slow
@@ -80,3 +81,19 @@ def test_the_form_launches_each_verb_with_its_defaults(verb, request, tiny_trans
     assert main(argv) == 0, capsys.readouterr().err
     payload = _strict(capsys.readouterr().out.strip().splitlines()[-1])
     assert payload["run"]["kind"] and payload["summary"] is not None
+
+
+@pytest.mark.parametrize("argv", [["models", "--json"], ["zoo", "list", "--json"], ["runs", "--json"]], ids=" ".join)
+def test_the_core_verbs_print_strict_json(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    assert main(argv) == 0
+    assert isinstance(_strict(capsys.readouterr().out.strip().splitlines()[-1]), dict)
+
+
+def test_non_finite_numbers_print_as_null(capsys):
+    import argparse
+
+    from workbench.ui.output import emit
+
+    emit(argparse.Namespace(json=True), {"fvu": float("nan"), "ratios": [1.0, float("inf")]}, "")
+    assert _strict(capsys.readouterr().out.strip()) == {"fvu": None, "ratios": [1.0, None]}
