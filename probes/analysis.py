@@ -53,6 +53,36 @@ class CorpusOptions(Config):
         if self.tokens < self.batch_size * self.seq_len:
             raise ConfigError(f"--tokens {self.tokens} is below one batch (--batch-size {self.batch_size} x "
                               f"--seq-len {self.seq_len} = {self.batch_size * self.seq_len} tokens)")
+        check_corpus_budget(self.corpus, self.seq_len, self.budgets())
+
+    def budgets(self) -> list[tuple[str, int, str]]:
+        """The token budgets to check against the corpus: ``(split, tokens, flag)``."""
+        return [("train", self.tokens, "--tokens")]
+
+
+def check_corpus_budget(corpus: str, seq_len: int, budgets: list[tuple[str, int, str]]) -> None:
+    """ConfigError naming ``--corpus`` for an unknown corpus, or the budget's flag for a budget larger than the
+    corpus's split holds (checked from its size in bytes, without tokenizing)."""
+    from workbench.data.budget import check_corpus, check_token_budget
+
+    try:
+        check_corpus(corpus)
+        for split, tokens, flag in budgets:
+            check_token_budget(corpus, split, tokens, seq_len, flag)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def checked_layers(model: Any, layers: list[int] | None, flag: str) -> list[int] | None:
+    """``layers`` checked against the model's (None stays None); ConfigError naming ``flag``."""
+    from probes.sparsity import check_layers
+
+    if layers is None:
+        return None
+    try:
+        return check_layers(model, layers)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from exc
 
 
 @dataclass
@@ -66,6 +96,14 @@ class SparsityConfig(CorpusOptions):
     max_rise: float = option(0.01, "allowed relative loss rise of the cutoffs", minimum=0.0)
     topk: list[int] | None = option(None, "k values for the held-out loss versus top-k", minimum=1)
 
+    def budgets(self) -> list[tuple[str, int, str]]:
+        out = super().budgets()
+        if self.thresholds or self.topk:
+            out.append(("heldout", self.eval_tokens, "--eval-tokens"))
+        if self.thresholds:
+            out.append(("train", self.calib_tokens, "--calib-tokens"))
+        return out
+
 
 @dataclass
 class MassiveConfig(CorpusOptions):
@@ -78,6 +116,12 @@ class MassiveConfig(CorpusOptions):
     intervention: bool = option(True, "run the zero / mean / random intervention on held-out text")
     intervention_layers: list[int] | None = option(
         None, "layers to intervene at (default: where massive activations were found)", minimum=0)
+
+    def budgets(self) -> list[tuple[str, int, str]]:
+        out = super().budgets()
+        if self.intervention:
+            out.append(("heldout", self.eval_tokens, "--eval-tokens"))
+        return out
 
 
 @dataclass
@@ -94,6 +138,13 @@ class ProbeConfig(Config):
     def validate(self) -> None:
         if self.folds > self.n // 2:
             raise ConfigError(f"--folds {self.folds} needs at least {2 * self.folds} examples (--n {self.n})")
+        from workbench.data.budget import check_corpus, check_labelled_count
+
+        try:
+            check_corpus(self.corpus, labelled=True)
+            check_labelled_count(self.corpus, self.n)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
 
 def sparsity_tables(results: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
@@ -118,11 +169,14 @@ def sparsity_tables(results: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def _sparsity(model: Any, cfg: SparsityConfig, progress: bool) -> Result:
-    from probes.sparsity import check_layers, corpus_sparsity
+    from probes.sparsity import corpus_sparsity
     from probes.thresholds import performance_thresholds, topk_losses
     from workbench.data import token_batches
+    from workbench.limits import check_context
 
-    layers = check_layers(model, cfg.layers) if cfg.layers is not None else None
+    check_context(model, cfg.seq_len, f"--seq-len {cfg.seq_len}")
+    layers = checked_layers(model, cfg.layers, "--layers")
+    checked_layers(model, cfg.threshold_layers, "--threshold-layers")
     results = corpus_sparsity(model, cfg.corpus, max_tokens=cfg.tokens, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
                               layers=layers, taus=cfg.taus, progress=progress)
     table, tau, tensors = sparsity_tables(results)
@@ -215,8 +269,11 @@ def _massive(model: Any, cfg: MassiveConfig, progress: bool) -> Result:
     from probes.massive import massive_intervention, measure_massive
     from probes.sparsity import check_layers
     from workbench.data import token_batches
+    from workbench.limits import check_context
 
-    layers = check_layers(model, cfg.layers)
+    check_context(model, cfg.seq_len, f"--seq-len {cfg.seq_len}")
+    layers = check_layers(model, checked_layers(model, cfg.layers, "--layers"))
+    checked_layers(model, cfg.intervention_layers, "--intervention-layers")
     batches = token_batches(cfg.corpus, model.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
                             max_tokens=cfg.tokens)
     stats = measure_massive(model, batches, layers=layers, abs_threshold=cfg.abs_threshold,
@@ -260,7 +317,9 @@ def _massive_figures(run: Any) -> dict[str, Any]:
 
 def _probe(model: Any, cfg: ProbeConfig, progress: bool) -> Result:
     from probes.linear import labelled_texts, probe_layers, residual_features
+    from workbench.limits import check_context
 
+    check_context(model, cfg.max_text_tokens, f"--max-text-tokens {cfg.max_text_tokens}")
     texts, labels = labelled_texts(cfg.corpus, cfg.n, seed=cfg.seed)
     feats = residual_features(model, texts, pool=cfg.pool, batch_size=16, max_tokens=cfg.max_text_tokens,
                               progress=progress)

@@ -15,6 +15,7 @@ is (:func:`probes.dynamics_summary.summarise`).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,10 @@ def analyse_checkpoints(source: str, *, name: str | None = None, n_sequences: in
             f"{source} has {len(checkpoints)} checkpoints (steps {[c.step for c in checkpoints]}); a five-parameter "
             f"fit needs at least {MIN_POINTS}"
         )
+    remote = sorted({c.source for c in checkpoints if not Path(c.source).expanduser().is_dir()})
+    if remote and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise CheckpointSourceError(f"{', '.join(remote)} is not available offline: it is no local folder and "
+                                    "HF_HUB_OFFLINE is set, so the hub is not asked; give a local checkpoint folder")
     cfg = model_config(checkpoints[-1])
     tokens = checkpoint_sequences(checkpoints[0], n_sequences, min(context, cfg["context"]), corpus)
     frames = []

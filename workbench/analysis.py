@@ -308,6 +308,9 @@ class Analysis:
         return self.config(**{k: v for k, v in run.params.items() if k in names})
 
 
+#: the most task examples an analysis takes (every example is kept, with its activations, in memory)
+MAX_EXAMPLES = 10_000
+
 # workbench.data.TASKS (mirrored so that building the command line imports no torch; a test checks it)
 TaskName = Literal["induction", "greater-than", "ioi", "sentiment"]
 
@@ -317,9 +320,13 @@ class TaskOptions(Config):
     """The task options several analyses share: which task, how many examples, their seed."""
 
     task: TaskName = option("induction", "task (workbench.data.TASKS)")
-    n: int = option(8, "examples of the task", minimum=1)
+    n: int = option(8, "examples of the task", minimum=1, maximum=MAX_EXAMPLES)
     seed: int = option(0, "seed of the examples", minimum=0)
     half_len: int | None = option(None, "induction: length of the repeated half", minimum=2)
+
+    def validate(self) -> None:
+        if self.half_len is not None and self.task != "induction":
+            raise ConfigError(f"--half-len is an option of the induction task only, not of {self.task!r}")
 
     def make_task(self, model: Any) -> Any:
         """The task for ``model``'s tokenizer, on the model's device."""
@@ -330,4 +337,8 @@ class TaskOptions(Config):
             task = make_task(self.task, model.tokenizer, n=self.n, seed=self.seed, **options)
         except TypeError as exc:
             raise ConfigError(f"--half-len is an option of the induction task only, not of {self.task!r}") from exc
+        from workbench.limits import check_context
+
+        what = f"--half-len {self.half_len}: a row" if self.half_len is not None else f"a row of --task {self.task}"
+        check_context(model, int(task.seq_len), what)
         return task.to(next(model.parameters()).device)

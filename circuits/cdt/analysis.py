@@ -68,8 +68,9 @@ class CdtConfig(TaskOptions):
                                              "' negative'); one text per line in the form", lines=True)
 
     def validate(self) -> None:
+        super().validate()
         if self.explain is not None and any(not t.strip() for t in self.explain):
-            raise ConfigError("--explain got an empty text")
+            raise ConfigError("--explain got an empty text: give at least one non-blank character per text")
 
 
 def _rules(cfg: CdtConfig) -> dict[str, Any]:
@@ -84,6 +85,23 @@ def _rules(cfg: CdtConfig) -> dict[str, Any]:
     return rules
 
 
+def _check_nodes(model: Any, cfg: CdtConfig, seq_len: int) -> None:
+    """--sources, --targets and --explain checked against the model and the task before any work."""
+    from circuits.cdt.nodes import parse_nodes
+    from workbench.data.tokens import encode
+    from workbench.limits import check_context
+
+    sizes = {"n_layers": int(model.cfg.n_layers), "n_heads": int(model.cfg.n_heads), "seq_len": int(seq_len)}
+    for flag, specs in (("--sources", cfg.sources), ("--targets", cfg.targets)):
+        if specs:
+            try:
+                parse_nodes(specs, what=flag, **sizes)
+            except ValueError as exc:
+                raise ConfigError(f"{flag}: {exc}") from exc
+    for text in cfg.explain or []:
+        check_context(model, len(encode(model.tokenizer, text)) + 1, "an --explain text")
+
+
 def _compute(model: Any, cfg: CdtConfig, progress: bool) -> Result:
     import pandas as pd
     import torch
@@ -92,6 +110,7 @@ def _compute(model: Any, cfg: CdtConfig, progress: bool) -> Result:
     from circuits.cdt.scores import decompose_sources, head_nodes, prepare
 
     task = cfg.make_task(model)
+    _check_nodes(model, cfg, task.seq_len)
     metric = cfg.metric or ("logit_diff" if cfg.discover else "task")
     if metric == "logit_diff":
         task = dataclasses.replace(task, metric_name="logit_diff", score_positions=None)

@@ -45,6 +45,51 @@ class HeldOutOptions(Config):
     eval_tokens: int = option(8192, "held-out tokens for the metrics and the feature views", minimum=1)
     skip_bos: bool = option(True, "leave BOS out of the top-activating contexts (many latents fire hardest on it)")
 
+    def validate(self) -> None:
+        _check_corpus(self.corpus, self.seq_len, [("heldout", self.eval_tokens, "--eval-tokens")])
+
+
+def _check_corpus(corpus: str, seq_len: int, budgets: list[tuple[str, int, str]]) -> None:
+    from workbench.data.budget import check_corpus, check_token_budget
+
+    try:
+        check_corpus(corpus)
+        for split, tokens, flag in budgets:
+            check_token_budget(corpus, split, tokens, seq_len, flag)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _check_folder(value: str | None, flag: str) -> None:
+    """ConfigError when ``value`` is, or lies under, a file (a folder can never be made there)."""
+    if value is None:
+        return
+    path = Path(value).expanduser()
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == path else f"lies under the file {part}"
+                raise ConfigError(f"{flag} {value} {where}; give a folder")
+            return
+
+
+#: the training library's setting names and the options they come from (its errors are reworded with the flags)
+_FLAGS = {"DictSpec.k": "--k", "DictSpec.expansion": "--expansion", "DictSpec.l1": "--l1", "DictSpec.d_sae": "--expansion",
+          "TrainDictConfig.batch_size": "--batch-size", "TrainDictConfig.tokens": "--tokens",
+          "TrainDictConfig.lr": "--lr", "TrainDictConfig.warmup_steps": "--warmup",
+          "TrainDictConfig.checkpoint_every": "--checkpoint-every",
+          "TrainDictConfig.checkpoint_seconds": "--checkpoint-seconds", "batch_size": "--batch-size",
+          "expansion": "--expansion"}
+
+
+def _reworded(exc: Exception) -> ConfigError:
+    """The training library's error with its setting names replaced by the command line's flags."""
+    import re
+
+    text = re.sub(r"\b(?:DictSpec|TrainDictConfig)\.\w+|\b(?:batch_size|expansion)\b",
+                  lambda m: _FLAGS.get(m.group(0), m.group(0)), str(exc))
+    return ConfigError(text)
+
 
 @dataclass
 class TrainDictionaryConfig(HeldOutOptions):
@@ -71,6 +116,11 @@ class TrainDictionaryConfig(HeldOutOptions):
     spill_dir: str | None = option(None, "keep the activation buffer in memory-mapped files there", path=True)
 
     def validate(self) -> None:
+        super().validate()
+        _check_corpus(self.corpus, self.seq_len, [("train", self.tokens, "--tokens")])
+        if self.batch_size > self.tokens:
+            raise ConfigError(f"--batch-size {self.batch_size} exceeds --tokens {self.tokens}: the budget holds no "
+                              "optimiser step; lower --batch-size or raise --tokens")
         if self.hook is None and self.layer is None:
             raise ConfigError("give --hook (e.g. blocks.6.hook_resid_post) or --layer (uses ln2.hook_normalized -> "
                               "hook_mlp_out for transcoders, hook_resid_post for SAEs)")
@@ -80,10 +130,8 @@ class TrainDictionaryConfig(HeldOutOptions):
             raise ConfigError("--activation topk needs --k (one or more values)")
         if self.kind != "sae" and self.hook is not None and self.hook_out is None:
             raise ConfigError(f"a {self.kind} needs --hook-out (or use --layer)")
-        for name in ("workdir", "spill_dir"):
-            value = getattr(self, name)
-            if value is not None and Path(value).exists() and not Path(value).is_dir():
-                raise ConfigError(f"--{name.replace('_', '-')} {value} is a file; give a folder")
+        _check_folder(self.workdir, "--workdir")
+        _check_folder(self.spill_dir, "--spill-dir")
 
     def hooks(self) -> tuple[str, str | None]:
         """(input hook, output hook) of the dictionaries."""
@@ -101,6 +149,14 @@ class EvalDictionaryConfig(HeldOutOptions):
     path: list[str] = option(help="folders holding cfg.json and sae_weights.safetensors", positional=True, path=True)
 
     def validate(self) -> None:
+        super().validate()
+        for folder in self.path:
+            if not Path(folder).exists():
+                raise ConfigError(f"PATH {folder} does not exist; give SAELens dictionary folders (cfg.json and "
+                                  "sae_weights.safetensors)")
+            if not Path(folder).is_dir():
+                raise ConfigError(f"PATH {folder} is a file; give SAELens dictionary folders (cfg.json and "
+                                  "sae_weights.safetensors)")
         resolved = [str(Path(p).resolve()) for p in self.path]
         if len(set(resolved)) < len(resolved):
             raise ConfigError("the same dictionary folder is given twice: " + ", ".join(self.path))
@@ -175,14 +231,29 @@ def run_dictionaries(run: Any) -> dict[str, Any]:
 
 
 def _train(model: Any, cfg: TrainDictionaryConfig, progress: bool) -> Result:
+    from circuits.dictionaries.train import TrainingConfigError
+    from workbench.limits import check_context
+
+    check_context(model, cfg.seq_len, f"--seq-len {cfg.seq_len}")
+    n_layers = int(model.cfg.n_layers)
+    if cfg.layer is not None and cfg.layer >= n_layers:
+        raise ConfigError(f"--layer {cfg.layer} does not exist: the model has layers 0..{n_layers - 1}")
+    hook_in, hook_out = cfg.hooks()
+    values = cfg.k if cfg.activation == "topk" else cfg.l1
+    try:
+        return _train_specs(model, cfg, progress, hook_in, hook_out, values)
+    except TrainingConfigError as exc:
+        raise _reworded(exc) from exc
+
+
+def _train_specs(model: Any, cfg: TrainDictionaryConfig, progress: bool, hook_in: str, hook_out: str | None,
+                 values: list) -> Result:
     import torch
 
     from circuits.dictionaries.buffer import corpus_source
     from circuits.dictionaries.evaluate import evaluate_dictionaries
     from circuits.dictionaries.train import DictSpec, TrainDictConfig, train_dictionaries
 
-    hook_in, hook_out = cfg.hooks()
-    values = cfg.k if cfg.activation == "topk" else cfg.l1
     specs = [DictSpec(hook_in, kind=cfg.kind, hook_out=hook_out, activation=cfg.activation, expansion=cfg.expansion,
                       l1=v if cfg.activation == "relu" else 0.0, k=v if cfg.activation == "topk" else None)
              for v in values]
@@ -212,7 +283,9 @@ def _evaluate(model: Any, cfg: EvalDictionaryConfig, progress: bool) -> Result:
     from circuits.dictionaries.buffer import corpus_source
     from circuits.dictionaries.evaluate import evaluate_dictionaries
     from circuits.dictionaries.saelens_io import check_fits, load_dictionary
+    from workbench.limits import check_context
 
+    check_context(model, cfg.seq_len, f"--seq-len {cfg.seq_len}")
     dicts = {}
     for folder in cfg.path:
         d = load_dictionary(folder)

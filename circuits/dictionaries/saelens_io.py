@@ -21,7 +21,6 @@ ignored), the shapes must match the cfg, and every weight must be finite. Errors
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from torch import nn
 
 from circuits.dictionaries.model import Dictionary
 from workbench.atomic import atomic_dir, write_json
+from workbench.safetensors_header import SafetensorsFileError, read_header
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -153,59 +153,18 @@ def _interpret(cfg: dict[str, Any], where: Path) -> dict[str, Any]:
     )
 
 
-#: safetensors dtypes and their byte sizes (the float ones are accepted as dictionary weights)
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2,
-             "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+#: the safetensors dtypes accepted as dictionary weights
 _FLOATS = ("F64", "F32", "F16", "BF16")
-#: the largest safetensors header accepted (the format's own limit)
-MAX_HEADER_BYTES = 100_000_000
 
 
 def read_safetensors_header(path: Path | str) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """The tensors a safetensors file declares, ``{name: (dtype, shape)}``, read from its header alone (nothing is
-    allocated for the data). DictionaryFileError naming the file for anything that is not a whole safetensors file:
-    empty, truncated, a pickle or torch.save archive, a header too large or not JSON, offsets outside the file."""
-    path = Path(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise DictionaryFileError(f"{path}: empty file; expected safetensors weights")
-    with open(path, "rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 <= n <= min(MAX_HEADER_BYTES, size - 8):
-            if head[:2] == b"PK":
-                raise DictionaryFileError(f"{path}: a zip archive (torch.save format), not safetensors; pickled "
-                                          "weights are never loaded here: convert them to safetensors")
-            if head[:1] == b"\x80":
-                raise DictionaryFileError(f"{path}: a Python pickle, not safetensors; pickled weights are never "
-                                          "loaded here: convert them to safetensors")
-            if n < 0:
-                raise DictionaryFileError(f"{path}: truncated ({size} bytes); not a safetensors file")
-            raise DictionaryFileError(f"{path}: header length {n} exceeds the file ({size} bytes) or the "
-                                      f"{MAX_HEADER_BYTES}-byte limit; truncated or not a safetensors file")
-        raw = f.read(n)
+    """The tensors a safetensors file declares, ``{name: (dtype, shape)}``, read from its header alone
+    (:func:`workbench.safetensors_header.read_header`); DictionaryFileError naming the file for anything that is not a
+    whole safetensors file."""
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DictionaryFileError(f"{path}: the safetensors header is not JSON ({exc})") from exc
-    if not isinstance(header, dict):
-        raise DictionaryFileError(f"{path}: the safetensors header is not a JSON object")
-    out, data = {}, size - 8 - n
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (lo, hi) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
-            ok = dtype in _ITEMSIZE and all(isinstance(x, int) and x >= 0 for x in (*shape, lo, hi))
-        except (TypeError, KeyError, ValueError):
-            ok = False
-        if not ok:
-            raise DictionaryFileError(f"{path}: tensor {name!r} has a malformed header entry {entry!r}")
-        if hi > data or hi - lo != math.prod(shape) * _ITEMSIZE[dtype]:
-            raise DictionaryFileError(f"{path}: tensor {name!r} ({dtype} {list(shape)}) lies outside the file's "
-                                      f"{data} data bytes; the file is truncated or corrupt")
-        out[name] = (dtype, shape)
-    return out
+        return read_header(path)
+    except SafetensorsFileError as exc:
+        raise DictionaryFileError(str(exc)) from exc
 
 
 def expected_shapes(kind: str, d_in: int, d_sae: int, d_out: int | None) -> dict[str, tuple[int, ...]]:

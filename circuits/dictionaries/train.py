@@ -287,11 +287,13 @@ def check_memory(shapes: Sequence[tuple[str, int, int, int, bool]], batch_size: 
     need = sum(training_bytes(a, b, c, batch_size, s) for _, a, b, c, s in shapes)
     available = _available_bytes() if available is None else available
     if available is not None and need > available:
-        sizes = ", ".join(f"{lab}: d_sae {b:,}" for lab, _, b, _, _ in shapes)
+        sizes = ", ".join(f"{lab}: d_sae {b:,}" for lab, _, b, _, _ in shapes[:3])
+        if len(shapes) > 3:
+            sizes += f" and {len(shapes) - 3:,} more dictionaries"
         raise TrainingConfigError(
-            f"training these dictionaries needs about {need / 2**30:.2f} GiB (weights, gradients, Adam state and "
-            f"one batch of codes; {sizes}) but {available / 2**30:.2f} GiB is available; lower expansion, d_sae or "
-            "batch_size")
+            f"training these dictionaries needs about {need / 2**30:.2f} GiB of memory (weights, gradients, Adam "
+            f"state and one batch of codes; {sizes}) but {available / 2**30:.2f} GiB is available; lower expansion, "
+            "d_sae or batch_size")
     return need
 
 

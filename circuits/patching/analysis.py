@@ -58,6 +58,10 @@ class PatchConfig(TaskOptions):
     incorrect: list[str] | None = option(None, "with --prompt: one-token wrong answer(s)", lines=True)
 
     def validate(self) -> None:
+        super().validate()
+        for flag, texts in (("--prompt", self.prompt), ("--corrupted", self.corrupted)):
+            if texts is not None and any(not t.strip() for t in texts):
+                raise ConfigError(f"{flag} got an empty text: give at least one non-blank character per prompt")
         if self.prompt and not (self.corrupted and self.correct and self.incorrect):
             raise ConfigError("--prompt needs --corrupted, --correct and --incorrect as well")
         if not self.prompt and (self.corrupted or self.correct or self.incorrect):
@@ -91,8 +95,13 @@ def _task(model: Any, cfg: PatchConfig) -> Any:
     if not cfg.prompt:
         return cfg.make_task(model)
     from circuits.patching.prompts import prompt_task
+    from workbench.limits import check_context
 
-    task = prompt_task(model.tokenizer, cfg.prompt, cfg.corrupted, cfg.correct, cfg.incorrect)
+    try:
+        task = prompt_task(model.tokenizer, cfg.prompt, cfg.corrupted, cfg.correct, cfg.incorrect)
+    except ValueError as exc:
+        raise ConfigError(f"--prompt/--corrupted/--correct/--incorrect: {exc}") from exc
+    check_context(model, int(task.seq_len), "a --prompt or --corrupted text")
     return task.to(next(model.parameters()).device)
 
 
@@ -158,6 +167,13 @@ def _compute(model: Any, cfg: PatchConfig, progress: bool) -> Result:
     from circuits.patching.ablation import references
 
     task = _task(model, cfg)
+    if cfg.mode == "path" and cfg.receivers not in (None, ["logits"]):
+        from circuits.patching.nodes import components
+
+        try:
+            components(model, task, cfg.receivers)
+        except ValueError as exc:
+            raise ConfigError(f"--receivers: {exc}") from exc
     refs = references(model, task, cfg.ablation)
     tokens = [model.tokenizer.decode([int(t)]) for t in task.clean_tokens[0]]
     if cfg.mode == "discover":

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from workbench.analysis import Analysis, Config, ConfigError, Result, option
+from workbench.analysis import MAX_EXAMPLES, Analysis, Config, ConfigError, Result, option
 
 __all__ = ["PATHS", "PathsConfig", "to_result"]
 
@@ -27,7 +27,7 @@ class PathsConfig(Config):
     prompt: str | None = option(None, "text to analyse (target: the top prediction at its last token)", lines=True)
     task: Literal["induction", "greater-than", "ioi", "sentiment"] | None = option(
         None, "a task instead of --prompt (target: its logit difference)")
-    n: int = option(4, "examples of the task", minimum=1)
+    n: int = option(4, "examples of the task", minimum=1, maximum=MAX_EXAMPLES)
     max_length: int | None = option(None, "keep path lengths up to this apart (default all)", minimum=1)
     search_length: int = option(3, "longest path of the top-path search", minimum=1)
     beam: int = option(8, "beam width of the top-path search", minimum=1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from workbench.analysis import Analysis, Config, ConfigError, Result, option
+from workbench.analysis import MAX_EXAMPLES, Analysis, Config, ConfigError, Result, option
 
 __all__ = ["TC_CIRCUIT", "TcCircuitConfig", "to_result"]
 
@@ -31,7 +31,7 @@ class TcCircuitConfig(Config):
     task: Literal["induction", "greater-than", "ioi", "sentiment"] | None = option(
         None, "a task instead of --prompt: its --example-th prompt")
     example: int = option(0, "which example of the task", minimum=0)
-    n: int = option(16, "task examples for the clean/spliced metric", minimum=1)
+    n: int = option(16, "task examples for the clean/spliced metric", minimum=1, maximum=MAX_EXAMPLES)
     transcoder: list[str] | None = option(None, "transcoder folders in SAELens format (one per layer)", lines=True,
                                           path=True)
     train_tokens: int = option(0, "with no --transcoder: first train TopK-16 transcoders (4x) for every layer on this "
@@ -55,6 +55,24 @@ class TcCircuitConfig(Config):
             raise ConfigError("give --transcoder FOLDER (one per layer), or --train-tokens N to train them first")
         if self.correct is not None and self.correct == self.incorrect:
             raise ConfigError(f"--correct and --incorrect are the same token {self.correct!r}: the difference is 0")
+        if self.task is not None and self.example >= self.n:
+            raise ConfigError(f"--example {self.example} is not among the task's --n {self.n} examples (0..{self.n - 1})")
+        target_layer(self.target)
+
+
+def target_layer(target: str) -> int | None:
+    """The transcoder layer a ``--target`` feature id reads (None for ``logit``); ConfigError for a malformed id."""
+    if target == "logit":
+        return None
+    from circuits.graph import parse_node_id
+
+    try:
+        parsed = parse_node_id(target)
+    except ValueError:
+        parsed = {"kind": None}
+    if parsed["kind"] != "feature" or not target.startswith("tc"):
+        raise ConfigError(f"--target {target!r}: use 'logit' or a transcoder feature id like 'tc5.f123@7'")
+    return int(parsed["layer"])
 
 
 def _single_token(tokenizer: Any, text: str, what: str) -> int:
@@ -113,30 +131,41 @@ def _compute(model: Any, cfg: TcCircuitConfig, progress: bool) -> Result:
     from circuits.transcoder_paths.circuit import tc_circuit
     from workbench.data.tasks import make_task
     from workbench.data.tokens import bos_id, encode
+    from workbench.limits import check_context
 
     tokenizer = model.tokenizer
     task = None
     if cfg.task:
         task = make_task(cfg.task, tokenizer, n=max(cfg.n, cfg.example + 1))
+        check_context(model, int(task.seq_len), f"a row of --task {cfg.task}")
         tokens = task.clean_tokens[cfg.example]
         correct, incorrect = int(task.correct[cfg.example]), int(task.incorrect[cfg.example])
         position = int(task.answer_positions[cfg.example]) if cfg.position == -1 else cfg.position
     else:
         bos = bos_id(tokenizer)
         tokens = torch.tensor(([bos] if bos is not None else []) + encode(tokenizer, cfg.prompt))
+        check_context(model, len(tokens), "the --prompt")
         position = cfg.position
+    if not -len(tokens) <= position < len(tokens):
+        raise ConfigError(f"--position {position} is outside the prompt's {len(tokens)} tokens")
+    if task is None:
         with torch.no_grad():
             top2 = model(tokens[None].to(model.W_E.device), return_type="logits")[0, position].topk(2).indices.tolist()
         correct, incorrect = top2
-    if not -len(tokens) <= position < len(tokens):
-        raise ConfigError(f"--position {position} is outside the prompt's {len(tokens)} tokens")
     if cfg.correct is not None:
         correct = _single_token(tokenizer, cfg.correct, "correct")
     if cfg.incorrect is not None:
         incorrect = _single_token(tokenizer, cfg.incorrect, "incorrect")
     if correct == incorrect:
         raise ConfigError(f"the correct and incorrect answers are the same token {tokenizer.decode([correct])!r}")
+    layer = target_layer(cfg.target)
+    if layer is not None and not 0 <= layer < int(model.cfg.n_layers):
+        raise ConfigError(f"--target {cfg.target}: layer {layer} does not exist; the model has layers "
+                          f"0..{int(model.cfg.n_layers) - 1}")
     transcoders, trained_tokens = _transcoders(model, cfg, progress)
+    if layer is not None and layer not in transcoders:
+        raise ConfigError(f"--target {cfg.target}: no transcoder at layer {layer}; transcoder layers: "
+                          f"{sorted(transcoders)}")
     res = tc_circuit(model, tokens, transcoders, cfg.target, correct=correct, incorrect=incorrect,
                      position=position, num_branches=cfg.beam_width, max_depth=cfg.depth, task=task)
     res.summary.update({"correct_token": tokenizer.decode([correct]), "incorrect_token": tokenizer.decode([incorrect])})

@@ -167,7 +167,12 @@ INPUT_ERRORS = (ValueError, LookupError, OSError, RuntimeError, RecursionError, 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``workbench`` console script (``python -m workbench.ui.cli`` is the same)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage and the error; --help still exits with 0
+        if exc.code in (0, None):
+            raise
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

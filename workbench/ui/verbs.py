@@ -66,8 +66,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from workbench.ui.cli import check_device
     from workbench.ui.demo import run_demos, status_path
 
+    check_device(args.device)
     done = run_demos(device=args.device, force=args.force, progress=not args.quiet, status=status_path())
     emit(args, {"demos": done}, "\n".join(f"{d['kind']}: {d['status']} ({d.get('path') or d.get('error', '')})" for d in done))
     return 1 if any(d["status"] == "failed" for d in done) else 0
