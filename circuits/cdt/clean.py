@@ -2,7 +2,7 @@
 
 The decomposition keeps ``beta + gamma`` equal to the clean activation at every node, so ``gamma = clean - beta``
 everywhere: a walk that knows the clean value of each node only has to carry ``beta``. The clean forward is the
-shared one of :mod:`circuits.frozen.capture` (per layer the norms' scales, the pre-bias outputs of every linear map -
+shared one of :mod:`circuits.frozen.clean` (per layer the norms' scales, the pre-bias outputs of every linear map -
 the bias rule shares a bias by ``|W beta|`` against ``|W gamma| = |W clean - W beta|`` - the rotated queries and keys,
 the attention pattern and the MLP's pre- and post-activations), run with CD-T's bias rules where they apply.
 """
@@ -15,11 +15,11 @@ import torch
 
 from circuits.cdt.rules import total_bias
 from circuits.cdt.weights import CleanCache, Weights
-from circuits.frozen.capture import CleanRun, LayerRun, forward
+from circuits.frozen.clean import CleanRun, LayerRun, forward
 
 __all__ = ["FullCache", "LayerCache", "clean_forward", "full_forward"]
 
-LayerCache = LayerRun  # one block of the clean run (see circuits.frozen.capture.LayerRun)
+LayerCache = LayerRun  # one block of the clean run (see circuits.frozen.clean.LayerRun)
 
 
 @dataclass
@@ -34,7 +34,7 @@ class FullCache(CleanRun):
 
 
 def _bias_rule(rules):
-    """The ``add_bias`` of :func:`circuits.frozen.capture.forward` that adds each bias as ``rules`` share it."""
+    """The ``add_bias`` of :func:`circuits.frozen.clean.forward` that adds each bias as ``rules`` share it."""
     if rules is None or not rules.share_eps:
         return None
     by_input = rules.norm_bias == "input"

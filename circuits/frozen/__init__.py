@@ -2,7 +2,7 @@
 
 - :mod:`~circuits.frozen.facts`: ``ModelFacts.of(model)``, the one place that reads a model's architecture facts;
 - :mod:`~circuits.frozen.weights`: the model's weights as stacked tensors in any dtype (``model_weights``);
-- :mod:`~circuits.frozen.capture`: ``capture(model, tokens, dtype=...) -> CleanRun``, the clean run kept node by node.
+- :mod:`~circuits.frozen.clean`: ``capture(model, tokens, dtype=...) -> CleanRun``, the clean run kept node by node.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ _EXPORTS = {
     "UnsupportedModelError": "circuits.frozen.facts",
     "Weights": "circuits.frozen.weights",
     "model_weights": "circuits.frozen.weights",
-    "CleanRun": "circuits.frozen.capture",
-    "LayerRun": "circuits.frozen.capture",
-    "capture": "circuits.frozen.capture",
-    "forward": "circuits.frozen.capture",
+    "CleanRun": "circuits.frozen.clean",
+    "LayerRun": "circuits.frozen.clean",
+    "capture": "circuits.frozen.clean",
+    "forward": "circuits.frozen.clean",
 }
 
 __all__ = sorted(_EXPORTS)

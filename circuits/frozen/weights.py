@@ -7,7 +7,7 @@ Both families the workbench loads are covered:
 
 The weights come from the bridge's stacked tensors (``W_Q`` [L, H, d, dh], ``W_K``/``W_V`` [L, KV, d, dh], ...); biases the
 checkpoint lacks are zeros. Building from the stacked weights rather than the bridge's modules is what makes a float64
-run possible whatever dtype the model was loaded in; :func:`circuits.frozen.capture.capture` reproduces the bridge's
+run possible whatever dtype the model was loaded in; :func:`circuits.frozen.clean.capture` reproduces the bridge's
 activations (checked by the tests against its hooks). The architecture is read from :class:`ModelFacts`.
 """
 
