@@ -1,6 +1,7 @@
 """The clean run frozen into affine sublayers: every attention block and MLP block becomes ``x -> M_i x + b_i``.
 
-Frozen from the clean run: the norm scales (``hook_scale``), the attention patterns and the MLP gates. Then
+Frozen from the clean run (:func:`circuits.frozen.clean.capture`): the norm scales (``hook_scale``), the attention
+patterns and the MLP gates. Then
 
 - a norm is linear: ``x -> center(x) / scale * w`` (LayerNorm centers, RMSNorm does not); its bias ``b`` is a
   constant of the sublayer the norm feeds (so it is part of that sublayer's ``b_i``; for the final norm, part of the
@@ -26,25 +27,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["FrozenRun", "PathInputError", "Sublayer", "freeze", "validate_tokens"]
+from circuits.frozen.clean import LayerRun, capture
+from circuits.frozen.facts import ModelFacts, UnsupportedModelError
+from circuits.frozen.weights import Weights, model_weights
+
+__all__ = ["FrozenRun", "PathInputError", "Sublayer", "freeze", "freeze_affine", "validate_tokens"]
 
 
 class PathInputError(ValueError):
     """Input the path analysis cannot take (empty prompt, too long, bad length, unsupported model)."""
-
-
-def _weight(obj: Any, name: str) -> torch.Tensor | None:
-    """A weight or bias of a bridge component, None where the model has none."""
-    try:
-        value = getattr(obj, name)
-    except AttributeError:
-        return None
-    return value.detach() if isinstance(value, torch.Tensor) else None
-
-
-def _norm_params(module: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    comp = getattr(module, "_original_component", module)
-    return _weight(comp, "weight"), _weight(comp, "bias")
 
 
 @dataclass
@@ -199,114 +190,75 @@ def validate_tokens(model: Any, tokens: torch.Tensor | str | list[str]) -> torch
     return tokens.long()
 
 
-def _hook_names(n_layers: int, gated: bool, has_mlp: bool) -> set[str]:
-    names = {"blocks.0.hook_resid_pre", "ln_final.hook_scale"}
-    for layer in range(n_layers):
-        names |= {f"blocks.{layer}.ln1.hook_scale", f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.hook_attn_out"}
-        if has_mlp:
-            names |= {f"blocks.{layer}.ln2.hook_scale", f"blocks.{layer}.mlp.hook_pre", f"blocks.{layer}.mlp.hook_post",
-                      f"blocks.{layer}.hook_mlp_out"}
-            if gated:
-                names.add(f"blocks.{layer}.mlp.hook_pre_linear")
-    return names
-
-
-def _activation(name: str):
-    import torch.nn.functional as F
-
-    table = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu,
-             "gelu_new": lambda z: F.gelu(z, approximate="tanh"), "gelu_pytorch_tanh": lambda z: F.gelu(z, approximate="tanh"),
-             "gelu_fast": lambda z: F.gelu(z, approximate="tanh")}
-    if name not in table:
-        raise PathInputError(f"gated MLP activation {name!r} is not supported; supported: {', '.join(sorted(table))}")
-    return table[name]
-
-
-def freeze(model: Any, tokens: torch.Tensor | str | list[str]) -> FrozenRun:
+def freeze_affine(model: Any, tokens: torch.Tensor | str | list[str], dtype: torch.dtype | None = None) -> FrozenRun:
     """Run ``model`` on ``tokens`` once and freeze it into affine sublayers (see the module docstring).
 
     model: a ``TransformerBridge`` in compatibility mode (GPT-style: LayerNorm, learned positions, GELU/ReLU MLP,
     biases; or Llama-style: RMSNorm, rotary, grouped-query attention, gated MLP). tokens: a prompt, a list of prompts,
-    or ids [batch, pos]. Computed in the model's dtype (convert the model to float64 for a float64 decomposition).
+    or ids [batch, pos]. The clean run is :func:`circuits.frozen.clean.capture` of the model's weights in ``dtype``
+    (default the model's own; a float64 model or ``dtype=torch.float64`` gives a float64 decomposition).
     """
-    cfg = model.cfg
-    if getattr(cfg, "parallel_attn_mlp", False):
-        raise PathInputError("models with parallel attention and MLP blocks are not supported (sublayers must be sequential)")
+    facts = ModelFacts.of(model)
     tokens = validate_tokens(model, tokens)
-    n_layers = int(cfg.n_layers)
-    has_mlp = not getattr(cfg, "attn_only", False)
-    gated = bool(getattr(cfg, "gated_mlp", False))
-    center = str(getattr(cfg, "normalization_type", "LN") or "").startswith("LN")
-    names = _hook_names(n_layers, gated, has_mlp)
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens.to(model_device(model)), names_filter=lambda n: n in names)
+    try:
+        run = capture(model, tokens.to(model_device(model)), dtype, method="the path decomposition")
+        w = model_weights(model, dtype)
+    except UnsupportedModelError as err:
+        raise PathInputError(str(err)) from err
 
-    def norm(module: Any, scale: torch.Tensor) -> Norm:
-        w, b = _norm_params(module)
-        return Norm(scale, w, b, center)
+    def norm(scale: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> Norm:
+        return Norm(1 / scale, weight, None if facts.rms else bias, facts.centered)
 
     sublayers, outputs = [], []
-    for layer in range(n_layers):
-        block = model.blocks[layer]
-        attn = Sublayer("attn", layer, norm(block.ln1, cache[f"blocks.{layer}.ln1.hook_scale"]),
-                        {"pattern": cache[f"blocks.{layer}.attn.hook_pattern"], "W_V": _weight(block.attn, "W_V"),
-                         "W_O": _weight(block.attn, "W_O")})
-        attn.bias = _attn_bias(attn, _weight(block.attn, "b_V"), _weight(block.attn, "b_O"), cache, layer)
+    for layer, lc in enumerate(run.layers):
+        attn = Sublayer("attn", layer, norm(lc.scale1, w.ln1_w[layer], w.ln1_b[layer]),
+                        {"pattern": lc.pattern, "W_V": w.W_V[layer], "W_O": w.W_O[layer]})
+        attn.bias = _attn_bias(attn, w.b_V[layer], w.b_O[layer], lc.attn_out.shape)
         sublayers.append(attn)
-        outputs.append(cache[f"blocks.{layer}.hook_attn_out"])
-        if has_mlp:
-            sublayers.append(_mlp(block, layer, norm(block.ln2, cache[f"blocks.{layer}.ln2.hook_scale"]), cache, gated, cfg))
-            outputs.append(cache[f"blocks.{layer}.hook_mlp_out"])
-    final = norm(model.ln_final, cache["ln_final.hook_scale"])
-    W_U = model.W_U.detach()
-    b_U = _weight(model, "b_U")
-    readout_bias = torch.zeros(W_U.shape[1], dtype=W_U.dtype, device=W_U.device)
+        outputs.append(lc.attn_out)
+        if w.has_mlp:
+            mlp = _mlp(w, layer, lc, norm(lc.scale2, w.ln2_w[layer], w.ln2_b[layer]))
+            sublayers.append(mlp)
+            outputs.append(lc.mlp_out)
+    final = norm(run.final_scale, w.lnf_w, w.lnf_b)
+    readout_bias = w.b_U.clone()
     if final.bias is not None:
-        readout_bias = readout_bias + final.bias @ W_U
-    if b_U is not None:
-        readout_bias = readout_bias + b_U
-    return FrozenRun(tokens.cpu(), cache["blocks.0.hook_resid_pre"], sublayers, final, W_U, readout_bias,
-                     logits.detach(), outputs, n_layers)
+        readout_bias = readout_bias + final.bias @ w.W_U
+    return FrozenRun(tokens.cpu(), run.embed, sublayers, final, w.W_U, readout_bias, run.logits, outputs,
+                     facts.n_layers)
 
 
-def _attn_bias(attn: Sublayer, b_V: torch.Tensor | None, b_O: torch.Tensor | None, cache: Any, layer: int) -> torch.Tensor:
+freeze = freeze_affine  # the name the path analyses have always used
+
+
+def _attn_bias(attn: Sublayer, b_V: torch.Tensor, b_O: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """``b_i`` of an attention sublayer: the norm bias and b_V through the frozen pattern, plus b_O. -> [batch, pos, d]."""
     t = attn.tensors
-    shape = cache[f"blocks.{layer}.hook_attn_out"].shape
     bias = torch.zeros(shape, dtype=t["W_O"].dtype, device=t["W_O"].device)
-    v0 = torch.zeros(t["W_V"].shape[0], t["W_V"].shape[2], dtype=bias.dtype, device=bias.device)  # [kv, e]
+    v0 = b_V.reshape(t["W_V"].shape[0], t["W_V"].shape[2]).clone()  # [kv, e]
     if attn.norm.bias is not None:
         v0 = v0 + torch.einsum("d,gde->ge", attn.norm.bias, t["W_V"])
-    if b_V is not None:
-        v0 = v0 + b_V.reshape(v0.shape)
     if v0.abs().max() > 0:
         n_heads, n_kv = t["W_O"].shape[0], t["W_V"].shape[0]
         v_heads = v0.repeat_interleave(n_heads // n_kv, dim=0)  # [heads, e]
         weight = t["pattern"].sum(-1)  # [b, h, q]: 1 up to rounding; kept for exactness
         bias = bias + torch.einsum("bhq,he,hed->bqd", weight, v_heads, t["W_O"])
-    if b_O is not None:
-        bias = bias + b_O
-    return bias
+    return bias + b_O
 
 
-def _mlp(block: Any, layer: int, norm: Norm, cache: Any, gated: bool, cfg: Any) -> Sublayer:
-    W_in, W_out = _weight(block.mlp, "W_in"), _weight(block.mlp, "W_out")
-    b_in, b_out = _weight(block.mlp, "b_in"), _weight(block.mlp, "b_out")
-    pre = cache[f"blocks.{layer}.mlp.hook_pre"]
-    if gated:
-        gate = _activation(str(cfg.act_fn))(pre)  # act(N(x) W_gate), frozen
+def _mlp(w: Weights, layer: int, lc: LayerRun, norm: Norm) -> Sublayer:
+    """The frozen MLP of block ``layer``: the gate act(N(x) W_gate) (gated) or the ratio act(z) / z of its clean
+    pre-activation z (0 where z = 0)."""
+    W_in, W_out = w.W_in[layer], w.W_out[layer]
+    if w.gated:
+        gate = lc.gate
     else:
-        post = cache[f"blocks.{layer}.mlp.hook_post"]
+        pre, post = lc.up, lc.post
         nonzero = pre != 0
         gate = torch.where(nonzero, post / torch.where(nonzero, pre, torch.ones_like(pre)), torch.zeros_like(pre))
     sub = Sublayer("mlp", layer, norm, {"gate": gate, "W_in": W_in, "W_out": W_out})
-    const = torch.zeros(W_in.shape[1], dtype=W_in.dtype, device=W_in.device)
+    const = w.b_in[layer].clone()
     if norm.bias is not None:
         const = const + norm.bias @ W_in
-    if b_in is not None:
-        const = const + b_in
-    bias = (const * gate) @ W_out
-    if b_out is not None:
-        bias = bias + b_out
-    sub.bias = bias
+    sub.bias = (const * gate) @ W_out + w.b_out[layer]
     return sub

@@ -7,7 +7,7 @@ features, its decoder bias, its skip term and an explicit error node ``mlp_out -
 so the sum of the parts is the real MLP output and the model's forward is unchanged.
 
 The analysis needs a model whose norms carry no weight of their own (the workbench's compatibility mode folds them
-into the next linear map); :func:`freeze` checks this and refuses other models with a clear message.
+into the next linear map); :func:`freeze_with_transcoders` checks this and refuses other models with a clear message.
 """
 
 from __future__ import annotations
@@ -19,23 +19,15 @@ from dataclasses import dataclass, field
 import torch
 
 from circuits.dictionaries.model import Dictionary
+from circuits.frozen.clean import capture
+from circuits.frozen.facts import ModelFacts
+from circuits.frozen.weights import model_weights
 
-__all__ = ["FrozenRun", "TranscoderSetError", "freeze", "spliced_logits"]
+__all__ = ["FrozenRun", "TranscoderSetError", "freeze", "freeze_with_transcoders", "spliced_logits"]
 
 
 class TranscoderSetError(ValueError):
     """The transcoders given do not fit the model (kind, hooks, widths or layer numbers)."""
-
-
-def _bias(model, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """A stacked bias of the model, or zeros of ``shape`` where the model has none."""
-    try:
-        value = getattr(model, name)
-    except AttributeError:
-        value = None
-    if value is None:
-        return torch.zeros(shape, device=model.W_E.device)
-    return value.detach()
 
 
 @dataclass
@@ -129,60 +121,55 @@ def _as_prompt(tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def freeze(
+def freeze_with_transcoders(
     model, tokens: torch.Tensor, transcoders: Mapping[int, Dictionary] | None = None, *, dtype: torch.dtype = torch.float64
 ) -> FrozenRun:
     """Run ``model`` once on one prompt (tokens [seq] or [1, seq]) and freeze what the linear analysis needs.
 
     ``transcoders`` maps layer -> transcoder of that layer's MLP (``blocks.L.ln2.hook_normalized`` ->
     ``blocks.L.hook_mlp_out``); their latents and error nodes are computed from the clean run (on copies in ``dtype``).
-    Everything frozen is kept in ``dtype`` (float64 by default, so that sums of many contributions stay exact).
+    The clean run is :func:`circuits.frozen.clean.capture` of the model's weights in ``dtype`` (float64 by default,
+    so that sums of many contributions stay exact).
     """
     transcoders = _check_transcoders(model, dict(transcoders or {}))
     tokens = _as_prompt(tokens).to(model.W_E.device)
-    L = model.cfg.n_layers
-    names = {"hook_embed", "hook_pos_embed", "ln_final.hook_scale", "ln_final.hook_normalized", "ln_final.hook_out"}
-    per_layer = ("ln1.hook_normalized", "ln1.hook_scale", "ln1.hook_out", "ln2.hook_normalized", "ln2.hook_scale",
-                 "ln2.hook_out", "attn.hook_pattern", "hook_attn_out", "hook_mlp_out")
-    names |= {f"blocks.{b}.{n}" for b in range(L) for n in per_layer}
-    logits, cache = model.run_with_cache(tokens[None], names_filter=lambda n: n in names)
-    for key in [f"blocks.{b}.ln{i}" for b in range(L) for i in (1, 2)] + ["ln_final"]:
-        if not torch.allclose(cache[f"{key}.hook_out"], cache[f"{key}.hook_normalized"], atol=1e-6, rtol=1e-5):
+    facts = ModelFacts.of(model)
+    if not facts.has_mlp:
+        raise TranscoderSetError("transcoder circuits need MLP blocks; this model is attention-only")
+    clean = capture(model, tokens, dtype, method="transcoder circuits")
+    w = model_weights(model, dtype)
+    for key, weight, bias in [*((f"blocks.{b}.ln{i}", getattr(w, f"ln{i}_w")[b], getattr(w, f"ln{i}_b")[b])
+                                for b in range(facts.n_layers) for i in (1, 2)), ("ln_final", w.lnf_w, w.lnf_b)]:
+        if not (torch.allclose(weight, torch.ones_like(weight), atol=1e-6, rtol=0) and bool((bias == 0).all())):
             raise ValueError(
                 f"{key} applies its own weight or bias; the weights-based analysis needs norms folded into the next "
                 "linear map (load the model with workbench.models.load_model, which enables compatibility mode)"
             )
 
     def stack(name: str) -> torch.Tensor:
-        return torch.stack([cache[f"blocks.{b}.{name}"][0] for b in range(L)]).to(dtype)
+        return clean.stack(name)[:, 0]
 
-    embed = cache["hook_embed"][0] + (cache["hook_pos_embed"][0] if "hook_pos_embed" in cache else 0)
-    n_heads, d_model = model.cfg.n_heads, model.cfg.d_model
-    W_V = model.W_V.detach().to(dtype)
-    bos = getattr(model.cfg, "bos_token_id", None)
-    if bos is None and getattr(model, "tokenizer", None) is not None:
-        bos = model.tokenizer.bos_token_id
     run = FrozenRun(
         tokens=tokens,
-        embed=embed.to(dtype),
-        centered=str(model.cfg.normalization_type).startswith("LN"),
-        ln1=stack("ln1.hook_normalized"),
-        ln1_scale=stack("ln1.hook_scale")[..., 0],
-        ln2=stack("ln2.hook_normalized"),
-        ln2_scale=stack("ln2.hook_scale")[..., 0],
-        pattern=stack("attn.hook_pattern"),
-        attn_out=stack("hook_attn_out"),
-        mlp_out=stack("hook_mlp_out"),
-        final_scale=cache["ln_final.hook_scale"][0, :, 0].to(dtype),
-        logits=logits[0].to(dtype),
-        W_V=W_V,
-        b_V=_bias(model, "b_V", tuple(W_V.shape[:2]) + (W_V.shape[-1],)).to(dtype),
-        W_O=model.W_O.detach().to(dtype),
-        b_O=_bias(model, "b_O", (L, d_model)).to(dtype),
-        W_U=model.W_U.detach().to(dtype),
-        b_U=_bias(model, "b_U", (model.W_U.shape[1],)).to(dtype),
-        n_rep=n_heads // W_V.shape[1],
-        bos_id=None if bos is None else int(bos),
+        embed=clean.embed[0],
+        centered=facts.centered,
+        ln1=stack("normed1"),
+        ln1_scale=1 / stack("scale1")[..., 0],
+        ln2=stack("normed2"),
+        ln2_scale=1 / stack("scale2")[..., 0],
+        pattern=stack("pattern"),
+        attn_out=stack("attn_out"),
+        mlp_out=stack("mlp_out"),
+        final_scale=1 / clean.final_scale[0, :, 0],
+        logits=clean.logits[0],
+        W_V=w.W_V,
+        b_V=w.b_V,
+        W_O=w.W_O,
+        b_O=w.b_O,
+        W_U=w.W_U,
+        b_U=w.b_U,
+        n_rep=facts.n_rep,
+        bos_id=facts.bos_id,
         transcoders=transcoders,
     )
     for layer, tc in transcoders.items():
@@ -191,6 +178,9 @@ def freeze(
         run.z[layer] = tc.encode(run.ln2[layer]).to(dtype)
         run.error[layer] = run.mlp_out[layer] - run.transcoder_output(layer)
     return run
+
+
+freeze = freeze_with_transcoders  # the name the transcoder analyses have always used
 
 
 @torch.no_grad()
