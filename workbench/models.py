@@ -151,19 +151,11 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: Any 
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     offline = not Path(folder).exists()
-<<<<<<< HEAD
-    if offline and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ModelSpecError(f"{spec!r} is neither a local folder nor an offline model; available: {available_specs()}")
-    bridge = boot(folder, device=device, dtype=dtype, weight_processing=weight_processing)
-=======
     if offline and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise ModelSpecError(f"model {spec!r} is not available offline: it is no local folder and HF_HUB_OFFLINE is "
                              f"set, so the hub is not asked; available offline: {available_specs()} or a local "
                              "Hugging Face folder")
-    bridge = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
-    bridge.enable_compatibility_mode()
-    bridge.eval()
->>>>>>> f53c279
+    bridge = boot(folder, device=device, dtype=dtype, weight_processing=weight_processing)
     bridge.workbench_spec = spec
     bridge.workbench_weight_processing = weight_processing
     return bridge
