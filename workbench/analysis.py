@@ -25,14 +25,12 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from workbench.errors import ConfigError
+
 if TYPE_CHECKING:
     from workbench.store import Run, RunInfo, Store
 
 __all__ = ["Analysis", "Config", "ConfigError", "Result", "TaskOptions", "describe_fields", "field_flag", "model_spec", "option"]
-
-
-class ConfigError(ValueError):
-    """An option value outside its stated range or choices; the message names the option and what is accepted."""
 
 
 def option(default: Any = MISSING, help: str = "", *, minimum: float | None = None, maximum: float | None = None,

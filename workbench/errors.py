@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class ModelSpecError(ValueError):
     """An unknown or malformed model spec, or a checkpoint step that does not exist."""
+
+
+class ConfigError(ValueError):
+    """An option value outside its stated range or choices; the message names the option and what is accepted."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from workbench.analysis import ConfigError
+from workbench.errors import ConfigError
 
 __all__ = ["check_context", "check_memory", "context_length", "total_memory_bytes"]
 

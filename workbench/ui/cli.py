@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from workbench.analysis import Analysis, ConfigError, FieldInfo, describe_fields
+from workbench.ui.device import check_device
 from workbench.ui.output import emit
 
 _NUMBER = {int: int, float: float}
@@ -86,26 +87,6 @@ def config_from_args(config: type, args: argparse.Namespace) -> Any:
         missing = [i.name.upper() if i.positional else i.flag for i in describe_fields(config)
                    if i.required and i.name not in values]
         raise ConfigError(f"missing {', '.join(missing)}") from exc
-
-
-def check_device(device: str | None) -> None:
-    """ConfigError for a device this machine does not have (``cuda`` without a GPU, an unknown name)."""
-    if device is None:
-        return
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"--device {device!r} is not a device name; accepted: cpu, cuda, cuda:N, mps") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: this machine has no CUDA GPU; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"--device {device}: MPS is not available on this machine")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"--device {device!r}: accepted: cpu, cuda, cuda:N, mps")
 
 
 def run_analysis(analysis: Analysis, args: argparse.Namespace) -> int:

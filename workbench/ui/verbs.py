@@ -66,8 +66,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from workbench.ui.cli import check_device
     from workbench.ui.demo import run_demos, status_path
+    from workbench.ui.device import check_device
 
     check_device(args.device)
     done = run_demos(device=args.device, force=args.force, progress=not args.quiet, status=status_path())
