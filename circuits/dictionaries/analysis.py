@@ -285,12 +285,12 @@ def _evaluate(model: Any, cfg: EvalDictionaryConfig, progress: bool) -> Result:
     from circuits.dictionaries.saelens_io import check_fits, load_dictionary
     from workbench.limits import check_context
 
-    check_context(model, cfg.seq_len, f"--seq-len {cfg.seq_len}")
     dicts = {}
-    for folder in cfg.path:
+    for folder in cfg.path:  # a dictionary that does not fit the model is the first thing to say
         d = load_dictionary(folder)
         check_fits(d, model)
         dicts[f"{Path(folder).name}:{d.kind}-{d.hook_in}"] = d.to(model.W_E.device)
+    check_context(model, cfg.seq_len, f"--seq-len {cfg.seq_len}")
     src = corpus_source(model.tokenizer, cfg.corpus, seq_len=cfg.seq_len, batch_size=8, split="heldout")
     device = str(model.W_E.device)
     evaluation = evaluate_dictionaries(model, dicts, src, max_tokens=cfg.eval_tokens, progress=progress, device=device)

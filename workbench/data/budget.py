@@ -15,7 +15,7 @@ def check_corpus(name: str, flag: str = "--corpus", labelled: bool = False) -> N
     accepted = LABELLED_CORPORA if labelled else CORPORA
     if name not in accepted:
         kind = "labelled corpus" if labelled else "corpus"
-        raise ValueError(f"{flag} {name!r} is not a {kind}; accepted: {', '.join(accepted)}")
+        raise ValueError(f"{flag} {name!r}: unknown {kind}; accepted: {', '.join(accepted)}")
 
 
 @cache
