@@ -24,13 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: its packages, and bench.timing
 
 from bench.timing import LoadWatch, Timed, compare, emit  # noqa: E402
-from workbench.ui.browser import browser_missing, chromium, page_names, serve, visit  # noqa: E402
+from workbench.ui.browser import browser_missing, chromium, page_names, serve, visit, wait_healthy  # noqa: E402
 
 BARE = "(bare page)"
 
@@ -85,16 +84,7 @@ def cold_start(timeout: float = 300.0) -> dict:
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                        if r.read().strip() == b"ok":
-                            break
-                except OSError:
-                    pass
-                if time.perf_counter() - t0 > timeout or proc.poll() is not None:
-                    raise RuntimeError(f"workbench app did not answer on {url} within {timeout:.0f} s")
-                time.sleep(0.2)
+            wait_healthy(url, proc, time.monotonic() + timeout)
             health = time.perf_counter() - t0
             driver = chromium()
             try:

@@ -61,6 +61,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, deadline: float) -> None:
+    """Poll the Streamlit server at ``url`` until its health check answers ``ok``; RuntimeError when ``proc`` exits
+    first (with its output, when piped) or ``time.monotonic()`` passes ``deadline``."""
+    while True:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"the dashboard server exited with {proc.returncode}:\n{out[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the dashboard did not answer on {url} by its deadline")
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def serve(env: dict[str, str] | None = None, app_dir: Path = APP_DIR, timeout: float = 60.0) -> Iterator[str]:
     """Serve ``app_dir/Home.py`` with Streamlit on a free loopback port; yields its base URL."""
@@ -73,19 +91,7 @@ def serve(env: dict[str, str] | None = None, app_dir: Path = APP_DIR, timeout: f
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                raise RuntimeError(f"the dashboard server exited with {proc.returncode}:\n{out[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the dashboard did not answer on {url} within {timeout:.0f} s")
-            time.sleep(0.3)
+        wait_healthy(url, proc, deadline)
         yield url
     finally:
         proc.terminate()
