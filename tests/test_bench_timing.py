@@ -16,27 +16,58 @@ from bench.memory import PeakMemory  # noqa: E402
 from bench.timing import LoadWatch, Timed, compare, emit, strict  # noqa: E402
 
 
-def test_sleeps_of_known_ratio_are_recovered_within_ten_percent():
-    quiet = LoadWatch(reader=lambda: 0.0, cores=2)
-    out = compare({"1x": lambda: time.sleep(0.03), "3x": lambda: time.sleep(0.09)}, rounds=5, warmup=1, load=quiet)
+class _NoisyMachine:
+    """A clock whose modes cost known units, on a machine that other work slows by a different factor each round.
+
+    Real timings are never asserted in tests: this clock is the load a shared machine puts on a benchmark, made
+    repeatable. Every ``slow_every``-th run is a spike: slowed three times more than its neighbours.
+    """
+
+    def __init__(self, cost: dict[str, float], seed: int = 0, slow_every: int = 5) -> None:
+        import random
+
+        self.rng = random.Random(seed)
+        self.cost, self.slow_every, self.now, self.runs = cost, slow_every, 0.0, 0
+        self.round_factor = 1.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def mode(self, label: str):
+        def run() -> str:
+            self.runs += 1
+            spike = 3.0 if self.runs % self.slow_every == 0 else 1.0
+            self.now += self.cost[label] * self.round_factor * spike * self.rng.uniform(0.97, 1.03)
+            return label
+        return run
+
+    def reader(self) -> float:  # called once per round, after it: the next round meets another load
+        self.round_factor = self.rng.uniform(1.0, 2.5)
+        return 0.0
+
+
+def test_the_median_paired_ratio_recovers_known_costs_under_varying_load_and_spikes():
+    machine = _NoisyMachine({"1x": 1.0, "3x": 3.0}, seed=1)
+    out = compare({"1x": machine.mode("1x"), "3x": machine.mode("3x")}, rounds=7, warmup=1,
+                  load=LoadWatch(reader=machine.reader, cores=2), clock=machine.clock)
     assert abs(out.ratio("3x", "1x") - 3.0) < 0.3
-    assert abs(out.best_ratio("3x", "1x") - 3.0) < 0.3
-    assert len(out["1x"].seconds) == len(out["3x"].seconds) == 5
-    assert not out.load.unreliable
+    assert len(out["1x"].seconds) == len(out["3x"].seconds) == 7
+    # the seconds themselves moved by the load: a plain ratio of means would not be trusted
+    assert max(out["1x"].seconds) / min(out["1x"].seconds) > 1.5
+    assert out.results == {"1x": "1x", "3x": "3x"} and not out.load.unreliable
 
 
-def test_busy_loops_of_known_ratio_are_recovered_within_ten_percent():
+def test_the_thread_clock_counts_this_threads_work():
     def spin(n: int) -> int:
         total = 0
         for i in range(n):
             total += i * i
         return total
 
-    # the CPU time of this thread: what the loops cost, whatever else the machine runs meanwhile
-    out = compare({"1x": lambda: spin(2_000_000), "3x": lambda: spin(6_000_000)}, rounds=5, warmup=1,
-                  load=LoadWatch(reader=lambda: 0.0, cores=2), clock=time.thread_time)
-    assert abs(out.ratio("3x", "1x") - 3.0) < 0.3
-    assert out.results["3x"] == spin(6_000_000)
+    # only that the clock is passed through and measures something: real timings are not asserted
+    out = compare({"spin": lambda: spin(200_000)}, rounds=2, warmup=0, load=LoadWatch(reader=lambda: 0.0, cores=2),
+                  clock=time.thread_time)
+    assert all(s > 0 for s in out["spin"].seconds) and out.results["spin"] == spin(200_000)
 
 
 def test_warmup_is_untimed_and_rounds_rotate_the_order():
