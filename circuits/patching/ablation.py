@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from circuits.frozen.facts import ModelFacts
 from workbench.data.task_base import Task
 
 __all__ = [
@@ -80,9 +81,16 @@ def _hook_names(n_layers: int) -> list[str]:
 
 @torch.no_grad()
 def references(model, task: Task, ablation: str = "mean") -> References:
-    """Run the clean and corrupted prompts once and keep what patching needs (see :class:`References`)."""
+    """Run the clean and corrupted prompts once and keep what patching needs (see :class:`References`).
+
+    The values are the bridge's own hooks (the patched forwards run the bridge, so its references must be its own
+    activations, not :func:`circuits.frozen.clean.capture`'s recomputation); the layers come from :class:`ModelFacts`.
+    """
     check_ablation(ablation)
-    n_layers = model.cfg.n_layers
+    facts = ModelFacts.of(model)
+    if not facts.has_mlp:
+        raise PatchingInputError("patching covers heads and MLPs: this model is attention-only (no blocks.L.hook_mlp_out)")
+    n_layers = facts.n_layers
     names = _hook_names(n_layers)
     device = next(model.parameters()).device
     logits, clean = model.run_with_cache(task.clean_tokens.to(device), names_filter=lambda n: n in names)
@@ -104,7 +112,7 @@ def references(model, task: Task, ablation: str = "mean") -> References:
 
 def default_rows(model, task: Task, budget: float = 1.5e8) -> int:
     """Batch rows per forward so that the logits stay near ``budget`` floats (at most 512 rows)."""
-    per_row = task.seq_len * int(model.cfg.d_vocab)
+    per_row = task.seq_len * ModelFacts.of(model).d_vocab
     return int(max(task.batch_size, min(512, budget // per_row)))
 
 

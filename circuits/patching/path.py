@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from circuits.frozen.facts import ModelFacts
 from circuits.nodes import Node
 from circuits.patching.ablation import (
     PatchingInputError,
@@ -63,9 +64,9 @@ def all_components(model, task: Task, *, per_position: bool = False, include_mlp
 def _check_receiver_input(model, receiver_input: str, receivers: list[Node]) -> str:
     if receiver_input not in RECEIVER_INPUTS:
         raise PatchingInputError(f"unknown receiver_input {receiver_input!r}; accepted: {', '.join(RECEIVER_INPUTS)}")
-    n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
-    if receiver_input in ("k", "v") and n_kv != model.cfg.n_heads:
-        group = model.cfg.n_heads // n_kv
+    facts = ModelFacts.of(model)
+    if receiver_input in ("k", "v") and facts.n_kv_heads != facts.n_heads:
+        group = facts.n_rep
         by_kv: dict[tuple, set] = {}
         for r in receivers:
             if not r.is_mlp:

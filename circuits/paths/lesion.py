@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from circuits.frozen.facts import ModelFacts
 from circuits.paths.decompose import next_token_loss
 from circuits.paths.frozen import FrozenRun, PathInputError, model_device, validate_tokens
 
@@ -24,8 +25,9 @@ __all__ = ["frozen_lesion_loss", "lesion_curve", "lesion_loss", "lesion_random",
 
 def sublayer_names(model: Any) -> list[str]:
     """``["attn0", "mlp0", "attn1", ...]``: the sublayers in order (no MLPs for attention-only models)."""
-    has_mlp = not getattr(model.cfg, "attn_only", False)
-    return [f"{kind}{layer}" for layer in range(model.cfg.n_layers) for kind in (("attn", "mlp") if has_mlp else ("attn",))]
+    facts = ModelFacts.of(model)
+    kinds = ("attn", "mlp") if facts.has_mlp else ("attn",)
+    return [f"{kind}{layer}" for layer in range(facts.n_layers) for kind in kinds]
 
 
 def _hook_name(name: str) -> str:

@@ -91,7 +91,8 @@ class FrozenRun:
 
 def _check_transcoders(model, transcoders: Mapping[int, Dictionary]) -> dict[int, Dictionary]:
     out: dict[int, Dictionary] = {}
-    n_layers, d_model = model.cfg.n_layers, model.cfg.d_model
+    facts = ModelFacts.of(model)
+    n_layers, d_model = facts.n_layers, facts.d_model
     for layer, tc in transcoders.items():
         if not isinstance(layer, int) or not 0 <= layer < n_layers:
             raise TranscoderSetError(f"transcoder layer {layer!r} is not a layer of this model (0..{n_layers - 1})")
