@@ -32,7 +32,6 @@ import pandas as pd
 import torch
 
 from circuits import cdt
-from circuits.graph import Circuit
 from circuits.patching import (
     discover,
     faithfulness_many,
@@ -41,6 +40,7 @@ from circuits.patching import (
     prune_greedy,
     references,
 )
+from workbench.circuit import Circuit
 from workbench.data import make_task
 from workbench.models import load_model
 from workbench.store import Store

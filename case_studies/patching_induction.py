@@ -40,7 +40,7 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 def _cdt_side_by_side(store: Store, model, task, path_nodes: list[str], path_f: float) -> list[str]:
     """Rows for every stored CD-T circuit of this model (runs of a kind containing ``cdt``), beside ours."""
-    from circuits.graph import Circuit
+    from workbench.circuit import Circuit
 
     lines = ["| method | run | nodes | faithfulness (mean ablation, this task) |", "|---|---|---|---|",
              f"| path patching | this study | {', '.join(path_nodes)} | {path_f:.3f} |"]

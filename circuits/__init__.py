@@ -1,1 +1,1 @@
-"""Circuit analyses and their common graph type (:class:`circuits.graph.Circuit`)."""
+"""Circuit analyses and their common graph type (:class:`workbench.circuit.Circuit`)."""

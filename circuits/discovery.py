@@ -11,7 +11,7 @@ Any :class:`Scorer` drives it (CD-T: :class:`circuits.cdt.discovery.CdtScorer`; 
 3. The union of the kept nodes is the circuit; :func:`greedy_prune` tries removing them weakest first (the scorer's
    ``strength``) and keeps each removal after which the faithfulness stays at or above ``faithfulness_bound``.
 
-The result is a :class:`~circuits.graph.Circuit` with a ``logit`` node, the kept nodes and the scorer's edges; its
+The result is a :class:`~workbench.circuit.Circuit` with a ``logit`` node, the kept nodes and the scorer's edges; its
 metadata holds ``top_k``, ``faithfulness_bound``, ``max_rounds``, ``round_sizes``, ``n_found``,
 ``faithfulness_unpruned``, ``faithfulness`` (of what is returned), ``bound_met`` (faithfulness >= bound),
 ``n_nodes`` and, after pruning, ``prune_scored`` (circuits scored, the unpruned one included).
@@ -26,8 +26,8 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from circuits.graph import Circuit
-from circuits.nodes import Node
+from workbench.circuit import Circuit
+from workbench.nodes import Node
 
 __all__ = ["Found", "Round", "Scorer", "check_options", "discover", "greedy_prune"]
 

@@ -11,7 +11,7 @@ import torch
 from scipy.stats import spearmanr
 from streamlit.testing.v1 import AppTest
 
-from circuits.graph import Circuit
+from workbench.circuit import Circuit
 from workbench.store import Store
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app" / "pages" / "5_Circuits.py")

@@ -10,7 +10,7 @@ from scipy.stats import spearmanr
 
 from circuits.cdt import discover, head_scores
 from circuits.cdt.local import explain, highlight_html
-from circuits.graph import Circuit
+from workbench.circuit import Circuit
 from workbench.data import make_task
 from workbench.induction_toy import induction_head_scores, previous_token_scores
 

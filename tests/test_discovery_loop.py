@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from circuits import discovery as loop
-from circuits.nodes import Node, NodeIdError, parse
+from workbench.nodes import Node, NodeIdError, parse
 
 # three layers of four heads; x_v = a_v + sum_u w(u -> v) x_u for a kept node (0 for an ablated one);
 # the metric is m = sum_v w(v -> logit) x_v, so F(C) = m(C) / m(all) (m(empty) = 0) exactly

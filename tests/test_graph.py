@@ -1,4 +1,4 @@
-"""circuits.graph.Circuit: id parsing, JSON and GraphML round trips, pruning, tables, the plotly figure."""
+"""workbench.circuit.Circuit: id parsing, JSON and GraphML round trips, pruning, tables, the plotly figure."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from circuits.graph import ATTRS, KINDS, Circuit, parse_node_id
+from workbench.circuit import ATTRS, KINDS, Circuit, parse_node_id
 
 
 def _ioi_like() -> Circuit:

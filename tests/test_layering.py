@@ -11,7 +11,7 @@ from pathlib import Path
 ROOTS = ("workbench", "probes", "circuits")
 FACES = ("workbench.ui",)
 # the circuit families' common types (graph, node grammar), discovery loop and figures
-SHARED = ("circuits.graph", "circuits.nodes", "circuits.discovery", "circuits.head_figures", "circuits.frozen")
+SHARED = ("circuits.discovery", "circuits.head_figures", "circuits.frozen")
 # (importer family, imported family): an analysis that builds on another one's public API
 ALLOWED = {("circuits.transcoder_paths", "circuits.dictionaries"), ("circuits.cdt", "circuits.patching")}
 

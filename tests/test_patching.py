@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.graph import Circuit
 from circuits.patching import (
     PatchingInputError,
     discover,
@@ -17,6 +16,7 @@ from circuits.patching import (
     path_patching_scores,
 )
 from circuits.patching.prompts import prompt_task
+from workbench.circuit import Circuit
 from workbench.data import make_task
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from circuits.dictionaries.model import Dictionary
-from circuits.graph import Circuit, parse_node_id
 from circuits.transcoder_paths.analysis import TC_CIRCUIT, TcCircuitConfig, to_result
 from circuits.transcoder_paths.circuit import make_target, tc_circuit
 from circuits.transcoder_paths.contributions import (
@@ -26,6 +25,7 @@ from circuits.transcoder_paths.contributions import (
 from circuits.transcoder_paths.frozen import TranscoderSetError, freeze, spliced_logits
 from circuits.transcoder_paths.graph import circuit_from_paths
 from circuits.transcoder_paths.search import search_paths
+from workbench.circuit import Circuit, parse_node_id
 
 REL = 1e-4
 PROMPT = [64, 3, 5, 7, 9, 11, 3, 5, 7]

@@ -8,6 +8,8 @@
 - :func:`harvest` (``workbench.harvest``): stream batches through a model to consumers that keep summaries.
 - :class:`Store` (``workbench.store``): runs on disk, each whole or absent.
 - :class:`Analysis`, :class:`Result` (``workbench.analysis``): the contract every analysis follows.
+- :class:`Circuit` (``workbench.circuit``): a circuit graph over nodes, with faithfulness, JSON/GraphML and a figure.
+- :class:`Node` (``workbench.nodes``): the one node-id grammar (``L2.H5``, ``L1.MLP@7``, ``L2.H5@7:3``).
 """
 
 from workbench.lazy import lazy_exports
@@ -23,4 +25,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "Store": "workbench.store",
     "Analysis": "workbench.analysis",
     "Result": "workbench.analysis",
+    "Circuit": "workbench.circuit",
+    "Node": "workbench.nodes",
 })

@@ -189,7 +189,7 @@ class Result:
     """What one analysis computed, ready for the store's one writer (:meth:`Analysis.save`).
 
     ``tables``: name -> pandas DataFrame; ``tensors``: name -> {key: tensor}; ``json``: name -> JSON value;
-    ``graphs``: name -> an object with ``to_json()`` (a :class:`circuits.graph.Circuit`); ``folders``: relative
+    ``graphs``: name -> an object with ``to_json()`` (a :class:`workbench.circuit.Circuit`); ``folders``: relative
     folder -> a function writing files into that folder of the run (dictionaries in SAELens layout);
     ``params``: computed facts recorded beside the config (e.g. the rules a default resolved to); ``lines``: the text
     a person reads; ``warnings``: what missed what was asked (also stored in the summary under ``warnings``);

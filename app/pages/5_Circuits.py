@@ -2,7 +2,7 @@
 explanations.
 
 Reads runs of kind ``cdt``, ``patching`` and ``tc-circuit`` from the run store. A run's circuit is any JSON artifact
-in node-link form (``circuits.graph.Circuit.to_json``); head scores are tables with ``layer``, ``head`` and a score
+in node-link form (``workbench.circuit.Circuit.to_json``); head scores are tables with ``layer``, ``head`` and a score
 column (and optionally ``position``); word-level explanations are tables with ``token`` and ``contribution``.
 """
 
@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from page_helpers import metric_grid, pick_run, show_run, stored_runs
 
-from circuits.graph import Circuit
+from workbench.circuit import Circuit
 from workbench.store import Run, RunInfo, Store
 
 TITLE = "Circuits"

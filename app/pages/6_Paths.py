@@ -10,8 +10,8 @@ from __future__ import annotations
 import streamlit as st
 from page_helpers import browse_runs, metric_grid
 
-from circuits.graph import Circuit
 from circuits.paths.figures import direct_figure, length_profile_figure, lesion_figure, loss_by_length_figure
+from workbench.circuit import Circuit
 from workbench.store import Run, Store
 
 TITLE = "Paths"

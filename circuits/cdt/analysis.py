@@ -172,8 +172,8 @@ def _compute(model: Any, cfg: CdtConfig, progress: bool) -> Result:
 
 
 def _figures(run: Any) -> dict[str, Any]:
-    from circuits.graph import Circuit
     from circuits.head_figures import head_position_figure, head_scores_figure
+    from workbench.circuit import Circuit
 
     tensors = run.tensors("head_scores")
     metric = run.summary.get("metric_name", "metric")

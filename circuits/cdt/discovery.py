@@ -13,7 +13,7 @@ stage at a time (the last layer's MLP, its heads, the MLP before, ... down to la
    removed whenever the faithfulness ``F = (m(C) - m(empty)) / (m(M) - m(empty))`` (everything outside the circuit
    mean-ablated, :func:`circuits.patching.faithfulness`) stays at or above ``faithfulness_bound``.
 
-The returned :class:`~circuits.graph.Circuit` holds the kept nodes with their ``score`` (the beta part of the metric),
+The returned :class:`~workbench.circuit.Circuit` holds the kept nodes with their ``score`` (the beta part of the metric),
 ``relevance_to_found`` (in [0, 1]), ``round`` and ``relative`` (the larger of the two scores relative to the round's
 best) attributes; edges go from each node to ``logit`` (weight = its score) and to the later kept nodes it is relevant
 to (weight = that relevance); ``metadata["faithfulness"]`` holds F.
@@ -31,7 +31,7 @@ import torch
 import circuits.discovery as loop
 from circuits.cdt.nodes import CDTInputError, Node
 from circuits.cdt.scores import decompose_sources, head_nodes, prepare
-from circuits.graph import Circuit
+from workbench.circuit import Circuit
 from workbench.data.task_base import Task
 
 __all__ = ["CdtScorer", "candidates", "discover", "prune"]

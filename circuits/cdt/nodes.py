@@ -1,4 +1,4 @@
-"""Sources and targets of a decomposition: nodes of the one grammar (:mod:`circuits.nodes`) and their checks.
+"""Sources and targets of a decomposition: nodes of the one grammar (:mod:`workbench.nodes`) and their checks.
 
 Accepted ids (positions are token positions of the task's rows; ``@a-b`` is the inclusive span ``a..b``; no ``@`` means
 every position):
@@ -15,7 +15,7 @@ Components are ordered emb < L0 heads < mlp0 < L1 heads < ... < logit; every tar
 
 from __future__ import annotations
 
-from circuits.nodes import ID_HELP, Node, NodeIdError, parse
+from workbench.nodes import ID_HELP, Node, NodeIdError, parse
 
 __all__ = ["CDTInputError", "Node", "check_order", "parse_node", "parse_nodes"]
 

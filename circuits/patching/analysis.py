@@ -14,7 +14,7 @@ Layout of one run ``runs/patching/<run_id>/``:
   (its node id) and ``score`` (m(clean) - m(patched), see :mod:`circuits.patching.activation`).
 - ``scores.safetensors``: ``scores`` as computed: [L, H] (heads), [L, H, pos] (heads-positions or path with
   positions), [L, pos] (layers), or [n_nodes] (discover: the found nodes' scores, in the table's order).
-- ``circuit.json``: the circuit (node-link JSON, :class:`circuits.graph.Circuit`): the ``top_k`` components by |score|
+- ``circuit.json``: the circuit (node-link JSON, :class:`workbench.circuit.Circuit`): the ``top_k`` components by |score|
   (or the discovered circuit), each node with its score; metadata holds the task's tokens of the first prompt.
 - ``task.json``: ``{"prompts", "corrupted_prompts", "tokens" (first clean prompt, as strings), "metric", "description"}``.
 - summary: ``mode``, ``metric_clean``, ``metric_empty``, ``faithfulness`` (of circuit.json), ``n_nodes``, ``top``
@@ -127,11 +127,11 @@ def _discovered(model: Any, task: Any, cfg: PatchConfig, progress: bool) -> tupl
 
 
 def _scored(model: Any, task: Any, cfg: PatchConfig, refs: Any, progress: bool) -> tuple[Any, Any, Any, float, float]:
-    from circuits.graph import Circuit
     from circuits.patching.activation import head_patching_scores, layer_patching_scores
     from circuits.patching.faithfulness import faithfulness_many
     from circuits.patching.nodes import components
     from circuits.patching.path import path_head_scores, reaches
+    from workbench.circuit import Circuit
 
     receivers = "logits" if cfg.receivers in (None, ["logits"]) else cfg.receivers
     if cfg.mode in ("heads", "heads-positions"):
@@ -202,8 +202,8 @@ def _compute(model: Any, cfg: PatchConfig, progress: bool) -> Result:
 
 
 def _figures(run: Any) -> dict[str, Any]:
-    from circuits.graph import Circuit
     from circuits.head_figures import head_position_figure, head_scores_figure
+    from workbench.circuit import Circuit
 
     figs = {}
     scores = run.tensors("scores")["scores"].double().numpy()

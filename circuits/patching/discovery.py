@@ -18,13 +18,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import circuits.discovery as loop
-from circuits.graph import Circuit
-from circuits.nodes import Node
 from circuits.patching.ablation import PatchingInputError, check_ablation, references
 from circuits.patching.faithfulness import Faithfulness, prune_greedy
 from circuits.patching.nodes import components
 from circuits.patching.path import all_components, path_patching_scores, reaches
+from workbench.circuit import Circuit
 from workbench.data.task_base import Task
+from workbench.nodes import Node
 
 __all__ = ["PathPatchingScorer", "discover", "prune_by_faithfulness"]
 

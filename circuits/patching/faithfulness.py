@@ -16,9 +16,9 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from circuits.discovery import greedy_prune
-from circuits.graph import Circuit
 from circuits.patching.ablation import References, check_ablation, patch_metrics, references
 from circuits.patching.nodes import components, keep_masks
+from workbench.circuit import Circuit
 from workbench.data.task_base import Task
 
 __all__ = ["Faithfulness", "faithfulness", "faithfulness_many", "prune_greedy"]
@@ -65,7 +65,7 @@ def faithfulness_many(
 def faithfulness(model, task: Task, circuit: Circuit | Iterable[str], *, ablation: str = "mean") -> float:
     """F = (m(C) - m(empty)) / (m(M) - m(empty)) of ``circuit`` on ``task`` (a float).
 
-    circuit: a :class:`~circuits.graph.Circuit` (or node ids) whose heads are ``L{l}.H{h}`` (all positions) or
+    circuit: a :class:`~workbench.circuit.Circuit` (or node ids) whose heads are ``L{l}.H{h}`` (all positions) or
     ``L{l}.H{h}@{p}`` and MLPs ``mlp{l}`` / ``mlp{l}@{p}``. Every head and MLP output outside it is ablated:
     ``"mean"`` (its mean over the task's corrupted prompts at that position), ``"zero"`` or ``"corrupted"``
     (the same example's corrupted run). Out-of-range layers, heads or positions raise PatchingInputError.

@@ -1,4 +1,4 @@
-"""Heads and MLPs named by node ids (:mod:`circuits.nodes`), checked against a model and a task, and turned into masks.
+"""Heads and MLPs named by node ids (:mod:`workbench.nodes`), checked against a model and a task, and turned into masks.
 
 ``L{l}.H{h}`` is head h of layer l at every position, ``L{l}.H{h}@{p}`` that head at position p only (``@a-b``: the
 inclusive span a..b); ``mlp{l}`` / ``mlp{l}@{p}`` likewise for the MLP of layer l. Other node kinds (``emb``,
@@ -12,13 +12,13 @@ from collections.abc import Iterable
 
 import torch
 
-from circuits.graph import Circuit
-from circuits.nodes import Node, NodeIdError, parse
 from circuits.patching.ablation import PatchingInputError
+from workbench.circuit import Circuit
+from workbench.nodes import Node, NodeIdError, parse
 
 __all__ = ["Component", "check_component", "component_id", "components", "keep_masks", "parse_component"]
 
-#: a head or MLP node (:class:`circuits.nodes.Node` of kind ``head`` or ``mlp``)
+#: a head or MLP node (:class:`workbench.nodes.Node` of kind ``head`` or ``mlp``)
 Component = Node
 
 

@@ -24,7 +24,6 @@ import torch
 from tqdm.auto import tqdm
 
 from circuits.frozen.facts import ModelFacts
-from circuits.nodes import Node
 from circuits.patching.ablation import (
     PatchingInputError,
     References,
@@ -38,6 +37,7 @@ from circuits.patching.ablation import (
 )
 from circuits.patching.nodes import component_id, components, keep_masks
 from workbench.data.task_base import Task
+from workbench.nodes import Node
 
 __all__ = ["RECEIVER_INPUTS", "all_components", "path_head_scores", "path_patching_scores", "reaches"]
 

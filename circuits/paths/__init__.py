@@ -1,6 +1,6 @@
 """Path ensembles: the logits of a frozen clean run split exactly by path length, individual paths, lesions.
 
-- :mod:`~circuits.paths.frozen`: ``freeze(model, tokens) -> FrozenRun`` (norm scales, patterns, MLP gates frozen).
+- :mod:`~circuits.paths.frozen`: ``freeze_affine(model, tokens) -> FrozenRun`` (alias ``freeze``) (norm scales, patterns, MLP gates frozen).
 - :mod:`~circuits.paths.decompose`: ``decompose(model_or_frozen, tokens, max_length=None) -> PathDecomposition``
   (parts [K, batch, pos, d]; ``sum_k c_k`` = clean logits), ``LogitTarget``, ``path_counts``.
 - :mod:`~circuits.paths.search`: ``direct_attribution``, ``top_paths`` (greedy beam search), ``paths_circuit``,
@@ -28,6 +28,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "FrozenRun": "circuits.paths.frozen",
     "PathInputError": "circuits.paths.frozen",
     "freeze": "circuits.paths.frozen",
+    "freeze_affine": "circuits.paths.frozen",
     "lesion_curve": "circuits.paths.lesion",
     "lesion_random": "circuits.paths.lesion",
     "lesion_single": "circuits.paths.lesion",

@@ -30,7 +30,7 @@ class PathsConfig(Config):
     n: int = option(4, "examples of the task", minimum=1, maximum=MAX_EXAMPLES)
     max_length: int | None = option(None, "keep path lengths up to this apart (default all)", minimum=1)
     search_length: int = option(3, "longest path of the top-path search", minimum=1)
-    beam: int = option(8, "beam width of the top-path search", minimum=1)
+    beam_width: int = option(8, "beam width of the top-path search", minimum=1, aliases=("--beam",))
     top: int = option(20, "number of top paths kept", minimum=1)
     lesion_draws: int = option(2, "random-lesion draws per k (0: no lesions)", minimum=0, maximum=1000)
     lesion_step: int = option(1, "delete k = step, 2 step, ..., n sublayers", minimum=1)
@@ -70,7 +70,7 @@ def _compute(model: Any, cfg: PathsConfig, progress: bool) -> Result:
 
         task = make_task(cfg.task, model.tokenizer, n=cfg.n)
     res = analyse_paths(model, cfg.prompt, task=task, max_length=cfg.max_length, search_length=cfg.search_length,
-                        beam=cfg.beam, top=cfg.top, lesion_draws=cfg.lesion_draws, lesion_step=cfg.lesion_step,
+                        beam=cfg.beam_width, top=cfg.top, lesion_draws=cfg.lesion_draws, lesion_step=cfg.lesion_step,
                         seed=cfg.seed, progress=progress)
     return to_result(res)
 

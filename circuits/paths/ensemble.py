@@ -9,7 +9,7 @@ weights, and runs the lesion studies. :data:`circuits.paths.analysis.PATHS` stor
   path-length distribution), cumulative_loss (loss with the paths up to that length), loss_delta, weight (fitted),
   and for a task cumulative_metric (the task's metric with the paths up to that length);
 - table ``direct``: component, kind, layer, head, score; table ``top_paths``: rank, path, source, length, score,
-  virtual_heads; json ``circuit``: the top paths as a :class:`~circuits.graph.Circuit`;
+  virtual_heads; json ``circuit``: the top paths as a :class:`~workbench.circuit.Circuit`;
 - tables ``lesion_single`` (sublayer, name, kind, layer, loss, delta, frozen_loss) and ``lesion_random`` (k, draw,
   deleted, loss, frozen_loss), when lesions were run; summary: the headline numbers.
 """
@@ -22,12 +22,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from circuits.graph import Circuit
 from circuits.paths.decompose import LogitTarget, decompose
 from circuits.paths.frozen import PathInputError, freeze, validate_tokens
 from circuits.paths.lesion import lesion_curve, lesion_random, lesion_single
 from circuits.paths.reweight import fit_length_weights
 from circuits.paths.search import direct_attribution, paths_circuit, top_paths
+from workbench.circuit import Circuit
 
 __all__ = ["PathsResult", "analyse_paths"]
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from circuits.graph import Circuit
 from circuits.paths.decompose import LogitTarget
 from circuits.paths.frozen import FrozenRun, PathInputError
+from workbench.circuit import Circuit
 
 __all__ = ["PathScore", "direct_attribution", "path_score", "paths_circuit", "sublayer_paths", "top_paths"]
 

@@ -1,5 +1,5 @@
 """Weights-based circuit analysis through transcoders (METHODS.md section 1): frozen clean run, direct contributions,
-greedy path search from a target, and the resulting :class:`circuits.graph.Circuit` with error nodes.
+greedy path search from a target, and the resulting :class:`workbench.circuit.Circuit` with error nodes.
 
 One call: ``tc_circuit(model, tokens, {layer: transcoder}, "logit", correct=a, incorrect=b)``; behind the contract:
 ``TC_CIRCUIT.run(model, TcCircuitConfig(prompt=..., transcoder=[...]))``.
@@ -23,6 +23,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "FrozenRun": "circuits.transcoder_paths.frozen",
     "TranscoderSetError": "circuits.transcoder_paths.frozen",
     "freeze": "circuits.transcoder_paths.frozen",
+    "freeze_with_transcoders": "circuits.transcoder_paths.frozen",
     "spliced_logits": "circuits.transcoder_paths.frozen",
     "circuit_from_paths": "circuits.transcoder_paths.graph",
     "TcCircuitResult": "circuits.transcoder_paths.circuit",

@@ -64,7 +64,7 @@ def target_layer(target: str) -> int | None:
     """The transcoder layer a ``--target`` feature id reads (None for ``logit``); ConfigError for a malformed id."""
     if target == "logit":
         return None
-    from circuits.graph import parse_node_id
+    from workbench.circuit import parse_node_id
 
     try:
         parsed = parse_node_id(target)
@@ -179,7 +179,7 @@ def _compute(model: Any, cfg: TcCircuitConfig, progress: bool) -> Result:
 def _figures(run: Any) -> dict[str, Any]:
     import plotly.graph_objects as go
 
-    from circuits.graph import Circuit
+    from workbench.circuit import Circuit
 
     paths = run.table("paths").head(15)
     bars = go.Figure(go.Bar(x=paths["value"][::-1], y=paths["path"][::-1], orientation="h"))

@@ -3,7 +3,7 @@
 :func:`tc_circuit` computes (nothing stored); :data:`circuits.transcoder_paths.analysis.TC_CIRCUIT` stores it as a
 ``tc-circuit`` run:
 
-- ``circuit.json``: the circuit in node-link form (:class:`circuits.graph.Circuit`);
+- ``circuit.json``: the circuit in node-link form (:class:`workbench.circuit.Circuit`);
 - ``paths.parquet``: rank, path, value, depth, start, ends_in_embedding (largest |value| first);
 - ``contributions.parquet``: every direct contribution into the target (node, kind, layer, head, feature, source,
   value); they sum to the target's value;
@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 
 from circuits.dictionaries.model import Dictionary
-from circuits.graph import Circuit, parse_node_id
 from circuits.transcoder_paths.contributions import (
     Target,
     direct_contributions,
@@ -33,6 +32,7 @@ from circuits.transcoder_paths.contributions import (
 from circuits.transcoder_paths.frozen import FrozenRun, freeze, spliced_logits
 from circuits.transcoder_paths.graph import circuit_from_paths
 from circuits.transcoder_paths.search import paths_table, search_paths
+from workbench.circuit import Circuit, parse_node_id
 
 __all__ = ["TcCircuitResult", "make_target", "metric_clean_vs_spliced", "tc_circuit"]
 

@@ -1,4 +1,4 @@
-"""From found paths to a :class:`circuits.graph.Circuit`, with error, bias and remainder nodes.
+"""From found paths to a :class:`workbench.circuit.Circuit`, with error, bias and remainder nodes.
 
 Edge weights are contributions to the target: the edge ``X -> Y`` carries the value of the path prefix that ends at
 ``X`` after ``Y`` (summed over the found paths sharing that edge), so a node's ``score`` — the sum of its prefixes'
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from circuits.graph import Circuit, parse_node_id
 from circuits.transcoder_paths.contributions import Target, direct_contributions
 from circuits.transcoder_paths.frozen import FrozenRun
 from circuits.transcoder_paths.search import Path
+from workbench.circuit import Circuit, parse_node_id
 
 __all__ = ["circuit_from_paths"]
 

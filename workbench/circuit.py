@@ -1,6 +1,6 @@
 """The circuit graph every analysis returns: a ``networkx.DiGraph`` whose node ids say what they are.
 
-Node ids follow the one grammar of :mod:`circuits.nodes` (``emb@3``, ``L2.H5@7``, ``L2.H5@7:3``, ``mlp4@7``,
+Node ids follow the one grammar of :mod:`workbench.nodes` (``emb@3``, ``L2.H5@7``, ``L2.H5@7:3``, ``mlp4@7``,
 ``tc4.f123@7``, ``err:tc4@7``, ``logit``, ``bias``; spans ``emb@2-4``); :func:`parse_node_id` is its dict view.
 
 Every node carries the attributes ``kind`` (one of :data:`KINDS`), ``layer``, ``head``, ``feature``, ``position``,
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from circuits.nodes import KINDS, Node, parse
 from workbench.atomic import write_json, write_text
+from workbench.nodes import KINDS, Node, parse
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,7 +52,7 @@ def parse_node_id(node_id: str) -> dict[str, Any]:
     """Parse a node id into ``{"kind", "layer", "head", "feature", "position", "token"}`` (None where absent),
     plus ``"source_position"`` for a head id that names one (``L2.H5@7:3``: head 5 of layer 2 at position 7, reading
     position 3) and ``"end_position"`` for a span (``emb@2-4``); other ids give exactly the six keys.
-    The dict view of :func:`circuits.nodes.parse`.
+    The dict view of :func:`workbench.nodes.parse`.
 
     >>> parse_node_id("L2.H5@7")["head"]
     5
