@@ -16,6 +16,14 @@ from bench.memory import PeakMemory  # noqa: E402
 from bench.timing import LoadWatch, Timed, compare, emit, strict  # noqa: E402
 
 
+def test_sleeps_of_known_ratio_are_recovered_within_ten_percent():
+    quiet = LoadWatch(reader=lambda: 0.0, cores=2)
+    out = compare({"1x": lambda: time.sleep(0.05), "3x": lambda: time.sleep(0.15)}, rounds=5, warmup=1, load=quiet)
+    assert abs(out.ratio("3x", "1x") - 3.0) < 0.3
+    assert len(out["1x"].seconds) == len(out["3x"].seconds) == 5
+    assert not out.load.unreliable
+
+
 class _NoisyMachine:
     """A clock whose modes cost known units, on a machine that other work slows by a different factor each round.
 
