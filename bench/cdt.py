@@ -20,7 +20,7 @@ interleaved in rounds in one process (:func:`bench.timing.compare`), after a war
 unreliable. The last line of output is one JSON object.
 
     .venv/bin/python bench/cdt.py                   # toy/induction-2l (induction) and smollm2-135m (ioi), 8 prompts
-    .venv/bin/python bench/cdt.py --quick           # toy/induction-2l only, 3 rounds
+    .venv/bin/python bench/cdt.py --quick           # toy/induction-2l only
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def bench_case(name: str, n: int, per_position: bool, device: str | None, rounds
         with torch.no_grad():
             head_patching_scores(model, task.select(slice(0, 1)))  # warm-up of the hooks
             cdt.head_scores(model, task.select(slice(0, 1)), per_position=pos)
-            timing = compare(methods, rounds=rounds, warmup=warmup, load=watch)
+            timing = compare(methods, rounds=rounds, warmup=max(warmup, 1), load=watch, min_seconds=0.5)
         cdt_scores, path, act = (timing.results[k] for k in ("cdt", "path patching", "activation patching"))
         note = timing.results["path patching, 1/fwd"]
 
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="prompts per task (default 8)")
     parser.add_argument("--no-positions", action="store_true", help="score whole heads only")
     parser.add_argument("--positions-only", action="store_true", help="score heads x positions only")
-    parser.add_argument("--rounds", "--repeats", type=int, default=3, help="timed rounds of every method (default 3)")
+    parser.add_argument("--rounds", "--repeats", type=int, default=5, help="timed rounds of every method (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before them (default 1)")
     parser.add_argument("--quick", action="store_true", help="smallest settings: the toy model only")
     parser.add_argument("--sample", type=int, default=400,

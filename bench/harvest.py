@@ -87,7 +87,7 @@ def throughput(model_spec: str, n_tokens: int, rounds: int, watch: LoadWatch):
 
     modes = {"bare forward": bare, "harvest: last layer": run([last]), "harvest: every layer": run(every),
              "harvest: every layer + logits": run(every + ["logits"])}
-    return compare(modes, rounds=rounds, warmup=1, load=watch), sum(t.numel() for t in batches)
+    return compare(modes, rounds=rounds, warmup=1, load=watch, min_seconds=0.5), sum(t.numel() for t in batches)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ over all sublayers (every length kept apart), and the logits of every length (``
 completeness sums). Each step runs on inputs prepared once (the frozen run, the decomposition), and the steps and
 the forward run interleaved in rounds (:func:`bench.timing.compare`) so that a change of machine load hits all of
 them; the load average is recorded and a run whose load rose above the core count is flagged unreliable.
-``--quick``: 16 tokens, 3 rounds.
+``--quick``: 16 tokens. Every timed sample lasts at least 0.5 s (short steps repeat).
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tokens", type=int, default=None, help="prompt length (default 64; 16 with --quick)")
-    parser.add_argument("--rounds", type=int, default=None, help="default 5 (3 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="smallest settings: a 16-token prompt, 3 rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="default 5")
+    parser.add_argument("--quick", action="store_true", help="smallest settings: a 16-token prompt")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     args = parser.parse_args()
     n_tokens = args.tokens or (16 if args.quick else 64)
-    rounds = args.rounds or (3 if args.quick else 5)
+    rounds = args.rounds or 5
 
     from circuits.paths import decompose, freeze
     from workbench.models import load_model
@@ -65,7 +65,7 @@ def main() -> None:
              "dp float64": lambda: decompose(frozen, dtype=torch.float64),
              "dp max_length=8": lambda: decompose(frozen, max_length=8)}
     with torch.no_grad():
-        comparison = compare(steps, rounds=rounds, warmup=1, load=watch)
+        comparison = compare(steps, rounds=rounds, warmup=1, load=watch, min_seconds=0.5)
     med = {k: t.median for k, t in comparison.timings.items()}
     parts = ("freeze", "dp (all lengths)", "logits of every length")
     full = sum(med[k] for k in parts)

@@ -129,6 +129,7 @@ class Comparison:
     rounds: int
     warmup: int
     load: LoadWatch
+    repeats: dict[str, int] = field(default_factory=dict)
 
     def __getitem__(self, label: str) -> ModeTiming:
         if label not in self.timings:
@@ -148,7 +149,7 @@ class Comparison:
         """Every mode's timings (and, given a baseline, its cost ratios to it), the rounds and the load."""
         modes = {}
         for label, t in self.timings.items():
-            modes[label] = t.to_json()
+            modes[label] = {**t.to_json(), "calls_per_sample": self.repeats.get(label, 1)}
             if baseline is not None:
                 modes[label].update(ratio_to_baseline=self.ratio(label, baseline),
                                     best_ratio_to_baseline=self.best_ratio(label, baseline))
@@ -157,13 +158,17 @@ class Comparison:
 
 
 def compare(modes: Mapping[str, Callable[[], Any]], rounds: int = 5, warmup: int = 1, *,
-            load: LoadWatch | None = None, clock: Callable[[], float] = time.perf_counter) -> Comparison:
+            load: LoadWatch | None = None, clock: Callable[[], float] = time.perf_counter,
+            min_seconds: float = 0.0) -> Comparison:
     """Time ``modes`` (label -> zero-argument callable) interleaved in one process.
 
     Each mode runs ``warmup`` times untimed, then once per round for ``rounds`` rounds; round ``r`` starts at the
     ``r``-th mode (rotated order). A mode returning :class:`Timed` reports its own seconds. ``load`` collects load samples (one is taken after each round; pass one watch to
     several comparisons to flag the whole benchmark). ``clock``: wall time by default; ``time.thread_time`` counts
-the CPU time of single-threaded work, unaffected by other processes. Returns each mode's seconds per round and its last result.
+the CPU time of single-threaded work, unaffected by other processes. ``min_seconds`` (as ``timeit``'s autorange):
+    a mode whose warm-up call took less runs that many times over in each timed sample, and its seconds are the
+    sample's mean per call, so a millisecond operation is not timed at the clock's and the scheduler's grain.
+    Returns each mode's seconds per round (per call) and its last result.
     """
     if not modes:
         raise ValueError("compare needs at least one mode")
@@ -171,26 +176,34 @@ the CPU time of single-threaded work, unaffected by other processes. Returns eac
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     if warmup < 0:
         raise ValueError(f"warmup must be 0 or more, got {warmup}")
+    if min_seconds < 0:
+        raise ValueError(f"min_seconds must be 0 or more, got {min_seconds}")
     watch = load if load is not None else LoadWatch()
     labels = list(modes)
     results: dict[str, Any] = {}
-    for _ in range(warmup):
+    repeats = {label: 1 for label in labels}
+    for w in range(warmup):
         for label in labels:
+            t0 = clock()
             results[label] = modes[label]()
+            took = clock() - t0
+            if w == warmup - 1 and min_seconds > 0 and not isinstance(results[label], Timed):
+                repeats[label] = max(1, math.ceil(min_seconds / max(took, 1e-9)))
     seconds: dict[str, list[float]] = {label: [] for label in labels}
     for r in range(rounds):
         order = labels[r % len(labels):] + labels[: r % len(labels)]
         for label in order:
             t0 = clock()
-            out = modes[label]()
-            elapsed = clock() - t0
+            for _ in range(repeats[label]):
+                out = modes[label]()
+            elapsed = (clock() - t0) / repeats[label]
             if isinstance(out, Timed):
                 elapsed, out = out.seconds, out.result
             results[label] = out
             seconds[label].append(elapsed)
         watch.sample()
     timings = {label: ModeTiming(label, tuple(seconds[label])) for label in labels}
-    return Comparison(timings, results, rounds, warmup, watch)
+    return Comparison(timings, results, rounds, warmup, watch, repeats)
 
 
 def table(comparison: Comparison, baseline: str, *, work: float | None = None, unit: str = "tokens/s") -> str:

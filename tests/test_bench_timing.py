@@ -102,6 +102,28 @@ def test_warmup_is_untimed_and_rounds_rotate_the_order():
     assert out.ratio("b", "a") == 4.0 and out.results == {"a": "a", "b": "b"}
 
 
+def test_short_modes_repeat_to_the_minimum_sample_and_report_seconds_per_call():
+    now = [0.0]
+    calls = {"short": 0, "long": 0}
+
+    def mode(label: str, cost: float):
+        def run() -> str:
+            calls[label] += 1
+            now[0] += cost
+            return label
+        return run
+
+    out = compare({"short": mode("short", 0.01), "long": mode("long", 0.5)}, rounds=3, warmup=1,
+                  load=LoadWatch(lambda: 0.0, cores=1), clock=lambda: now[0], min_seconds=0.2)
+    assert out.repeats == {"short": 20, "long": 1}
+    assert calls == {"short": 1 + 3 * 20, "long": 1 + 3}
+    assert out["short"].seconds == pytest.approx((0.01,) * 3) and out["long"].seconds == pytest.approx((0.5,) * 3)
+    assert out.ratio("long", "short") == pytest.approx(50.0)
+    assert out.to_json("short")["modes"]["short"]["calls_per_sample"] == 20
+    with pytest.raises(ValueError, match="min_seconds"):
+        compare({"x": lambda: None}, min_seconds=-1)
+
+
 def test_a_mode_may_report_its_own_seconds():
     out = compare({"outer": lambda: Timed(2.5, "inner result"), "plain": lambda: None}, rounds=2, warmup=0,
                   load=LoadWatch(lambda: 0.0, cores=1))
