@@ -9,7 +9,7 @@ each harvest's ratio is its throughput over the bare forward's (bare seconds / h
 median over rounds). Memory: a fresh process per token budget harvests every layer's residual stream and reports its
 peak resident memory above its own resident size after loading (:class:`bench.memory.PeakMemory`), with a bare
 forward pass over the smallest budget as the reference, so the loading of the model never hides the work.
-``--quick``: a toy model, 2,048 tokens, 3 rounds, one budget of 4,096 tokens.
+``--quick``: a toy model, 2,048 tokens, one budget of 4,096 tokens.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help=f"default smollm2-135m ({QUICK_MODEL} with --quick)")
     parser.add_argument("--budgets", type=int, nargs="+", default=None, help="default 16384 131072 (4096 quick)")
     parser.add_argument("--throughput-tokens", type=int, default=None, help="default 8192 (2048 quick)")
-    parser.add_argument("--rounds", "--repeats", type=int, default=None, help="default 5 (3 quick)")
+    parser.add_argument("--rounds", "--repeats", type=int, default=None, help="default 5")
     parser.add_argument("--quick", action="store_true", help="smallest settings: a toy model, few tokens and rounds")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-mode", choices=["harvest", "bare"], default="harvest", help=argparse.SUPPRESS)
@@ -106,7 +106,7 @@ def main() -> None:
         return
     budgets = args.budgets or ([4096] if args.quick else [16384, 131072])
     n_tokens = args.throughput_tokens or (2048 if args.quick else 8192)
-    rounds = args.rounds or (3 if args.quick else 5)
+    rounds = args.rounds or 5
 
     watch = LoadWatch()
     print(f"# harvest benchmark, model {model}, batches {BATCH} x {SEQ}, torch threads {torch.get_num_threads()}")

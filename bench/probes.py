@@ -18,7 +18,7 @@ Throughput: the three modes over the same batches at that budget, interleaved in
 its peak resident memory above its own resident size after loading the model and the batches
 (:class:`bench.memory.PeakMemory`): the streaming way at the naive budget and at ``--tokens``, the naive way and the
 bare forward at the naive budget; where the naive budget is below ``--tokens`` the naive way's working memory there
-is extrapolated linearly (per token), and said so. ``--quick``: 8,192 tokens, 3 rounds.
+is extrapolated linearly (per token), and said so. ``--quick``: 8,192 tokens.
 """
 
 from __future__ import annotations
@@ -158,8 +158,8 @@ def main() -> None:
     p.add_argument("--model", default="toy/gpt-relu-d128-l4")
     p.add_argument("--tokens", type=int, default=None, help="the full budget (default 65536; 8192 with --quick)")
     p.add_argument("--naive-gb", type=float, default=8.0)
-    p.add_argument("--rounds", type=int, default=None, help="timing rounds (default 5; 3 with --quick)")
-    p.add_argument("--quick", action="store_true", help="smallest settings: 8,192 tokens, 3 rounds")
+    p.add_argument("--rounds", type=int, default=None, help="timing rounds (default 5)")
+    p.add_argument("--quick", action="store_true", help="smallest settings: 8,192 tokens")
     p.add_argument("--child", choices=MODES, default=None, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads in every measured process (default: torch's own); 1 is steadier on a busy machine")
@@ -167,7 +167,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tokens = args.tokens or (8192 if args.quick else 65_536)
-    rounds = args.rounds or (3 if args.quick else 5)
+    rounds = args.rounds or 5
     if args.child:
         emit(child(args.child, args.model, tokens))
         return
