@@ -11,7 +11,8 @@ For each ground truth (:func:`workbench.ground_truth.ground_truths`), on ``--n``
   with the corrupted input as the source): ``f_edges``, F when only the designed edges carry clean values and every
   other edge, embedding and head reads the corrupted run; ``f_edges_minus``, that F with each designed edge in turn
   also given its corrupted value (each designed edge is needed when these are well below 1);
-- ``seconds``: the build's training seconds (from the zoo manifest; 0 when already built in this cache).
+- ``training_seconds`` / ``training_cpu_seconds``: wall and CPU seconds of the member's build (its zoo manifest:
+  the session that built it, which may be an earlier run with the same cache).
 
     .venv/bin/python bench/ground_truth.py                 # all ground truths, 256 pairs each
     .venv/bin/python bench/ground_truth.py --only gt-prev-token --n 64
@@ -101,8 +102,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         gt = get(name)
         model = load_model(gt.spec, device="cpu")
         built = time.perf_counter() - t0
+        manifest = zoo.manifest(name)
         results[name] = {**prove(gt, model, n=args.n, seed=args.seed), "build_and_load_seconds": built,
-                         "training_seconds": zoo.manifest(name)["seconds_last_session"]}
+                         "training_seconds": manifest["seconds_last_session"],
+                         "training_cpu_seconds": manifest["cpu_seconds_last_session"]}
         print(name, json.dumps({k: v for k, v in results[name].items() if k != "edges"}), file=sys.stderr, flush=True)
     print(json.dumps(results))
     return results

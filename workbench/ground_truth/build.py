@@ -13,7 +13,14 @@ from typing import Any
 import torch
 
 from workbench.ground_truth.designs import BOS, Design
-from workbench.ground_truth.strict import Wiring, accuracy, components, make_llama, strict_logits, train_strict
+from workbench.ground_truth.strict import (
+    Wiring,
+    accuracy,
+    components,
+    make_llama,
+    strict_logits,
+    train_strict,
+)
 from workbench.train import CHECKPOINTS, save_hf_checkpoint, step_dir
 
 

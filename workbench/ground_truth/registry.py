@@ -85,40 +85,67 @@ def _designed(design: Design) -> GroundTruth:
                        design.task_name, _designed_task(design))
 
 
-# thresholds on the mean attention scores of toy/induction-2l (its manifest's report)
+# thresholds on the mean attention scores of toy/induction-2l's heads
 PREVIOUS_TOKEN_MIN = 0.4
+CURRENT_TOKEN_MIN = 0.5
 INDUCTION_MIN = 0.3
 
 
-def induction_observed(report: dict) -> tuple[frozenset[str], frozenset[str]]:
-    """The circuit of ``toy/induction-2l`` read off its report: (nodes, edges).
+def induction_scores(hf_model, half_len: int, vocab: int, n: int = 64, seed: int = 12345) -> dict[str, list]:
+    """Mean attention scores of every head of a 2-layer induction toy on ``n`` repeated sequences ``BOS + A + A``.
 
-    Previous-token heads: layer-0 heads whose previous-token score is at least ``PREVIOUS_TOKEN_MIN``; induction heads:
-    layer-1 heads whose induction score is at least ``INDUCTION_MIN``. Edges: the embeddings into both kinds,
-    every previous-token head into every induction head, every induction head into the logits.
+    Returns ``previous_token`` / ``current_token`` / ``induction`` as [layer][head] lists: attention to the previous
+    position, to the own position, and from each repeated token to the token after its earlier copy
+    (:func:`workbench.induction_toy.previous_token_scores`, :func:`~workbench.induction_toy.induction_head_scores`).
     """
-    prev = [f"L0.H{h}" for h, s in enumerate(report["previous_token_scores"][0]) if s >= PREVIOUS_TOKEN_MIN]
-    ind = [f"L1.H{h}" for h, s in enumerate(report["induction_scores"][1]) if s >= INDUCTION_MIN]
-    edges = {f"emb->{h}" for h in prev + ind} | {f"{p}->{i}" for p in prev for i in ind} | {f"{i}->logit" for i in ind}
-    return frozenset(prev + ind), frozenset(edges)
+    from workbench.ground_truth.strict import components
+    from workbench.induction_toy import induction_head_scores, induction_tokens, previous_token_scores
+
+    patterns: list[torch.Tensor] = []
+    with torch.no_grad():
+        components(hf_model, induction_tokens(n, half_len, vocab, seed), patterns)
+    q = torch.arange(patterns[0].shape[-1])
+    return {"previous_token": [previous_token_scores(p).tolist() for p in patterns],
+            "current_token": [p[:, :, q, q].mean(dim=(0, 2)).tolist() for p in patterns],
+            "induction": [induction_head_scores(p, half_len).tolist() for p in patterns]}
+
+
+def induction_observed(scores: dict[str, list]) -> tuple[frozenset[str], frozenset[str]]:
+    """The circuit of a 2-layer induction toy read off its attention scores (:func:`induction_scores`): (nodes, edges).
+
+    Layer-0 heads: previous-token heads (previous-token score at least ``PREVIOUS_TOKEN_MIN``), which the induction
+    head's keys read, and current-token heads (own-position score at least ``CURRENT_TOKEN_MIN``), which its queries
+    read; layer-1 induction heads: induction score at least ``INDUCTION_MIN``. Edges: the embeddings into all of
+    them, every layer-0 head of the circuit into every induction head, every induction head into the logits.
+    """
+    prev = [f"L0.H{h}" for h, s in enumerate(scores["previous_token"][0]) if s >= PREVIOUS_TOKEN_MIN]
+    cur = [f"L0.H{h}" for h, s in enumerate(scores["current_token"][0]) if s >= CURRENT_TOKEN_MIN]
+    ind = [f"L1.H{h}" for h, s in enumerate(scores["induction"][1]) if s >= INDUCTION_MIN]
+    first = sorted(set(prev + cur))
+    edges = {f"emb->{h}" for h in first + ind} | {f"{p}->{i}" for p in first for i in ind} | {f"{i}->logit" for i in ind}
+    return frozenset(first + ind), frozenset(edges)
 
 
 def _induction_2l() -> GroundTruth:
+    from transformers import AutoModelForCausalLM
+
     from workbench import zoo
     from workbench.data.task_induction import make_induction
 
-    zoo.build("induction-2l", progress=False)
-    report = zoo.manifest("induction-2l")["report"]
-    nodes, edges = induction_observed(report)
-    half = int(zoo.get("induction-2l").config["half_len"])
+    cfg = zoo.get("induction-2l").config
+    hf = AutoModelForCausalLM.from_pretrained(str(zoo.model_dir("induction-2l"))).eval()
+    nodes, edges = induction_observed(induction_scores(hf, int(cfg["half_len"]), int(cfg["vocab"])))
 
     def build(model, n: int, seed: int) -> Task:
-        return make_induction(model.tokenizer, n=n, seed=seed, half_len=half)
+        if model.cfg.d_vocab != int(cfg["vocab"]) + 1 or model.cfg.n_layers != 2:
+            raise GroundTruthError(f"ground truth 'induction-2l' needs toy/induction-2l; got a model with vocabulary "
+                                   f"{model.cfg.d_vocab} and {model.cfg.n_layers} layers")
+        return make_induction(model.tokenizer, n=n, seed=seed, half_len=int(cfg["half_len"]))
 
     return GroundTruth(
-        "induction-2l", "toy/induction-2l: 2 layers, 2 heads, trained on repeats; its previous-token and induction "
-        "heads observed from attention patterns (previous_token_scores, induction_head_scores).", "toy/induction-2l",
-        nodes, edges, "observed", "induction", build)
+        "induction-2l", "toy/induction-2l: 2 layers, 2 heads, trained on repeats; its circuit observed from attention "
+        "patterns: a current-token and a previous-token head in layer 0 feeding the induction head in layer 1.",
+        "toy/induction-2l", nodes, edges, "observed", "induction", build)
 
 
 _OBSERVED: dict[str, Callable[[], GroundTruth]] = {"induction-2l": _induction_2l}

@@ -55,8 +55,12 @@ class Wiring:
         return Wiring(frozenset(circuit), {r: frozenset(s) for r, s in senders.items()})
 
 
-def _head_outputs(model, layer: int, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """Every head of ``layer`` on its own input: x [B, H, S, d] -> outputs [B, H, S, d] (o_proj slice of each head)."""
+def _head_outputs(model, layer: int, x: torch.Tensor, position_ids: torch.Tensor,
+                  patterns: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Every head of ``layer`` on its own input: x [B, H, S, d] -> outputs [B, H, S, d] (o_proj slice of each head).
+
+    patterns: when given, the attention pattern [B, H, query, key] is appended to it.
+    """
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     block = model.model.layers[layer]
@@ -78,19 +82,25 @@ def _head_outputs(model, layer: int, x: torch.Tensor, position_ids: torch.Tensor
     scores = q @ k.transpose(-1, -2) / math.sqrt(dh)
     causal = torch.ones(seq, seq, dtype=torch.bool, device=x.device).tril()
     pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+    if patterns is not None:
+        patterns.append(pattern.detach())
     z = pattern @ v  # [B, H, S, dh]
     return torch.einsum("bhse,dhe->bhsd", z, wo)
 
 
-def components(model, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-    """The plain forward, component by component: (emb [B, S, d], heads [layer] -> [B, H, S, d], logits [B, S, V])."""
+def components(model, tokens: torch.Tensor, patterns: list[torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """The plain forward, component by component: (emb [B, S, d], heads [layer] -> [B, H, S, d], logits [B, S, V]).
+
+    patterns: when given, each layer's attention pattern [B, H, query, key] is appended to it.
+    """
     emb = model.model.embed_tokens(tokens)
     n_heads = model.config.num_attention_heads
     position_ids = torch.arange(tokens.shape[1], device=tokens.device)[None].expand(tokens.shape[0], -1)
     resid = emb
     heads = []
     for layer in range(model.config.num_hidden_layers):
-        out = _head_outputs(model, layer, resid[:, None].expand(-1, n_heads, -1, -1), position_ids)
+        out = _head_outputs(model, layer, resid[:, None].expand(-1, n_heads, -1, -1), position_ids, patterns)
         heads.append(out)
         resid = resid + out.sum(1)
     return emb, heads, model.lm_head(model.model.norm(resid))
