@@ -10,7 +10,8 @@ For each ground truth (:func:`workbench.ground_truth.ground_truths`), on ``--n``
 - designed models only, on the checkpoint's own weights, edge by edge (:func:`workbench.ground_truth.strict.strict_logits`
   with the corrupted input as the source): ``f_edges``, F when only the designed edges carry clean values and every
   other edge, embedding and head reads the corrupted run; ``f_edges_minus``, that F with each designed edge in turn
-  also given its corrupted value (each designed edge is needed when these are well below 1);
+  also given its corrupted value (each designed edge is needed when these are well below 1); ``output_norms``, the
+  mean output norm of the embeddings and of each head (the distractors outside the circuit are not silent);
 - ``training_seconds`` / ``training_cpu_seconds``: wall and CPU seconds of the member's build (its zoo manifest:
   the session that built it, which may be an earlier run with the same cache).
 
@@ -68,7 +69,10 @@ def edge_faithfulness(gt: GroundTruth, task: Task) -> dict[str, Any]:
 
     m_clean, m_corrupted = float(task.metric(hf(input_ids=task.clean_tokens).logits)), metric(frozenset())
     f = lambda m: (m - m_corrupted) / (m_clean - m_corrupted)  # noqa: E731
-    return {"f_edges": f(metric(gt.edges)),
+    from workbench.ground_truth.build import evaluate
+    from workbench.ground_truth.designs import DESIGNS
+
+    return {"f_edges": f(metric(gt.edges)), "output_norms": evaluate(hf, DESIGNS[gt.name]())["output_norms"],
             "f_edges_minus": {e: f(metric(gt.edges - {e})) for e in sorted(gt.edges)}}
 
 

@@ -38,9 +38,29 @@ def make_tokenizer(names: tuple[str, ...]):
 
 
 def new_model(design: Design):
-    """The design's seeded, untrained model (a transformers ``LlamaForCausalLM``)."""
-    return make_llama(len(design.names), design.d_model, design.n_layers, design.n_heads, design.seq_len, design.bos,
-                      design.seed)
+    """The design's seeded, untrained model (a transformers ``LlamaForCausalLM``).
+
+    The heads outside the circuit are distractors: their query and key projections are scaled up by
+    ``design.distractor_qk`` and their value and output projections by ``design.distractor_vo``, so that they
+    attend sharply and write as loudly as the circuit does (strict training leaves them as they start, and
+    teaches the circuit to ignore them); otherwise they would stand out by the smallness of their outputs alone.
+    """
+    model = make_llama(len(design.names), design.d_model, design.n_layers, design.n_heads, design.seq_len,
+                       design.bos, design.seed)
+    dh = design.d_model // design.n_heads
+    circuit = Wiring.from_edges(design.edges).circuit
+    with torch.no_grad():
+        for layer, block in enumerate(model.model.layers):
+            attn = block.self_attn
+            for head in range(design.n_heads):
+                if (layer, head) in circuit:
+                    continue
+                rows = slice(head * dh, (head + 1) * dh)
+                attn.q_proj.weight[rows] *= design.distractor_qk
+                attn.k_proj.weight[rows] *= design.distractor_qk
+                attn.v_proj.weight[rows] *= design.distractor_vo
+                attn.o_proj.weight[:, rows] *= design.distractor_vo
+    return model
 
 
 def train_design(design: Design, folder: Path, progress: bool = False) -> list[dict]:
@@ -62,10 +82,14 @@ def train_design(design: Design, folder: Path, progress: bool = False) -> list[d
 
 @torch.no_grad()
 def evaluate(model, design: Design, n: int = 512, seed: int = 4242) -> dict[str, Any]:
-    """Accuracy of the plain and of the strict run on ``n`` fresh training-distribution batches (scored positions)."""
+    """Accuracy of the plain and of the strict run on ``n`` fresh training-distribution inputs (scored positions),
+    and the mean norm of each component's output (``emb``, ``L{l}.H{h}``) per position in the plain run."""
     gen = torch.Generator().manual_seed(seed)
     tokens, targets = design.batch(gen, n)
     source, _ = design.batch(gen, n)
-    _, _, plain = components(model, tokens)
+    emb, heads, plain = components(model, tokens)
     strict = strict_logits(model, Wiring.from_edges(design.edges), tokens, source)
-    return {"plain_accuracy": accuracy(plain, targets), "strict_accuracy": accuracy(strict, targets)}
+    norms = {f"L{layer}.H{h}": float(out[:, h].norm(dim=-1).mean()) for layer, out in enumerate(heads)
+             for h in range(out.shape[1])}
+    return {"plain_accuracy": accuracy(plain, targets), "strict_accuracy": accuracy(strict, targets),
+            "output_norms": {"emb": float(emb.norm(dim=-1).mean()), **norms}}

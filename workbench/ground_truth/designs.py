@@ -38,6 +38,8 @@ class Design:
     batch_size: int = 64
     lr: float = 1e-2
     seed: int = 0
+    distractor_qk: float = 10.0
+    distractor_vo: float = 6.0
 
     @property
     def bos(self) -> int:
@@ -52,7 +54,8 @@ class Design:
         """What the zoo stores and compares to decide whether a built member is stale."""
         return {"design": self.name, "n_layers": self.n_layers, "n_heads": self.n_heads, "d_model": self.d_model,
                 "seq_len": self.seq_len, "vocab": list(self.names), "edges": sorted(self.edges), "steps": self.steps,
-                "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed, "version": 1}
+                "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed, "distractor_qk": self.distractor_qk,
+                "distractor_vo": self.distractor_vo, "version": 2}
 
 
 def _with_bos(body: torch.Tensor, bos: int) -> torch.Tensor:
@@ -140,7 +143,8 @@ def induction() -> Design:
         "L1.H0 the induction head (its keys read L0.H1, its queries and values the embeddings). The corrupted inputs "
         "change what the values read (even rows) or what the keys read (odd rows).", "induction",
         tuple(f"t{i}" for i in range(vocab)) + (BOS,), 2, 2, 32, 1 + 2 * half,
-        frozenset({"emb->L0.H1", "emb->L1.H0", "L0.H1->L1.H0", "L1.H0->logit"}), batch, pairs, steps=1000)
+        frozenset({"emb->L0.H1", "emb->L1.H0", "L0.H1->L1.H0", "L1.H0->logit"}), batch, pairs, steps=1000,
+        distractor_qk=3.0, distractor_vo=2.0)  # louder distractors stall the induction head within these steps
 
 
 # ---- histogram: how many times the current token has occurred so far -------------------------------------------------
@@ -178,7 +182,8 @@ def histogram() -> Design:
         "gt-histogram", "1 layer, 2 heads: at every position, the count of the current token so far (labels n1..n8); "
         "circuit: head L0.H0 (attends to BOS and the earlier copies).", "histogram",
         tuple(f"t{i}" for i in range(vocab)) + labels + (BOS,), 1, 2, 32, 1 + length,
-        frozenset({"emb->L0.H0", "L0.H0->logit"}), batch, pairs, steps=800)
+        frozenset({"emb->L0.H0", "L0.H0->logit"}), batch, pairs, steps=1500, distractor_qk=5.0,
+        distractor_vo=3.0)
 
 
 # ---- greater-than: is the first number larger than the second ---------------------------------------------------------

@@ -15,8 +15,10 @@ value on another input. In the current run
 - the logits read the current values of the senders of the designed ``* -> logit`` edges only.
 
 The loss is the task's cross-entropy on this run. Heads outside the circuit therefore never receive a gradient (their
-projections stay at the seeded initialisation); the embeddings, norms and the unembedding are trained through the
-circuit. The edge set is fixed by design: a circuit component cannot read a sender that has no designed edge to it.
+projections stay at their initialisation, which :func:`workbench.ground_truth.build.new_model` scales up so that they
+attend sharply and write loudly: distractors the circuit learns to ignore); the embeddings, norms and the unembedding
+are trained through the circuit. The edge set is fixed by design: a circuit component cannot read a sender that has
+no designed edge to it.
 """
 
 from __future__ import annotations
