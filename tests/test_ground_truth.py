@@ -63,7 +63,11 @@ def test_designed_circuit_is_faithful_and_necessary(name):
     from workbench.models import load_model
 
     gt = get(name)
-    proof = prove(gt, load_model(gt.spec, device="cpu"), n=128, seed=7)
+    model = load_model(gt.spec, device="cpu")
+    task = gt.make_task(model, n=4, seed=7)
+    assert model.tokenizer(task.prompts[0])["input_ids"] == task.clean_tokens[0].tolist()  # the prompts are the tokens
+    assert (task.clean_tokens != task.corrupted_tokens).any(-1).all()
+    proof = prove(gt, model, n=128, seed=7)
     assert proof["clean_accuracy"] >= 0.95, proof
     assert proof["f_kept"] >= 0.9, proof
     assert proof["f_destroyed"] <= 0.2, proof
@@ -80,16 +84,19 @@ def test_observed_induction_circuit(induction_2l):
     assert proof["f_destroyed"] <= 0.2, proof
 
 
-def test_bad_inputs(induction_2l):
+def test_bad_inputs():
+    from workbench.models import load_model
+
     with pytest.raises(GroundTruthError, match="unknown ground truth 'nope'.*gt-prev-token"):
         get("nope")
     gt = get("gt-prev-token")
+    other = load_model("toy/gt-greater-than", device="cpu")
     with pytest.raises(GroundTruthError, match="has no task 'ioi'.*'prev-token'"):
-        gt.make_task(induction_2l, n=4, task="ioi")
+        gt.make_task(other, n=4, task="ioi")
     with pytest.raises(GroundTruthError, match="needs its own model toy/gt-prev-token"):
-        gt.make_task(induction_2l, n=4)
+        gt.make_task(other, n=4)
     with pytest.raises(ValueError, match="n must be at least 1"):
-        gt.make_task(induction_2l, n=0)
+        gt.make_task(other, n=0)
     from workbench.ground_truth import ground_truths
 
     with pytest.raises(ValueError, match="unknown how 'planted'"):
