@@ -83,7 +83,40 @@ def _family_registry() -> dict[str, Callable[[], ZooSpec]]:
     return {name: (lambda cfg=cfg: _family_spec(cfg)) for name, cfg in MEMBERS.items()}
 
 
-_REGISTRY: dict[str, Callable[[], ZooSpec]] = {"induction-2l": _induction_spec, **_family_registry()}
+def _ground_truth_spec(name: str) -> ZooSpec:
+    from workbench.ground_truth.build import evaluate, train_design
+    from workbench.ground_truth.designs import DESIGNS
+
+    design = DESIGNS[name]()
+
+    def report(folder: Path) -> dict[str, Any]:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(step_dir(folder / CHECKPOINTS, design.steps))).eval()
+        return {"nodes": sorted(design.nodes), "edges": sorted(design.edges), **evaluate(model, design)}
+
+    d = design.d_model
+    return ZooSpec(
+        name=name,
+        description=f"ground truth (designed by strict interchange training): {design.description}",
+        architecture=(f"Llama-style, attention-only in function: {design.n_layers} layers, d_model {d}, "
+                      f"{design.n_heads} heads, RMSNorm, rotary; MLPs zeroed and frozen; vocabulary {len(design.names)}"),
+        parameters=f"{(2 * len(design.names) * d + design.n_layers * 4 * d * d) / 1000:.0f}k",
+        config=design.config(),
+        train=lambda folder, progress: train_design(design, folder, progress=progress),
+        report=report,
+    )
+
+
+def _ground_truth_registry() -> dict[str, Callable[[], ZooSpec]]:
+    from workbench.ground_truth.designs import DESIGNS
+
+    return {name: (lambda name=name: _ground_truth_spec(name)) for name in DESIGNS}
+
+
+_REGISTRY: dict[str, Callable[[], ZooSpec]] = {
+    "induction-2l": _induction_spec, **_family_registry(), **_ground_truth_registry()
+}
 
 
 def names() -> list[str]:
