@@ -198,3 +198,48 @@ def test_bad_input(tiny_gpt2):
     with pytest.raises(EdgeIdError, match="malformed edge id 'emb-logit'"):
         g.mask(["emb-logit"])
     assert isinstance(EdgeScores({}, None, "eap", 0.0).node_scores(), dict)
+
+
+@pytest.mark.parametrize("method", ["eap-ig", "acdc"])
+def test_edges_analysis_runs_saves_loads_and_draws(method, tiny_gpt2, tmp_path):
+    import dataclasses
+    import json
+
+    import plotly.graph_objects as go
+
+    from circuits.edges.analysis import EDGES
+    from workbench.store import Store
+
+    config = dataclasses.replace(EDGES.demo, n=2, half_len=4, method=method, top_k=3, threshold=1e-4)
+    store = Store(tmp_path / "runs")
+    info, result = EDGES.launch(tiny_gpt2, config, store=store)
+    run = store.load("edges", info.run_id)
+    assert run.kind == "edges" and EDGES.load(run) == config
+    assert json.dumps(run.summary) and result.text().strip()
+    table = run.table("edges")
+    assert len(table) == EdgeGraph.of(tiny_gpt2).n_edges == run.summary["n_edges"]
+    assert int(table["in_circuit"].sum()) == run.summary["n_circuit_edges"]
+    if method == "eap-ig":
+        assert run.summary["n_circuit_edges"] == 3
+    assert run.summary["n_circuit_edges"] > 0
+    figures = EDGES.figures(run)
+    assert set(figures) == {"edge_scores", "circuit"}
+    for fig in figures.values():
+        assert isinstance(fig, go.Figure) and len(fig.data) >= 1
+        fig.to_json()
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"method": "edge-pruning"}, "--method must be one of eap, eap-ig, acdc"),
+    ({"threshold": -0.5}, "--threshold must be >= 0"),
+    ({"steps": 0}, "--steps must be >= 1"),
+    ({"ablation": "zero"}, "--ablation must be one of corrupted, mean"),
+])
+def test_edges_config_refuses_bad_values(changes, message):
+    import dataclasses
+
+    from circuits.edges.analysis import EDGES
+    from workbench.analysis import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(EDGES.demo, **changes).check()
