@@ -59,8 +59,8 @@ class EdgeScores:
 
     def top(self, k: int) -> list[str]:
         """The ``k`` edges of largest |score| (ties in graph order)."""
-        order = sorted(range(len(self.edges)), key=lambda i: -abs(list(self.edges.values())[i]))
-        names = list(self.edges)
+        names, values = list(self.edges), [abs(v) for v in self.edges.values()]
+        order = sorted(range(len(names)), key=lambda i: -values[i])
         return [names[i] for i in order[:k]]
 
     def to_circuit(self, k: int | None = None, name: str = "") -> object:
@@ -69,8 +69,10 @@ class EdgeScores:
         :meth:`node_scores`."""
         from workbench.circuit import Circuit
 
-        chosen = self.top(k) if k is not None else (sorted(self.kept, key=list(self.edges).index)
-                                                    if self.kept is not None else list(self.edges))
+        if k is not None:
+            chosen = self.top(k)
+        else:
+            chosen = [e for e in self.edges if self.kept is None or e in self.kept]
         circuit = Circuit(name or f"{self.method} edges", {"method": self.method, "seconds": self.seconds})
         nodes = self.node_scores()
         for edge in chosen:
