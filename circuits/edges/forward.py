@@ -26,7 +26,7 @@ import torch
 from circuits.edges.graph import EdgeGraph
 from circuits.frozen.weights import Weights, activation, normalize, rotate
 
-__all__ = ["ABLATIONS", "EdgeRun", "ablated_outputs", "edge_forward"]
+__all__ = ["ABLATIONS", "EdgeRun", "ablated_outputs", "edge_forward", "embed"]
 
 ABLATIONS: tuple[str, ...] = ("corrupted", "mean")
 
@@ -93,6 +93,7 @@ def edge_forward(w: Weights, graph: EdgeGraph, tokens: torch.Tensor, mask: torch
     device, dtype = w.W_E.device, w.W_E.dtype
     tokens = tokens.to(device)
     B, T = tokens.shape
+    plain = mask is None  # every edge at 1: each receiver reads the residual stream, summed as it goes
     if mask is None:
         mask = torch.ones(1, graph.n_edges, dtype=dtype, device=device)
     mask = mask.to(device, dtype)
@@ -108,22 +109,22 @@ def edge_forward(w: Weights, graph: EdgeGraph, tokens: torch.Tensor, mask: torch
     prefix = torch.cat([torch.zeros_like(ablated[:1]), ablated.cumsum(0)])  # prefix[p] = sum of ablated[:p]
     rot = w.rotary(T)
 
-    if emb is None:
-        emb = w.W_E[tokens]
-        if w.W_pos is not None:
-            emb = emb + w.W_pos[:T]
-    emb = emb.to(device, dtype)
+    emb = embed(w, tokens) if emb is None else emb.to(device, dtype)
     blocks: list[tuple[int, torch.Tensor]] = [(0, (emb - ablated[0]).expand(K, B, T, -1)[None])]  # out - ablated
     outputs = [emb.expand(K, B, T, -1)[None]] if keep else []
     inputs: list[tuple[int, torch.Tensor]] = []
+    resid = [emb[None]]  # the plain run's residual stream [1, B, T, d]
 
     def gather(p: int, r0: int, r1: int) -> torch.Tensor:
         """Inputs [K, r1 - r0, B, T, d] of receivers r0..r1-1, which read the senders before index p."""
-        x = prefix[p].expand(B, T, -1)[None, None]
-        for start, diff in blocks:
-            if start >= p:
-                break
-            x = x + torch.einsum("ksr,skbtd->krbtd", M[:, start:start + diff.shape[0], r0:r1], diff)
+        if plain:
+            x = resid[0][:, None].expand(1, r1 - r0, B, T, -1)
+        else:
+            x = prefix[p].expand(B, T, -1)[None, None]
+            for start, diff in blocks:
+                if start >= p:
+                    break
+                x = x + torch.einsum("ksr,skbtd->krbtd", M[:, start:start + diff.shape[0], r0:r1], diff)
         if keep and x.requires_grad:
             x.retain_grad()
         inputs.append((r0, x))
@@ -132,19 +133,32 @@ def edge_forward(w: Weights, graph: EdgeGraph, tokens: torch.Tensor, mask: torch
     s, r = 1, 0  # the next sender (after emb) and receiver
     for layer in range(w.n_layers):
         out = _heads(w, layer, gather(s, r, r + H), rot)  # [H, K, B, T, d]
-        blocks.append((s, out - ablated[s:s + H, None]))
+        if plain:
+            resid[0] = resid[0] + out.sum(0)
+        else:
+            blocks.append((s, out - ablated[s:s + H, None]))
         if keep:
             outputs.append(out)
         s, r = s + H, r + H
         if w.has_mlp:
             out = _mlp(w, layer, gather(s, r, r + 1)[:, 0])[None]
-            blocks.append((s, out - ablated[s:s + 1, None]))
+            if plain:
+                resid[0] = resid[0] + out[0]
+            else:
+                blocks.append((s, out - ablated[s:s + 1, None]))
             if keep:
                 outputs.append(out)
             s, r = s + 1, r + 1
     final = normalize(w, gather(S, r, r + 1)[:, 0], w.lnf_w, w.lnf_b)
     logits = final @ w.W_U + w.b_U
     return EdgeRun(logits, torch.cat(outputs) if keep else None, inputs)
+
+
+def embed(w: Weights, tokens: torch.Tensor) -> torch.Tensor:
+    """The embedding sender's output [B, T, d]: ``W_E[token]`` plus the learned position embedding if any."""
+    tokens = tokens.to(w.W_E.device)
+    emb = w.W_E[tokens]
+    return emb + w.W_pos[:tokens.shape[1]] if w.W_pos is not None else emb
 
 
 def ablated_outputs(w: Weights, graph: EdgeGraph, corrupted: torch.Tensor, ablation: str = "corrupted"

@@ -8,7 +8,9 @@ metric when that one edge carries the ablated sender output instead of the clean
 at the clean run (EAP; one forward, one backward) or averaged over the inputs ``emb(ablated) + a (emb(clean) -
 emb(ablated))`` for ``a = k / steps``, ``k = 1..steps`` (EAP-IG, the published "inputs" variant: the embedding is
 interpolated and everything downstream computed from it, with the activation differences of the clean and ablated
-runs; ``steps=1`` is EAP). Equivalently ``score = -d metric / d mask[s->r]`` at the all-ones mask, so
+runs; ``steps=1`` is EAP; hannamw/EAP-IG's ``get_scores_eap_ig`` sums ``k = 0..steps-1`` instead, the same rule
+from the other end of each interval). Interpolating the input rather than the mask follows the published
+method: every activation downstream of the embedding moves together along one path. Equivalently ``score = -d metric / d mask[s->r]`` at the all-ones mask, so
 ``(metric(mask with the edge at 1 - eps) - metric(clean)) / eps -> score`` (checked by finite differences).
 
 ACDC walks the receivers from the logits down (reverse topological order), tries ablating each incoming edge still
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuits.edges.forward import ABLATIONS, ablated_outputs, edge_forward
+from circuits.edges.forward import ABLATIONS, ablated_outputs, edge_forward, embed
 from circuits.edges.graph import EdgeGraph, split_edge
 from circuits.edges.metrics import kl_to_clean, task_metric
 from circuits.frozen.weights import Weights, model_weights
@@ -117,9 +119,9 @@ def _setup(model, task: Task, ablation: str, metric: str | Metric | None, dtype:
 
 def _input_grads(s: _Setup, emb: torch.Tensor | None = None) -> torch.Tensor:
     """d metric / d input_r of every receiver at the all-ones mask: [R, B, T, d] (emb: the embedding used)."""
-    mask = s.graph.mask(dtype=s.w.W_E.dtype, device=s.w.W_E.device).requires_grad_()
+    emb = (embed(s.w, s.task.clean_tokens) if emb is None else emb).detach().requires_grad_()
     with torch.enable_grad():
-        run = edge_forward(s.w, s.graph, s.task.clean_tokens, mask, emb=emb, keep=True)
+        run = edge_forward(s.w, s.graph, s.task.clean_tokens, emb=emb, keep=True)
         s.metric(run.logits)[0].backward()
     return run.input_grads()[:, 0]
 
