@@ -40,6 +40,11 @@ def test_graph_edges_and_ids():
     for edge in g.edges:
         sender, receiver = edge.split("->")
         assert parse(sender).id == sender and parse(receiver).id == receiver
+    split = EdgeGraph(2, 3, True, qkv=True)
+    assert split.senders == g.senders and len(split.receivers) == 3 * 6 + 3
+    assert split.n_edges == g.n_edges + 2 * (3 * 1 + 3 * 5)  # two more inputs per edge into a head (18 of them)
+    assert {"emb->L0.H1.q", "L0.H2->L1.H0.k", "mlp0->L1.H2.v"} <= set(split.edges) and "emb->L0.H1" not in split.edges
+    assert EdgeGraph.component("L1.H0.k") == "L1.H0" and EdgeGraph.component("mlp1") == "mlp1"
     attn_only = EdgeGraph(2, 2, False)
     assert attn_only.n_edges == 5 + 2 * 3 + 2 and "mlp0" not in attn_only.senders
     mask = g.mask(["emb->logit", "L0.H1->mlp0"])
@@ -48,11 +53,11 @@ def test_graph_edges_and_ids():
     assert dense[0, g.senders.index("L0.H1"), g.receivers.index("mlp0")] == 1 and dense.sum() == 2
 
 
-@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
-def test_no_edge_ablated_is_clean_every_edge_ablated_is_corrupted(fixture, request):
+@pytest.mark.parametrize(("fixture", "qkv"), [("tiny_gpt2", False), ("tiny_llama", False), ("tiny_llama", True)])
+def test_no_edge_ablated_is_clean_every_edge_ablated_is_corrupted(fixture, qkv, request):
     model = request.getfixturevalue(fixture)
     task = _task(model)
-    g = EdgeGraph.of(model)
+    g = EdgeGraph.of(model, qkv=qkv)
     with torch.no_grad():
         bridge_clean, bridge_corrupted = model(task.clean_tokens), model(task.corrupted_tokens)
     for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
@@ -94,13 +99,13 @@ def test_task_metric_matches_the_tasks_own(tiny_gpt2):
     assert float(task_metric(task, logits[None])[0]) == pytest.approx(float(task.metric(logits)), abs=1e-5)
 
 
-@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
-def test_eap_is_the_first_order_taylor_term(fixture, request):
+@pytest.mark.parametrize(("fixture", "qkv"), [("tiny_gpt2", False), ("tiny_llama", False), ("tiny_llama", True)])
+def test_eap_is_the_first_order_taylor_term(fixture, qkv, request):
     """score(e) = -d m / d mask[e] at the all-ones mask: central and one-sided finite differences in float64."""
     model = request.getfixturevalue(fixture)
     task = _task(model)
-    scores = eap(model, task, dtype=torch.float64)
-    g = EdgeGraph.of(model)
+    scores = eap(model, task, dtype=torch.float64, qkv=qkv)
+    g = EdgeGraph.of(model, qkv=qkv)
     w = model_weights(model, torch.float64)
     ablated = ablated_outputs(w, g, task.corrupted_tokens)
     eps = 1e-5
@@ -174,6 +179,13 @@ def test_faithfulness_many_and_circuit(tiny_gpt2):
     assert isinstance(circuit, Circuit) and len(circuit.edges) == 3
     nodes = scores.node_scores()
     assert nodes["logit"] == pytest.approx(sum(abs(v) for e, v in scores.edges.items() if e.endswith("->logit")))
+    split = eap(tiny_gpt2, task, dtype=torch.float64, qkv=True)
+    into = [e for e in split.edges if e.startswith("emb->L1.H2.")]
+    assert len(into) == 3
+    merged = split.to_circuit(k=len(split.edges))
+    edge = merged.graph.edges["emb", "L1.H2"]
+    assert edge["weight"] == pytest.approx(sum(split.edges[e] for e in into)) and edge["inputs"] == "q,k,v"
+    assert split.node_scores()["L1.H2"] >= sum(abs(split.edges[e]) for e in into)
 
 
 def test_bad_input(tiny_gpt2):
@@ -200,8 +212,8 @@ def test_bad_input(tiny_gpt2):
     assert isinstance(EdgeScores({}, None, "eap", 0.0).node_scores(), dict)
 
 
-@pytest.mark.parametrize("method", ["eap-ig", "acdc"])
-def test_edges_analysis_runs_saves_loads_and_draws(method, tiny_gpt2, tmp_path):
+@pytest.mark.parametrize(("method", "qkv"), [("eap-ig", False), ("acdc", False), ("eap", True)])
+def test_edges_analysis_runs_saves_loads_and_draws(method, qkv, tiny_gpt2, tmp_path):
     import dataclasses
     import json
 
@@ -210,16 +222,17 @@ def test_edges_analysis_runs_saves_loads_and_draws(method, tiny_gpt2, tmp_path):
     from circuits.edges.analysis import EDGES
     from workbench.store import Store
 
-    config = dataclasses.replace(EDGES.demo, n=2, half_len=4, method=method, top_k=3, threshold=1e-4)
+    config = dataclasses.replace(EDGES.demo, n=2, half_len=4, method=method, top_k=3, threshold=1e-4,
+                                 qkv=qkv)
     store = Store(tmp_path / "runs")
     info, result = EDGES.launch(tiny_gpt2, config, store=store)
     run = store.load("edges", info.run_id)
     assert run.kind == "edges" and EDGES.load(run) == config
     assert json.dumps(run.summary) and result.text().strip()
     table = run.table("edges")
-    assert len(table) == EdgeGraph.of(tiny_gpt2).n_edges == run.summary["n_edges"]
+    assert len(table) == EdgeGraph.of(tiny_gpt2, qkv=qkv).n_edges == run.summary["n_edges"]
     assert int(table["in_circuit"].sum()) == run.summary["n_circuit_edges"]
-    if method == "eap-ig":
+    if method != "acdc":
         assert run.summary["n_circuit_edges"] == 3
     assert run.summary["n_circuit_edges"] > 0
     figures = EDGES.figures(run)

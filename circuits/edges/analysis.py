@@ -10,7 +10,7 @@ Usage (notebook)::
 Layout of one run ``runs/edges/<run_id>/``:
 
 - ``edges.parquet``: one row per edge of the graph (:class:`circuits.edges.graph.EdgeGraph`): ``edge``
-  (``"L0.H1->L1.H0"``), ``sender``, ``receiver``, ``score`` (EAP / EAP-IG: the first-order estimate of
+  (``"L0.H1->L1.H0"``; with ``qkv`` ``"L0.H1->L1.H0.k"``), ``sender``, ``receiver``, ``score`` (EAP / EAP-IG: the first-order estimate of
   m(edge ablated) - m(clean); ACDC: the metric change measured when the edge was tried) and ``in_circuit``;
 - ``scores.safetensors``: ``scores`` [E] in the table's order;
 - ``circuit.json``: the reported circuit (ACDC: its kept edges; EAP, EAP-IG: the ``top_k`` edges by |score|), each
@@ -44,6 +44,7 @@ class EdgesConfig(TaskOptions):
     acdc_metric: Literal["kl", "metric"] = option("kl", "acdc: KL divergence to the clean output, or the absolute "
                                                   "change of the task's metric")
     top_k: int = option(20, "eap, eap-ig: edges of largest |score| in the reported circuit", minimum=1)
+    qkv: bool = option(False, "score the edges into each head's query, key and value inputs apart")
 
 
 def _compute(model: Any, cfg: EdgesConfig, progress: bool) -> Result:
@@ -54,14 +55,15 @@ def _compute(model: Any, cfg: EdgesConfig, progress: bool) -> Result:
     from circuits.edges.methods import edge_faithfulness_many, score_edges
 
     task = cfg.make_task(model)
-    options: dict[str, Any] = {"ablation": cfg.ablation}
+    options: dict[str, Any] = {"ablation": cfg.ablation, "qkv": cfg.qkv}
     if cfg.method == "eap-ig":
         options["steps"] = cfg.steps
     if cfg.method == "acdc":
         options.update(threshold=cfg.threshold, metric=cfg.acdc_metric, progress=progress)
     scores = score_edges(model, task, cfg.method, **options)
     chosen = set(scores.kept) if scores.kept is not None else set(scores.top(cfg.top_k))
-    (f,), m_clean, m_empty = edge_faithfulness_many(model, task, [sorted(chosen)], ablation=cfg.ablation)
+    (f,), m_clean, m_empty = edge_faithfulness_many(model, task, [sorted(chosen)], ablation=cfg.ablation,
+                                                    qkv=cfg.qkv)
     circuit = scores.to_circuit(k=None if scores.kept is not None else cfg.top_k, name=f"{cfg.method}: {task.name}")
     circuit.metadata.update({"task": task.name, "faithfulness": float(f), "ablation": cfg.ablation})
     rows = [(e, *split_edge(e), s, e in chosen) for e, s in scores.edges.items()]

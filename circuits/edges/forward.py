@@ -6,7 +6,8 @@ For a receiver ``r`` (a head, an MLP, the logits) and a mask ``m`` [E] over the 
 
 with ``out_s(ablated)`` the sender's output in a plain run on the corrupted tokens (ablation ``corrupted``, row by
 row) or its mean over that batch at each position (``mean``). Each head receiver normalizes its own input (norms
-are recomputed, never frozen) and computes its query, key and value from it, so a head's three inputs are one. The
+are recomputed, never frozen) and computes its query, key and value from it, so a head's three inputs are one
+(with the graph's ``qkv`` each of the three has its own input and norm). The
 mask is a float tensor (differentiable, any value, a batch [K, E] of masks at once).
 
 Biases: the embedding sender is ``W_E[token] + W_pos[position]``; a head's output is ``z_h W_O[h] + b_O / H`` (the
@@ -54,14 +55,16 @@ class EdgeRun:
 
 
 def _heads(w: Weights, layer: int, x: torch.Tensor, rot) -> torch.Tensor:
-    """Head outputs [H, K, B, T, d] of ``layer`` from each head's own input x [K, H, B, T, d]."""
+    """Head outputs [H, K, B, T, d] of ``layer`` from each head's own input x [K, H, B, T, d] (or its query, key
+    and value inputs, x [K, 3H, B, T, d]: every head's q, then every k, then every v)."""
     H, rep = w.n_heads, w.n_heads // w.n_kv
     h = normalize(w, x, w.ln1_w[layer], w.ln1_b[layer])
+    hq, hk, hv = (h[:, :H], h[:, H:2 * H], h[:, 2 * H:]) if h.shape[1] == 3 * H else (h, h, h)
     W_K, W_V = w.W_K[layer].repeat_interleave(rep, 0), w.W_V[layer].repeat_interleave(rep, 0)
     b_K, b_V = w.b_K[layer].repeat_interleave(rep, 0), w.b_V[layer].repeat_interleave(rep, 0)
-    q = torch.einsum("khbtd,hde->kbthe", h, w.W_Q[layer]) + w.b_Q[layer]
-    k = torch.einsum("khbtd,hde->kbthe", h, W_K) + b_K
-    v = torch.einsum("khbtd,hde->kbthe", h, W_V) + b_V
+    q = torch.einsum("khbtd,hde->kbthe", hq, w.W_Q[layer]) + w.b_Q[layer]
+    k = torch.einsum("khbtd,hde->kbthe", hk, W_K) + b_K
+    v = torch.einsum("khbtd,hde->kbthe", hv, W_V) + b_V
     if rot is not None:
         q, k = rotate(q, *rot), rotate(k, *rot)
     scores = torch.einsum("kbqhe,kbshe->kbhqs", q, k) / math.sqrt(w.d_head)
@@ -132,14 +135,15 @@ def edge_forward(w: Weights, graph: EdgeGraph, tokens: torch.Tensor, mask: torch
 
     s, r = 1, 0  # the next sender (after emb) and receiver
     for layer in range(w.n_layers):
-        out = _heads(w, layer, gather(s, r, r + H), rot)  # [H, K, B, T, d]
+        n_in = 3 * H if graph.qkv else H
+        out = _heads(w, layer, gather(s, r, r + n_in), rot)  # [H, K, B, T, d]
         if plain:
             resid[0] = resid[0] + out.sum(0)
         else:
             blocks.append((s, out - ablated[s:s + H, None]))
         if keep:
             outputs.append(out)
-        s, r = s + H, r + H
+        s, r = s + H, r + n_in
         if w.has_mlp:
             out = _mlp(w, layer, gather(s, r, r + 1)[:, 0])[None]
             if plain:

@@ -7,7 +7,9 @@ embedding sends to every receiver, a head of layer ``l`` to every receiver of a 
 MLP, an MLP to every later receiver. Heads of one layer do not send to each other. Node ids are those of
 :mod:`workbench.nodes` (``emb``, ``L1.H0``, ``mlp1``, ``logit``); edge ids are ``"{sender}->{receiver}"``.
 
-A head receiver's query, key and value inputs are one input (the whole-head graph).
+A head receiver's query, key and value inputs are one input (the whole-head graph). With ``qkv=True`` each head
+receives on three inputs, ``L{l}.H{h}.q``, ``.k`` and ``.v`` (each normalized on its own): receiver ids that name a
+head's input, mapped back to the head's node id by :meth:`EdgeGraph.component`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class EdgeGraph:
     n_layers: int
     n_heads: int
     has_mlp: bool
+    qkv: bool = False
     senders: tuple[str, ...] = field(init=False)
     receivers: tuple[str, ...] = field(init=False)
     edges: tuple[str, ...] = field(init=False)
@@ -61,8 +64,10 @@ class EdgeGraph:
             for h in range(self.n_heads):
                 senders.append(f"L{layer}.H{h}")
                 s_rank.append(2 * layer + 1)
-                receivers.append(f"L{layer}.H{h}")
-                r_rank.append(2 * layer + 1)
+            for part in (".q", ".k", ".v") if self.qkv else ("",):  # a layer's head receivers: all q, all k, all v
+                for h in range(self.n_heads):
+                    receivers.append(f"L{layer}.H{h}{part}")
+                    r_rank.append(2 * layer + 1)
             if self.has_mlp:
                 senders.append(f"mlp{layer}")
                 s_rank.append(2 * layer + 2)
@@ -80,12 +85,18 @@ class EdgeGraph:
         set_(self, "_index", {e: i for i, e in enumerate(self.edges)})
 
     @classmethod
-    def of(cls, model) -> EdgeGraph:
-        """The graph of a ``TransformerBridge`` (sizes from :class:`circuits.frozen.ModelFacts`)."""
+    def of(cls, model, *, qkv: bool = False) -> EdgeGraph:
+        """The graph of a ``TransformerBridge`` (sizes from :class:`circuits.frozen.ModelFacts`); ``qkv``: split
+        each head receiver into its query, key and value inputs."""
         from circuits.frozen.facts import ModelFacts
 
         facts = ModelFacts.of(model)
-        return cls(facts.n_layers, facts.n_heads, facts.has_mlp)
+        return cls(facts.n_layers, facts.n_heads, facts.has_mlp, qkv)
+
+    @staticmethod
+    def component(receiver: str) -> str:
+        """The node id of a receiver's component: ``L1.H0.q`` -> ``L1.H0``; other ids as they are."""
+        return receiver[:-2] if receiver[-2:] in (".q", ".k", ".v") else receiver
 
     @property
     def n_edges(self) -> int:
@@ -101,12 +112,14 @@ class EdgeGraph:
         if sender not in self.senders:
             what = f"unknown sender {sender!r}; senders: emb, L<l>.H<h>" + (", mlp<l>" if self.has_mlp else "")
         elif receiver not in self.receivers:
-            what = f"unknown receiver {receiver!r}; receivers: L<l>.H<h>" + (", mlp<l>" if self.has_mlp else "") \
+            head = "L<l>.H<h>.q / .k / .v" if self.qkv else "L<l>.H<h>"
+            what = f"unknown receiver {receiver!r}; receivers: {head}" + (", mlp<l>" if self.has_mlp else "") \
                 + ", logit"
         else:
             what = f"{sender} does not come before {receiver} (edges go from earlier components to later ones)"
         raise EdgeIdError(f"edge {edge!r} is not in the graph of this model ({self.n_layers} layers, {self.n_heads} "
-                          f"heads{', MLPs' if self.has_mlp else ', no MLPs'}): {what}")
+                          f"heads{', MLPs' if self.has_mlp else ', no MLPs'}"
+                          f"{', q/k/v inputs' if self.qkv else ''}): {what}")
 
     def mask(self, kept: Iterable[str] | None = None, *, dtype: torch.dtype = torch.float32,
              device: torch.device | str | None = None) -> torch.Tensor:

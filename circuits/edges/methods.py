@@ -52,10 +52,12 @@ class EdgeScores:
     seconds: float
 
     def node_scores(self) -> dict[str, float]:
-        """Each component's score: the sum of |score| over the edges it sends or receives."""
+        """Each component's score: the sum of |score| over the edges it sends or receives (a head's q, k and v
+        inputs count as the head's)."""
         out: dict[str, float] = {}
         for edge, score in self.edges.items():
             for node in split_edge(edge):
+                node = EdgeGraph.component(node)
                 out[node] = out.get(node, 0.0) + abs(score)
         return out
 
@@ -68,7 +70,8 @@ class EdgeScores:
     def to_circuit(self, k: int | None = None, name: str = "") -> object:
         """A :class:`workbench.circuit.Circuit` of the ``kept`` edges (or, given ``k`` or with nothing kept, the top
         ``k`` by |score|; all edges when both are None), each edge weighted by its score, each node scored by
-        :meth:`node_scores`."""
+        :meth:`node_scores`. Edges into a head's q, k and v inputs from one sender become one edge whose weight is
+        their sum and whose ``inputs`` attribute names them (``"q,v"``)."""
         from workbench.circuit import Circuit
 
         if k is not None:
@@ -77,12 +80,18 @@ class EdgeScores:
             chosen = [e for e in self.edges if self.kept is None or e in self.kept]
         circuit = Circuit(name or f"{self.method} edges", {"method": self.method, "seconds": self.seconds})
         nodes = self.node_scores()
+        merged: dict[tuple[str, str], list[tuple[str, float]]] = {}
         for edge in chosen:
             sender, receiver = split_edge(edge)
+            part = receiver[-1] if EdgeGraph.component(receiver) != receiver else ""
+            merged.setdefault((sender, EdgeGraph.component(receiver)), []).append((part, self.edges[edge]))
+        for (sender, receiver), parts in merged.items():
             for node in (sender, receiver):
                 if node not in circuit:
                     circuit.add_node(node, score=nodes[node])
-            circuit.add_edge(sender, receiver, self.edges[edge])
+            inputs = ",".join(sorted((p for p, _ in parts if p), key="qkv".index))
+            extra = {"inputs": inputs} if inputs else {}
+            circuit.add_edge(sender, receiver, sum(v for _, v in parts), **extra)
         return circuit
 
 
@@ -97,11 +106,11 @@ class _Setup:
 
 
 def _setup(model, task: Task, ablation: str, metric: str | Metric | None, dtype: torch.dtype | None,
-           method: str) -> _Setup:
+           method: str, qkv: bool = False) -> _Setup:
     if ablation not in ABLATIONS:
         raise ValueError(f"{method}: unknown ablation {ablation!r}; edge ablations: {', '.join(ABLATIONS)}")
     w = model_weights(model, dtype, method=method)
-    graph = EdgeGraph.of(model)
+    graph = EdgeGraph.of(model, qkv=qkv)
     ablated = ablated_outputs(w, graph, task.corrupted_tokens, ablation)
     with torch.no_grad():
         clean_logits = edge_forward(w, graph, task.clean_tokens).logits[0]
@@ -142,23 +151,24 @@ def _result(graph: EdgeGraph, scores: torch.Tensor, method: str, start: float,
 
 
 def eap(model, task: Task, *, ablation: str = "corrupted", metric: str | Metric | None = None,
-        dtype: torch.dtype | None = None) -> EdgeScores:
+        dtype: torch.dtype | None = None, qkv: bool = False) -> EdgeScores:
     """Edge attribution patching: one forward and one backward at the clean run (see the module docstring for the
     sign). ``metric``: None or "metric" (the task's), "kl" (zero gradient at the clean run: every score 0) or a
-    function logits [K, B, T, V] -> [K]; ``dtype``: of the computation (default the model's)."""
+    function logits [K, B, T, V] -> [K]; ``dtype``: of the computation (default the model's); ``qkv``: score the edges
+    into each head's query, key and value inputs apart (:class:`EdgeGraph`)."""
     start = time.perf_counter()
-    s = _setup(model, task, ablation, metric, dtype, "EAP")
+    s = _setup(model, task, ablation, metric, dtype, "EAP", qkv)
     return _result(s.graph, _edge_scores(s, _input_grads(s)), "eap", start)
 
 
 def eap_ig(model, task: Task, *, steps: int = 5, ablation: str = "corrupted", metric: str | Metric | None = None,
-           dtype: torch.dtype | None = None) -> EdgeScores:
+           dtype: torch.dtype | None = None, qkv: bool = False) -> EdgeScores:
     """EAP-IG ("inputs"): gradients averaged over ``steps`` embeddings on the line from the ablated embedding to the
     clean one (``a = k / steps``, ``k = 1..steps``; ``steps=1`` equals :func:`eap`)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"EAP-IG: steps must be an integer >= 1 (1 is plain EAP), got {steps!r}")
     start = time.perf_counter()
-    s = _setup(model, task, ablation, metric, dtype, "EAP-IG")
+    s = _setup(model, task, ablation, metric, dtype, "EAP-IG", qkv)
     with torch.no_grad():
         clean = edge_forward(s.w, s.graph, s.task.clean_tokens, keep=True).outputs[0, 0]  # [B, T, d]
     base = s.ablated[0].expand_as(clean)
@@ -170,7 +180,7 @@ def eap_ig(model, task: Task, *, steps: int = 5, ablation: str = "corrupted", me
 
 
 def acdc(model, task: Task, *, threshold: float, metric: str = "kl", ablation: str = "corrupted",
-         dtype: torch.dtype | None = None, progress: bool = False) -> EdgeScores:
+         dtype: torch.dtype | None = None, qkv: bool = False, progress: bool = False) -> EdgeScores:
     """ACDC: iterative edge pruning from the logits down (see the module docstring). Returns the kept edges and, per
     edge, the metric change measured when it was tried (0 for the edges of receivers cut off untried)."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
@@ -180,7 +190,7 @@ def acdc(model, task: Task, *, threshold: float, metric: str = "kl", ablation: s
         raise ValueError(f"ACDC: unknown metric {metric!r}; give 'kl' (KL divergence to the clean run) or 'metric' "
                          "(absolute change of the task's metric)")
     start = time.perf_counter()
-    s = _setup(model, task, ablation, metric, dtype, "ACDC")
+    s = _setup(model, task, ablation, metric, dtype, "ACDC", qkv)
     g = s.graph
     mask = g.mask(dtype=s.w.W_E.dtype, device=s.w.W_E.device)
     scores = torch.zeros(g.n_edges, dtype=torch.float64)
@@ -195,7 +205,7 @@ def acdc(model, task: Task, *, threshold: float, metric: str = "kl", ablation: s
         name = g.receivers[r]
         incoming = [e for e in reversed(range(g.n_edges)) if dst[e] == r and mask[e] > 0]
         if name != "logit":
-            sender = g.senders.index(name)
+            sender = g.senders.index(g.component(name))
             if not any(mask[e] > 0 for e in range(g.n_edges) if src[e] == sender):
                 mask[incoming] = 0
                 continue
@@ -223,11 +233,11 @@ def score_edges(model, task: Task, method: str, **options) -> EdgeScores:
 
 
 def edge_faithfulness_many(model, task: Task, circuits: Sequence[Iterable[str]], *, ablation: str = "corrupted",
-                           metric: str | Metric | None = None, dtype: torch.dtype | None = None, chunk: int = 16
-                           ) -> tuple[torch.Tensor, float, float]:
+                           metric: str | Metric | None = None, dtype: torch.dtype | None = None, chunk: int = 16,
+                           qkv: bool = False) -> tuple[torch.Tensor, float, float]:
     """Faithfulness of many edge circuits at once: ``(F [K], m(clean), m(all ablated))`` with
     ``F = (m(circuit) - m(all ablated)) / (m(clean) - m(all ablated))``; ``chunk`` masks run per batch."""
-    s = _setup(model, task, ablation, metric, dtype, "edge faithfulness")
+    s = _setup(model, task, ablation, metric, dtype, "edge faithfulness", qkv)
     g, dt, dev = s.graph, s.w.W_E.dtype, s.w.W_E.device
     masks = torch.stack([g.mask(list(c), dtype=dt, device=dev) for c in circuits]) if len(circuits) else None
     ends = torch.stack([g.mask(dtype=dt, device=dev), g.mask([], dtype=dt, device=dev)])
@@ -241,8 +251,9 @@ def edge_faithfulness_many(model, task: Task, circuits: Sequence[Iterable[str]],
 
 
 def edge_faithfulness(model, task: Task, kept_edges: Iterable[str], *, ablation: str = "corrupted",
-                      metric: str | Metric | None = None, dtype: torch.dtype | None = None) -> float:
+                      metric: str | Metric | None = None, dtype: torch.dtype | None = None, qkv: bool = False) -> float:
     """``(m(circuit) - m(all ablated)) / (m(clean) - m(all ablated))`` of the circuit of ``kept_edges`` (every other
     edge ablated)."""
-    f, _, _ = edge_faithfulness_many(model, task, [list(kept_edges)], ablation=ablation, metric=metric, dtype=dtype)
+    f, _, _ = edge_faithfulness_many(model, task, [list(kept_edges)], ablation=ablation, metric=metric, dtype=dtype,
+                                     qkv=qkv)
     return float(f[0])
