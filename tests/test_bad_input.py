@@ -36,6 +36,7 @@ MODEL_VERBS = {  # verb -> the smallest valid arguments besides the model
     "cdt": ["--task", "induction", "--half-len", "6", "--n", "2"],
     "patch": ["--task", "induction", "--half-len", "6", "--n", "2"],
     "paths": ["--task", "induction", "--n", "2", "--lesion-draws", "0"],
+    "edges": ["--task", "induction", "--half-len", "4", "--n", "2"],
 }
 
 CASES: list[tuple[str, list[str], list[str]]] = []
@@ -107,6 +108,15 @@ for verb, flag, value in [("cdt", "--top-k", "abc"), ("patch", "--n", "1.5"), ("
                           ("paths", "--beam", "x"), ("train-dict", "--k", "2,x"), ("cdt", "--ablation", "half"),
                           ("patch", "--mode", "everything"), ("probe", "--pool", "max")]:
     case("argparse", [verb, *MODEL_VERBS[verb], *GPT, flag, value], flag)
+
+# --- the edge methods and the discovery benchmark ------------------------------------------------------------------
+for flag, value in [("--steps", "0"), ("--threshold", "-0.5"), ("--top-k", "0"), ("--n", "0")]:
+    case("count", ["edges", *MODEL_VERBS["edges"], *GPT, flag, value], flag)
+case("argparse", ["edges", *MODEL_VERBS["edges"], *GPT, "--method", "acdc2"], "--method")
+case("options", ["benchmark", "--methods", "eap", "magic"], "--methods", "magic")
+case("options", ["benchmark", "--models", "gt-nothing"], "--models", "gt-nothing")
+case("count", ["benchmark", "--threshold", "-1"], "--threshold")
+case("count", ["benchmark", "--steps", "0"], "--steps")
 
 # --- budgets larger than the corpus, sizes that cannot fit ---------------------------------------------------------
 case("corpus-size", ["sparsity", *GPT, "--tokens", "10000000000000", "--seq-len", "32"], "--tokens", "corpus")

@@ -55,6 +55,8 @@ REQUIRED = {
     "patch": ("tiny_gpt2", {"task": "induction", "half_len": "8"}),
     "paths": ("tiny_llama", {"prompt": "t3 t5 t7 t9 t3 t5 t7"}),
     "dynamics": (None, {"target": "llama-tiny-demo", "sequences": "4"}),
+    "edges": ("tiny_gpt2", {"half_len": "4", "n": "2"}),
+    "benchmark": (None, {"models": "gt-prev-token", "methods": "eap\nacdc", "n": "8"}),
 }
 
 

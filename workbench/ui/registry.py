@@ -24,6 +24,8 @@ ANALYSES: tuple[str, ...] = (
     "circuits.cdt.analysis:CDT",
     "circuits.patching.analysis:PATCH",
     "circuits.paths.analysis:PATHS",
+    "circuits.edges.analysis:EDGES",
+    "circuits.benchmark.analysis:BENCHMARK",
 )
 
 
