@@ -22,7 +22,7 @@ EDGE_AUROC_TARGET = 0.95
 #: a ground truth whose own circuit keeps less than this faithfulness on the benchmark's examples is flagged
 GROUND_TRUTH_MIN_F = 0.9
 
-_ALL_METHODS = ["eap", "eap-ig", "acdc", "activation-patching", "path-patching", "cdt"]
+_ALL_METHODS = ["eap", "eap-ig", "acdc", "activation-patching", "path-patching", "cdt", "cdt-published"]
 
 
 @dataclass

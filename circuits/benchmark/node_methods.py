@@ -1,4 +1,5 @@
-"""The node-level discovery methods the benchmark scores: activation patching, path patching to the logits and CD-T.
+"""The node-level discovery methods the benchmark scores: activation patching, path patching to the logits and CD-T
+(its default rules and the published ones).
 
 Each gives a score per component (``L{l}.H{h}``, ``mlp{l}``: whole components over all positions, the grammar of
 :mod:`workbench.nodes`). An edge-level benchmark needs a score per edge too: :func:`edges_from_nodes` gives an edge
@@ -16,7 +17,8 @@ import torch
 
 from workbench.data.task_base import Task
 
-__all__ = ["NODE_METHODS", "activation_patching", "cdt_nodes", "edges_from_nodes", "path_patching"]
+__all__ = ["NODE_METHODS", "activation_patching", "cdt_nodes", "cdt_published_nodes", "edges_from_nodes",
+           "path_patching"]
 
 
 def _heads(scores: torch.Tensor) -> dict[str, float]:
@@ -56,7 +58,17 @@ def cdt_nodes(model: Any, task: Task, *, ablation: str = "mean") -> dict[str, fl
     return _heads(head_scores(model, task, ablation="mean" if ablation == "corrupted" else ablation))
 
 
-NODE_METHODS = {"activation-patching": activation_patching, "path-patching": path_patching, "cdt": cdt_nodes}
+def cdt_published_nodes(model: Any, task: Task, *, ablation: str = "mean") -> dict[str, float]:
+    """CD-T with the published code's rules (:meth:`circuits.cdt.rules.Rules.published`)."""
+    from circuits.cdt.rules import Rules
+    from circuits.cdt.scores import head_scores
+
+    return _heads(head_scores(model, task, ablation="mean" if ablation == "corrupted" else ablation,
+                              **Rules.published().to_dict()))
+
+
+NODE_METHODS = {"activation-patching": activation_patching, "path-patching": path_patching, "cdt": cdt_nodes,
+                "cdt-published": cdt_published_nodes}
 
 
 def edges_from_nodes(node_scores: Mapping[str, float], edges: Iterable[str]) -> dict[str, float]:
