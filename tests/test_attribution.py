@@ -1,0 +1,210 @@
+"""Attribution graphs: the replacement reproduces the clean logits, completeness at every node, edges against
+brute force in the linearised model, the feature cap, pruning on a hand-built graph, the scores, the exports."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuits.attribution.attribute import (
+    TargetError,
+    attribute,
+    custom_target,
+    logit_difference,
+    salient_logits,
+    token_logits,
+)
+from circuits.attribution.replacement import (
+    FeatureSet,
+    FeatureSetError,
+    ReplacementModel,
+    Sources,
+    feature_sets_from_transcoders,
+)
+from circuits.dictionaries.model import Dictionary
+from circuits.frozen.facts import ModelFacts
+
+PROMPT = [64, 3, 5, 7, 9, 11, 3, 5, 7]
+
+
+def _transcoder(d: int, layer: int, kind: str = "transcoder", activation: str = "relu", seed: int = 0) -> Dictionary:
+    """A random transcoder with nonzero biases (and a nonzero skip matrix for a skip transcoder)."""
+    k = 12 if activation == "topk" else None
+    tc = Dictionary.create(kind, d, 4 * d, activation=activation, k=k, hook_in=f"blocks.{layer}.ln2.hook_normalized",
+                           hook_out=f"blocks.{layer}.hook_mlp_out", seed=seed)
+    gen = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        tc.b_enc.copy_(0.1 * torch.randn(tc.d_sae, generator=gen))
+        tc.b_dec.copy_(0.2 * torch.randn(d, generator=gen))
+        if tc.W_skip is not None:
+            tc.W_skip.copy_(0.1 * torch.randn(d, d, generator=gen))
+    return tc
+
+
+def _sets(model) -> list[FeatureSet]:
+    d = model.cfg.d_model
+    tcs = {0: _transcoder(d, 0, "skip_transcoder", seed=1), 1: _transcoder(d, 1, activation="topk", seed=2)}
+    return feature_sets_from_transcoders(tcs, ModelFacts.of(model))
+
+
+@pytest.fixture(params=["tiny_gpt2", "tiny_llama"])
+def model(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def rm(model) -> ReplacementModel:
+    return ReplacementModel(model, torch.tensor(PROMPT), _sets(model), dtype=torch.float64)
+
+
+def _input_of(rm: ReplacementModel, graph, row: int, src: Sources) -> float:
+    """The input of node ``row`` (feature pre-activation or logit value) in the linearised model at ``src``."""
+    mlp_in, final = rm.run(src)
+    if row < graph.n_features:
+        layer, pos, feat = graph.features[row].tolist()
+        s = rm.sets[layer]
+        return float(mlp_in[0, layer, pos] @ s.W_enc[:, feat] + s.b_enc[feat])
+    k = row - graph.logit_start
+    return float(final[0, -1] @ rm._targets.vectors[k] + rm._targets.constants[k])
+
+
+def test_replacement_reproduces_clean_logits(model, rm):
+    with torch.no_grad():
+        bridge = model(torch.tensor([PROMPT]), return_type="logits")[0].double()
+    assert torch.allclose(rm.replacement_logits(), rm.logits, atol=1e-10, rtol=0)
+    assert torch.allclose(rm.replacement_logits(), bridge, atol=1e-4, rtol=1e-4)
+    # the transcoders alone do not: the error nodes carry what they miss
+    assert rm.errors.abs().max() > 1e-2
+    assert rm.n_features > 20
+
+
+def test_completeness_at_every_node(rm):
+    graph = attribute(rm, batch_size=7)
+    rows = list(range(graph.n_features)) + list(range(graph.logit_start, graph.n_nodes))
+    total = graph.adjacency.sum(1) + graph.bias
+    scale = graph.inputs.abs().max()
+    assert torch.allclose(total[rows], graph.inputs[rows], atol=1e-10 * scale, rtol=0)
+    # the inputs themselves are the clean run's: pre-activations from the dictionaries, demeaned logits
+    for i, (layer, pos, feat) in enumerate(graph.features.tolist()):
+        assert abs(float(graph.inputs[i]) - float(rm.pre[layer][pos, feat])) < 1e-10
+    logits = rm.logits[-1]
+    demeaned = (logits - logits.mean())[torch.tensor(graph.logit_tokens)]
+    assert torch.allclose(graph.inputs[graph.logit_start:], demeaned.cpu(), atol=1e-9, rtol=0)
+    assert graph.logit_probabilities.sum() >= 0.95 or graph.n_logits == 10
+    # error and token rows are empty, no edge runs backwards in the forward pass
+    assert not graph.adjacency[graph.error_start:graph.logit_start].any()
+    feat = graph.features
+    later = feat[:, 0][None, :] >= feat[:, 0][:, None]  # source layer >= target layer
+    assert not graph.adjacency[:graph.n_features, :graph.n_features][later].any()
+
+
+def test_edges_equal_brute_force(rm):
+    targets = salient_logits(rm, max_n_logits=3)
+    rm._targets = targets
+    graph = attribute(rm, targets, batch_size=16)
+    gen = torch.Generator().manual_seed(0)
+    t_idx, s_idx, weights = graph.edges()
+    assert t_idx.numel() > 100
+    sample = torch.randperm(t_idx.numel(), generator=gen)[:40].tolist()
+    # make sure every source kind is in the sample
+    for start, stop in ((0, graph.error_start), (graph.error_start, graph.token_start),
+                        (graph.token_start, graph.logit_start)):
+        hit = ((s_idx >= start) & (s_idx < stop)).nonzero().reshape(-1)
+        sample += hit[:3].tolist()
+    full = {}
+    for e in sample:
+        t, s, w = int(t_idx[e]), int(s_idx[e]), float(weights[e])
+        if t not in full:
+            full[t] = _input_of(rm, graph, t, rm.sources)
+        src = Sources(rm.sources.acts.clone(), rm.sources.errors.clone(), rm.sources.embed.clone())
+        if s < graph.error_start:
+            layer, pos, feat = graph.features[s].tolist()
+            match = ((rm.active[:, 0] == layer) & (rm.active[:, 1] == pos) & (rm.active[:, 2] == feat))
+            src.acts[0, match] = 0
+        elif s < graph.token_start:
+            layer, pos = divmod(s - graph.error_start, graph.n_pos)
+            src.errors[0, layer, pos] = 0
+        else:
+            src.embed[0, s - graph.token_start] = 0
+        moved = full[t] - _input_of(rm, graph, t, src)
+        assert abs(moved - w) <= 1e-9 * max(1.0, abs(w)), (t, s, moved, w)
+
+
+def test_logit_difference_target_and_feature_cap(model, rm):
+    target = logit_difference(rm, 3, 5)
+    graph = attribute(rm, target, batch_size=5)
+    assert graph.n_logits == 1 and graph.logit_tokens == [-1]
+    logits = rm.logits[-1]
+    assert abs(float(graph.inputs[-1]) - float(logits[3] - logits[5])) < 1e-9
+    assert abs(float(graph.adjacency[-1].sum() + graph.bias[-1] - graph.inputs[-1])) < 1e-9
+    capped = attribute(rm, target, batch_size=5, max_feature_nodes=10, update_interval=1)
+    assert capped.n_features == 10 and capped.n_active == rm.n_features
+    # the kept features' rows are the full graph's rows restricted to the kept columns
+    full_ids, capped_ids = graph.node_ids(), capped.node_ids()
+    col = torch.tensor([full_ids.index(i) for i in capped_ids])
+    row = col[:10]
+    assert torch.allclose(capped.adjacency[:10], graph.adjacency[row][:, col], atol=1e-12)
+    assert torch.allclose(capped.adjacency[-1], graph.adjacency[-1, col], atol=1e-12)
+    # the first ranking is by the logit row alone: a cap of one batch keeps the features with the largest |edge|
+    # to the logit
+    direct = graph.adjacency[-1, :graph.n_features].abs()
+    five = attribute(rm, target, batch_size=5, max_feature_nodes=5)
+    top = {full_ids[i] for i in direct.argsort(descending=True)[:5].tolist()}
+    assert set(five.node_ids()[:5]) == top
+
+
+def test_node_ids_follow_the_grammar(rm):
+    from workbench.nodes import parse
+
+    graph = attribute(rm, token_logits(rm, [3, 4]))
+    ids = graph.node_ids()
+    assert len(set(ids)) == len(ids) == graph.n_nodes
+    kinds = [parse(i).kind for i in ids]
+    assert kinds[0] == "feature" and kinds[graph.error_start] == "error" and kinds[graph.token_start] == "emb"
+    assert kinds[-1] == "logit"
+    layer, pos, feat = graph.features[0].tolist()
+    assert ids[0] == f"tc{layer}.f{feat}@{pos}"
+    assert ids[graph.error_start + graph.n_pos + 2] == "err:tc1@2"
+
+
+def test_bad_input(model, tiny_llama, tiny_gpt2):
+    d = model.cfg.d_model
+    facts = ModelFacts.of(model)
+    wrong_width = Dictionary.create("transcoder", d + 8, 16, hook_in="blocks.0.ln2.hook_normalized",
+                                    hook_out="blocks.0.hook_mlp_out", d_out=d + 8)
+    with pytest.raises(FeatureSetError, match="d_model"):
+        feature_sets_from_transcoders({0: wrong_width}, facts)
+    wrong_hook = Dictionary.create("transcoder", d, 16, hook_in="blocks.0.hook_resid_pre",
+                                   hook_out="blocks.0.hook_mlp_out")
+    with pytest.raises(FeatureSetError, match="ln2.hook_normalized"):
+        feature_sets_from_transcoders({0: wrong_hook}, facts)
+    with pytest.raises(FeatureSetError, match="not a layer"):
+        feature_sets_from_transcoders({5: _transcoder(d, 1)}, facts)
+    sae = Dictionary.create("sae", d, 16, hook_in="blocks.0.ln2.hook_normalized")
+    with pytest.raises(FeatureSetError, match="transcoder"):
+        feature_sets_from_transcoders({0: sae}, facts)
+    bad_set = _sets(model)[0]
+    bad_set.decoders = {0: torch.zeros(bad_set.n_features, d + 1)}
+    with pytest.raises(FeatureSetError, match="shapes"):
+        ReplacementModel(model, torch.tensor(PROMPT), [bad_set])
+    with pytest.raises(ValueError, match="context length"):
+        ReplacementModel(model, torch.zeros(65, dtype=torch.long), _sets(model))
+    with pytest.raises(ValueError, match="token ids"):
+        ReplacementModel(model, torch.tensor([64, 99]), _sets(model))
+    rm = ReplacementModel(model, torch.tensor(PROMPT), _sets(model))
+    with pytest.raises(TargetError, match="vocabulary"):
+        logit_difference(rm, 3, 65)
+    with pytest.raises(TargetError, match="shape"):
+        custom_target(rm, "x", torch.zeros(d + 1))
+    with pytest.raises(TargetError, match="token ids"):
+        token_logits(rm, [70])
+
+
+def test_float32_matches_float64(model, rm):
+    graph64 = attribute(rm, token_logits(rm, [3]))
+    rm32 = ReplacementModel(model, torch.tensor(PROMPT), _sets(model), dtype=torch.float32)
+    graph32 = attribute(rm32, token_logits(rm32, [3]))
+    assert graph32.adjacency.dtype == torch.float32
+    assert torch.equal(graph32.features, graph64.features)
+    scale = graph64.adjacency.abs().max()
+    assert torch.allclose(graph32.adjacency.double(), graph64.adjacency, atol=1e-4 * float(scale), rtol=0)
