@@ -208,3 +208,91 @@ def test_float32_matches_float64(model, rm):
     assert torch.equal(graph32.features, graph64.features)
     scale = graph64.adjacency.abs().max()
     assert torch.allclose(graph32.adjacency.double(), graph64.adjacency, atol=1e-4 * float(scale), rtol=0)
+
+
+def _hand_graph() -> torch.Tensor:
+    """circuit-tracer's test graph: 5 features (0-4), 4 error nodes (5-8), 2 tokens (9, 10), one logit (11)."""
+    adjacency = torch.zeros(12, 12, dtype=torch.float64)
+    adjacency[11, [1, 3, 6, 8]] = 10
+    adjacency[3, [0, 1, 6]] = 10
+    adjacency[1, [9, 10]] = 10
+    adjacency[0, 9] = 10
+    return adjacency
+
+
+def test_influence_on_a_hand_built_graph():
+    from circuits.attribution.prune import edge_influence, node_influence, normalize
+
+    adjacency = _hand_graph()
+    w = torch.zeros(12, dtype=torch.float64)
+    w[11] = 1
+    infl = node_influence(adjacency, w)
+    want = torch.tensor([1 / 12, 1 / 3, 0, 1 / 4, 0, 0, 1 / 3, 0, 1 / 4, 1 / 4, 1 / 6, 0], dtype=torch.float64)
+    assert torch.allclose(infl, want, atol=1e-15)
+    # the power series is w^T ((I - A)^-1 - I)
+    A = normalize(adjacency)
+    closed = torch.linalg.solve((torch.eye(12, dtype=A.dtype) - A).T, w) - w
+    assert torch.allclose(infl, closed, atol=1e-14)
+    pruned = adjacency.clone()
+    pruned[3, 0] = pruned[0, 9] = 0  # node 0 falls to the node threshold
+    edges = edge_influence(pruned, w)
+    want_edges = torch.zeros(12, 12, dtype=torch.float64)
+    want_edges[11, [1, 3, 6, 8]] = 1 / 4
+    want_edges[3, [1, 6]] = 1 / 8
+    want_edges[1, [9, 10]] = 3 / 16
+    assert torch.allclose(edges, want_edges, atol=1e-15)
+
+
+def test_pruning_keeps_the_stated_fractions():
+    from circuits.attribution.prune import prune_adjacency, scores
+
+    adjacency = _hand_graph()
+    w = torch.zeros(12, dtype=torch.float64)
+    w[11] = 1
+    kw = {"n_features": 5, "n_tokens": 2, "n_logits": 1}
+    # influences 1/3, 1/3, 1/4, 1/4, 1/4, 1/6, 1/12 (total 5/3): 0.8 of it is first reached with the third 1/4
+    # (cumulative 0.85), so the nodes of influence >= 1/4 stay (1, 3, 6, 8, token 9), node 0 (1/12) goes,
+    # token 10 (1/6) stays as every token does; edge influences then 4 x 1/4, 2 x 3/16, 2 x 1/8 (total 1.625):
+    # 0.98 keeps all eight
+    res = prune_adjacency(adjacency, w, **kw)
+    assert res.node_mask.nonzero().reshape(-1).tolist() == [1, 3, 6, 8, 9, 10, 11]
+    kept = res.influence[[1, 3, 6, 8, 9]].sum() / res.influence.sum()
+    assert abs(float(kept) - 0.85) < 1e-12  # the nodes kept for their influence; with token 10: 0.95
+    assert abs(float(res.influence[res.node_mask].sum() / res.influence.sum()) - 0.95) < 1e-12
+    assert int(res.edge_mask.sum()) == 8
+    # 0.7 of edge influence is first reached with the first 3/16 (cumulative 0.731); both 3/16 edges are equal so
+    # both stay (6 edges, 0.846 of it); feature 3 then has no incoming edge and goes, and with it the edge 3 -> 11
+    res = prune_adjacency(adjacency, w, **kw, edge_threshold=0.7)
+    assert res.node_mask.nonzero().reshape(-1).tolist() == [1, 6, 8, 9, 10, 11]
+    kept_edges = sorted(map(tuple, res.edge_mask.nonzero().tolist()))
+    assert kept_edges == [(1, 9), (1, 10), (11, 1), (11, 6), (11, 8)]
+    # thresholds 1.0 keep every node of nonzero influence and every edge
+    res = prune_adjacency(adjacency, w, **kw, node_threshold=1.0, edge_threshold=1.0)
+    assert bool(res.node_mask[[0, 1, 3, 6, 8, 9, 10, 11]].all())
+    assert int(res.edge_mask.sum()) == int((adjacency != 0).sum())
+    with pytest.raises(ValueError, match="node_threshold"):
+        prune_adjacency(adjacency, w, **kw, node_threshold=1.5)
+    # replacement: tokens 5/12 of (tokens + errors) 1; completeness: rows 11 (half from errors) and 3 (a third)
+    replacement, completeness = scores(adjacency, w, n_features=5, n_errors=4, n_tokens=2)
+    assert abs(replacement - 5 / 12) < 1e-12
+    num = 1 / 12 + 1 / 3 + 1 / 4 * 2 / 3 + 1 / 3 + 1 / 4 + 1 / 4 + 1 / 6 + 1 / 2
+    den = 1 / 12 + 1 / 3 + 1 / 4 + 1 / 3 + 1 / 4 + 1 / 4 + 1 / 6 + 1
+    assert abs(completeness - num / den) < 1e-12
+
+
+def test_scores_and_pruning_on_a_real_graph(rm):
+    from circuits.attribution.prune import graph_scores, normalize, prune
+
+    graph = attribute(rm)
+    w = graph.logit_weights()
+    A = normalize(graph.adjacency)
+    res = prune(graph)
+    closed = torch.linalg.solve((torch.eye(graph.n_nodes, dtype=A.dtype) - A).T, w) - w
+    assert torch.allclose(res.influence, closed, atol=1e-10)
+    kept = res.influence[res.node_mask].sum() / res.influence.sum()
+    assert kept >= 0.8 - 1e-9 or bool(res.node_mask[:graph.token_start].all())
+    assert res.node_mask[graph.token_start:].all()
+    replacement, completeness = graph_scores(graph)
+    assert 0 <= replacement <= 1 and 0 <= completeness <= 1
+    # random transcoders explain little: the error nodes carry most of the influence
+    assert replacement < 0.9
