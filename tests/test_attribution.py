@@ -3,6 +3,8 @@ brute force in the linearised model, the feature cap, pruning on a hand-built gr
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -296,3 +298,68 @@ def test_scores_and_pruning_on_a_real_graph(rm):
     assert 0 <= replacement <= 1 and 0 <= completeness <= 1
     # random transcoders explain little: the error nodes carry most of the influence
     assert replacement < 0.9
+
+
+# circuit-tracer's frontend/graph_models.py (pydantic models Metadata, QParams, Node, Link, Model) as a JSON Schema
+_STR, _INT, _NUM, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
+GRAPH_SCHEMA = {
+    "type": "object",
+    "required": ["metadata", "qParams", "nodes", "links"],
+    "properties": {
+        "metadata": {
+            "type": "object", "required": ["slug", "scan", "transcoder_list", "prompt_tokens", "prompt"],
+            "properties": {"slug": _STR, "scan": _STR, "transcoder_list": {"type": "array", "items": _STR},
+                           "prompt_tokens": {"type": "array", "items": _STR}, "prompt": _STR,
+                           "node_threshold": {"type": ["number", "null"]},
+                           "schema_version": {"type": ["integer", "null"], "const": 1}},
+        },
+        "qParams": {
+            "type": "object", "required": ["pinnedIds", "supernodes", "linkType", "clickedId", "sg_pos"],
+            "properties": {"pinnedIds": {"type": "array", "items": _STR},
+                           "supernodes": {"type": "array", "items": {"type": "array", "items": _STR}},
+                           "linkType": _STR, "clickedId": _STR, "sg_pos": _STR},
+        },
+        "nodes": {"type": "array", "items": {
+            "type": "object", "required": ["node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId"],
+            "properties": {"node_id": _STR, "feature": _INT, "layer": _STR, "ctx_idx": _INT, "feature_type": _STR,
+                           "token_prob": _NUM, "is_target_logit": _BOOL, "run_idx": _INT, "reverse_ctx_idx": _INT,
+                           "jsNodeId": _STR, "clerp": _STR, "influence": {"type": ["number", "null"]},
+                           "activation": {"type": ["number", "null"]}},
+        }},
+        "links": {"type": "array", "items": {
+            "type": "object", "required": ["source", "target", "weight"],
+            "properties": {"source": _STR, "target": _STR, "weight": _NUM},
+        }},
+    },
+}
+
+
+def test_exports(rm, tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    from circuits.attribution.export import to_circuit, to_graph_json, write_graph_json
+    from circuits.attribution.prune import prune
+    from workbench.circuit import Circuit
+
+    graph = attribute(rm, token_logits(rm, [3, 5]))
+    pruned = prune(graph, 0.8, 0.98)
+    circuit = to_circuit(graph, pruned)
+    ids = graph.node_ids()
+    kept = pruned.node_mask.nonzero().reshape(-1).tolist()
+    assert set(circuit) <= {ids[i] for i in kept}
+    assert {ids[i] for i in range(graph.token_start, graph.n_nodes)} <= set(circuit)
+    for u, v, d in circuit.graph.edges(data=True):
+        assert d["weight"] == pytest.approx(float(graph.adjacency[ids.index(v), ids.index(u)]), abs=0)
+    assert Circuit.from_json(json.loads(json.dumps(circuit.to_json()))) == circuit
+    data = to_graph_json(graph, pruned, slug="test", scan="toy", d_vocab=65, node_threshold=0.8)
+    jsonschema.validate(data, GRAPH_SCHEMA)
+    node_ids = {n["node_id"] for n in data["nodes"]}
+    assert len(node_ids) == len(data["nodes"]) == len(circuit)
+    assert all(link["source"] in node_ids and link["target"] in node_ids for link in data["links"])
+    assert len(data["links"]) == circuit.graph.number_of_edges()
+    assert sum(n["feature_type"] == "logit" for n in data["nodes"]) == 2
+    path = write_graph_json(tmp_path / "graph.json", data)
+    assert json.loads(path.read_text()) == data
+    data["links"][0]["weight"] = float("nan")
+    with pytest.raises(ValueError):
+        write_graph_json(tmp_path / "graph.json", data)
+    assert json.loads(path.read_text())["links"][0]["weight"] != data["links"][0]["weight"]  # the old file stands
