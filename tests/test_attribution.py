@@ -12,6 +12,7 @@ from circuits.attribution.attribute import (
     TargetError,
     attribute,
     custom_target,
+    feature_target,
     logit_difference,
     salient_logits,
     token_logits,
@@ -153,6 +154,24 @@ def test_logit_difference_target_and_feature_cap(model, rm):
     five = attribute(rm, target, batch_size=5, max_feature_nodes=5)
     top = {full_ids[i] for i in direct.argsort(descending=True)[:5].tolist()}
     assert set(five.node_ids()[:5]) == top
+
+
+def test_feature_target(rm):
+    layer, pos, feat = rm.active[-1].tolist()
+    graph = attribute(rm, feature_target(rm, layer, pos, feat))
+    assert graph.logit_labels == [f"tc{layer}.f{feat}@{pos}"]
+    assert abs(float(graph.inputs[-1]) - float(rm.pre[layer][pos, feat])) < 1e-10
+    assert abs(float(graph.adjacency[-1].sum() + graph.bias[-1] - graph.inputs[-1])) < 1e-10
+    # only earlier layers' features, at positions up to the target's, reach it
+    src = graph.adjacency[-1, :graph.n_features].nonzero().reshape(-1)
+    assert src.numel() > 0
+    assert bool((graph.features[src, 0] < layer).all()) and bool((graph.features[src, 1] <= pos).all())
+    with pytest.raises(TargetError, match="out of range"):
+        feature_target(rm, 1, 0, rm.sets[1].n_features)
+    with pytest.raises(TargetError, match="out of range"):
+        feature_target(rm, 1, rm.n_pos, 0)
+    with pytest.raises(TargetError, match="no feature set"):
+        feature_target(rm, 7, 0, 0)
 
 
 def test_node_ids_follow_the_grammar(rm):

@@ -29,8 +29,8 @@ import torch
 from circuits.attribution.graph import AttributionGraph
 from circuits.attribution.replacement import ReplacementModel, Sources
 
-__all__ = ["LogitTargets", "TargetError", "attribute", "custom_target", "logit_difference", "salient_logits",
-           "token_logits"]
+__all__ = ["LogitTargets", "TargetError", "attribute", "custom_target", "feature_target", "logit_difference",
+           "salient_logits", "token_logits"]
 
 
 class TargetError(ValueError):
@@ -40,13 +40,24 @@ class TargetError(ValueError):
 @dataclass
 class LogitTargets:
     """The output nodes: labels, vocabulary ids (-1 for a custom target), weights (probabilities) [K],
-    directions [K, d] read from the final norm's output at the last position, constants [K] added to that read."""
+    directions [K, d] read from the final norm's output at the last position, constants [K] added to that read.
+
+    ``read_layer`` / ``read_position``: where the directions are read (default None: the final norm's output at the
+    last position; a layer l: the MLP input of layer l, as a feature's encoder reads it, see :func:`feature_target`).
+    """
 
     labels: list[str]
     token_ids: list[int]
     probabilities: torch.Tensor
     vectors: torch.Tensor
     constants: torch.Tensor
+    read_layer: int | None = None
+    read_position: int | None = None
+
+    def where(self, rm: ReplacementModel) -> tuple[int, int]:
+        """(layer, position) of the read: layer ``rm.n_layers`` is the final norm's output."""
+        layer = rm.n_layers if self.read_layer is None else self.read_layer
+        return layer, rm.n_pos - 1 if self.read_position is None else self.read_position
 
 
 def _decode(rm: ReplacementModel, tokenizer, token_id: int) -> str:
@@ -89,6 +100,23 @@ def custom_target(rm: ReplacementModel, label: str, vector: torch.Tensor, consta
         raise TargetError(f"a custom target's direction must have shape ({d},), got {tuple(vector.shape)}")
     return LogitTargets([label], [-1], torch.tensor([float(weight)], dtype=rm.dtype, device=rm.device), vector[None],
                         torch.tensor([float(constant)], dtype=rm.dtype, device=rm.device))
+
+
+def feature_target(rm: ReplacementModel, layer: int, position: int, feature: int, weight: float = 1.0
+                   ) -> LogitTargets:
+    """One output node: the pre-activation of ``feature`` of ``layer``'s feature set at ``position`` (a graph of
+    what drives one feature). TargetError for a layer without features, a position or feature index out of range."""
+    if layer not in rm.sets:
+        raise TargetError(f"no feature set reads layer {layer}; layers with features: {sorted(rm.sets)}")
+    s = rm.sets[layer]
+    if not 0 <= feature < s.n_features:
+        raise TargetError(f"feature index {feature} out of range: layer {layer} has features 0..{s.n_features - 1}")
+    if not -rm.n_pos <= position < rm.n_pos:
+        raise TargetError(f"position {position} out of range: the prompt has positions 0..{rm.n_pos - 1}")
+    position %= rm.n_pos
+    return LogitTargets([f"{s.name}{layer}.f{feature}@{position}"], [-1],
+                        torch.tensor([float(weight)], dtype=rm.dtype, device=rm.device), s.W_enc[:, feature][None],
+                        s.b_enc[feature].reshape(1), layer, position)
 
 
 def logit_difference(rm: ReplacementModel, correct: int, incorrect: int, tokenizer=None) -> LogitTargets:
@@ -198,8 +226,9 @@ def attribute(rm: ReplacementModel, targets: LogitTargets | None = None, *, max_
     for start in range(0, K, batch_size):
         sl = slice(start, min(K, start + batch_size))
         n = sl.stop - sl.start
-        rows[sl] = jac.rows(torch.full((n,), L, device=rm.device), torch.full((n,), T - 1, device=rm.device),
-                            targets.vectors[sl])
+        read_layer, read_pos = targets.where(rm)
+        rows[sl] = jac.rows(torch.full((n,), read_layer, device=rm.device),
+                            torch.full((n,), read_pos, device=rm.device), targets.vectors[sl])
         row_nodes[sl] = torch.arange(sl.start, sl.stop, device=rm.device) + n_cols
     enc = _encoder_rows(rm)
     visited = torch.zeros(F, dtype=torch.bool, device=rm.device)
@@ -272,7 +301,9 @@ def _inputs_and_bias(rm: ReplacementModel, targets: LogitTargets, selected: torc
     for out, src in ((inputs, rm.sources), (bias, off)):
         mlp_in, final = rm.run(src)
         out[:selected.numel()] = (mlp_in[0, layer, pos] * enc).sum(-1) + b_enc
-        out[N - K:] = final[0, -1] @ targets.vectors.T + targets.constants
+        read_layer, read_pos = targets.where(rm)
+        at = final[0, read_pos] if read_layer == rm.n_layers else mlp_in[0, read_layer, read_pos]
+        out[N - K:] = at @ targets.vectors.T + targets.constants
     return inputs, bias
 
 
