@@ -382,3 +382,74 @@ def test_exports(rm, tmp_path):
     with pytest.raises(ValueError):
         write_graph_json(tmp_path / "graph.json", data)
     assert json.loads(path.read_text())["links"][0]["weight"] != data["links"][0]["weight"]  # the old file stands
+
+
+def _folders(model, tmp_path) -> list[str]:
+    from circuits.dictionaries.saelens_io import save_dictionary
+
+    d = model.cfg.d_model
+    tcs = {0: _transcoder(d, 0, seed=1), 1: _transcoder(d, 1, activation="topk", seed=2)}
+    return [str(save_dictionary(tc, tmp_path / f"tc{layer}")) for layer, tc in tcs.items()]
+
+
+def test_attribute_verb_stores_a_run(tiny_llama, tmp_path):
+    from circuits.attribution.analysis import ATTRIBUTE, AttributeConfig
+    from workbench.store import Store
+
+    store = Store(tmp_path / "runs")
+    cfg = AttributeConfig(prompt="t3 t5 t7 t3 t5", transcoder=_folders(tiny_llama, tmp_path), dtype="float64",
+                          batch_size=16)
+    info, result = ATTRIBUTE.launch(tiny_llama, cfg, store=store)
+    s = result.summary
+    assert s["completeness_max_abs_error"] < 1e-9 and 0 <= s["replacement_score"] <= 1
+    assert s["kept_influence"] >= 0.8 and s["nodes"] == len(result.graphs["circuit"])
+    run = store.load("attribution", info.run_id)
+    assert run.json("graph")["metadata"]["schema_version"] == 1
+    assert len(run.table("edges")) == s["edges"]
+    fig = ATTRIBUTE.figures(run)["graph"]
+    ticks = list(fig.layout.xaxis.ticktext)
+    assert all(repr(t) in tick for t, tick in zip(result.objects["graph"].token_strings, ticks, strict=True))
+    # a logit difference and a feature target
+    diff = ATTRIBUTE.run(tiny_llama, AttributeConfig(prompt="t3 t5 t7 t3 t5", transcoder=cfg.transcoder,
+                                                     correct="t7", incorrect="t9"))
+    assert diff.summary["targets"] == [f"{tiny_llama.tokenizer.decode([_id(tiny_llama, 't7')])}-"
+                                       f"{tiny_llama.tokenizer.decode([_id(tiny_llama, 't9')])}"]
+    graph = result.objects["graph"]
+    layer, pos, feat = graph.features[-1].tolist()
+    feat_run = ATTRIBUTE.run(tiny_llama, AttributeConfig(prompt="t3 t5 t7 t3 t5", transcoder=cfg.transcoder,
+                                                         target=f"tc{layer}.f{feat}@{pos}", dtype="float64"))
+    assert feat_run.summary["completeness_max_abs_error"] < 1e-9
+
+
+def _id(model, text: str) -> int:
+    from workbench.data.tokens import encode
+
+    (token,) = encode(model.tokenizer, text)
+    return token
+
+
+def test_attribute_verb_bad_input(tiny_llama, tmp_path):
+    from circuits.attribution.analysis import ATTRIBUTE, AttributeConfig
+    from circuits.dictionaries.saelens_io import save_dictionary
+    from workbench.analysis import ConfigError
+
+    folders = _folders(tiny_llama, tmp_path)
+    ok = {"prompt": "t3 t5 t7", "transcoder": folders}
+    with pytest.raises(ConfigError, match="single token"):
+        ATTRIBUTE.run(tiny_llama, AttributeConfig(**ok, correct="t3 t5"))
+    with pytest.raises(ConfigError, match="context length"):
+        ATTRIBUTE.run(tiny_llama, AttributeConfig(prompt=" ".join(["t3"] * 80), transcoder=folders))
+    with pytest.raises(ConfigError, match="out of range"):
+        ATTRIBUTE.run(tiny_llama, AttributeConfig(**ok, target="tc1.f9999@2"))
+    with pytest.raises(ConfigError, match="transcoder feature at a position"):
+        ATTRIBUTE.run(tiny_llama, AttributeConfig(**ok, target="L1.H0@2"))
+    with pytest.raises(ConfigError, match="--transcoder"):
+        ATTRIBUTE.run(tiny_llama, AttributeConfig(prompt="t3"))
+    wide = Dictionary.create("transcoder", 48, 64, hook_in="blocks.0.ln2.hook_normalized",
+                             hook_out="blocks.0.hook_mlp_out")
+    other = str(save_dictionary(wide, tmp_path / "wide"))
+    with pytest.raises(ValueError, match="d_in is 48"):
+        ATTRIBUTE.run(tiny_llama, AttributeConfig(prompt="t3 t5", transcoder=[other]))
+    (tmp_path / "tc0" / "cfg.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cfg"):
+        ATTRIBUTE.run(tiny_llama, AttributeConfig(**ok))
