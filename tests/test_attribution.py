@@ -453,3 +453,33 @@ def test_attribute_verb_bad_input(tiny_llama, tmp_path):
     (tmp_path / "tc0" / "cfg.json").write_text("{not json")
     with pytest.raises(ValueError, match="cfg"):
         ATTRIBUTE.run(tiny_llama, AttributeConfig(**ok))
+
+
+def test_a_cross_layer_feature_set_slots_in(model):
+    """Features of layer 0 decoding into MLP outputs 0 and 1 (a cross-layer transcoder's shape): the replacement is
+    exact, completeness holds, and an edge from such a feature sums its writes into both layers."""
+    d = model.cfg.d_model
+    gen = torch.Generator().manual_seed(5)
+
+    def rand(*shape):
+        return 0.3 * torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    clt0 = FeatureSet(0, rand(d, 48), rand(48), torch.relu, {0: rand(48, d), 1: rand(48, d)}, {0: rand(d), 1: rand(d)},
+                      name="clt")
+    clt1 = FeatureSet(1, rand(d, 48), rand(48), torch.relu, {1: rand(48, d)}, {1: rand(d)}, name="clt")
+    rm = ReplacementModel(model, torch.tensor(PROMPT), [clt0, clt1], dtype=torch.float64)
+    assert torch.allclose(rm.replacement_logits(), rm.logits, atol=1e-10, rtol=0)
+    targets = token_logits(rm, [3])
+    rm._targets = targets
+    graph = attribute(rm, targets, batch_size=9)
+    rows = list(range(graph.n_features)) + [graph.n_nodes - 1]
+    total = graph.adjacency.sum(1) + graph.bias
+    assert torch.allclose(total[rows], graph.inputs[rows], atol=1e-10 * float(graph.inputs.abs().max()), rtol=0)
+    assert graph.node_ids()[0].startswith("clt0.f")
+    # a layer-0 feature's edge to the logit equals zeroing it (both of its writes) in the linearised model
+    layer0 = (graph.features[:, 0] == 0).nonzero().reshape(-1)
+    i = int(layer0[graph.adjacency[-1, layer0].abs().argmax()])
+    src = Sources(rm.sources.acts.clone(), rm.sources.errors, rm.sources.embed)
+    src.acts[0, i] = 0
+    moved = _input_of(rm, graph, graph.n_nodes - 1, rm.sources) - _input_of(rm, graph, graph.n_nodes - 1, src)
+    assert abs(moved - float(graph.adjacency[-1, i])) < 1e-9
