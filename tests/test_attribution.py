@@ -82,7 +82,7 @@ def test_replacement_reproduces_clean_logits(model, rm):
 
 
 def test_completeness_at_every_node(rm):
-    graph = attribute(rm, batch_size=7)
+    graph = attribute(rm, batch_size=96)
     rows = list(range(graph.n_features)) + list(range(graph.logit_start, graph.n_nodes))
     total = graph.adjacency.sum(1) + graph.bias
     scale = graph.inputs.abs().max()
