@@ -483,3 +483,18 @@ def test_a_cross_layer_feature_set_slots_in(model):
     src.acts[0, i] = 0
     moved = _input_of(rm, graph, graph.n_nodes - 1, rm.sources) - _input_of(rm, graph, graph.n_nodes - 1, src)
     assert abs(moved - float(graph.adjacency[-1, i])) < 1e-9
+
+
+def test_demo_trains_transcoders_first(tiny_llama, tmp_path):
+    import dataclasses
+
+    from circuits.attribution.analysis import ATTRIBUTE
+    from workbench.store import Store
+
+    store = Store(tmp_path)
+    cfg = dataclasses.replace(ATTRIBUTE.demo, train_tokens=1024, prompt="t3 t5 t7 t3 t5", dtype="float64")
+    info, result = ATTRIBUTE.launch(tiny_llama, cfg, store=store)
+    run = store.load("attribution", info.run_id)
+    assert run.summary["transcoder_layers"] == [0, 1] and run.summary["transcoder_tokens"] >= 1024
+    assert run.summary["completeness_max_abs_error"] < 1e-9
+    assert 0 < run.summary["replacement_score"] <= 1 and run.summary["edges"] > 0

@@ -13,7 +13,8 @@ FACES = ("workbench.ui",)
 # the circuit families' common types (graph, node grammar), discovery loop and figures
 SHARED = ("circuits.discovery", "circuits.head_figures", "circuits.frozen")
 # (importer family, imported family): an analysis that builds on another one's public API
-ALLOWED = {("circuits.transcoder_paths", "circuits.dictionaries"), ("circuits.cdt", "circuits.patching")}
+ALLOWED = {("circuits.transcoder_paths", "circuits.dictionaries"), ("circuits.cdt", "circuits.patching"),
+           ("circuits.attribution", "circuits.dictionaries")}
 
 
 def _modules() -> dict[str, Path]:

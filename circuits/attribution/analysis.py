@@ -107,8 +107,8 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
         ReplacementModel,
         feature_sets_from_transcoders,
     )
+    from circuits.attribution.transcoders import load_or_train
     from circuits.frozen.facts import ModelFacts
-    from circuits.transcoder_paths.analysis import _transcoders
     from workbench.data.tokens import bos_id, encode
     from workbench.limits import check_context
 
@@ -125,7 +125,7 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
     if feature is not None and not 0 <= feature[0] < n_layers:
         raise ConfigError(f"--target {cfg.target}: layer {feature[0]} does not exist; the model has layers "
                           f"0..{n_layers - 1}")
-    transcoders, trained_tokens = _transcoders(model, cfg, progress)
+    transcoders, trained_tokens = load_or_train(model, cfg.transcoder, cfg.train_tokens, progress=progress)
     try:
         sets = feature_sets_from_transcoders(transcoders, ModelFacts.of(model))
     except FeatureSetError as err:
