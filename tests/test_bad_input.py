@@ -37,6 +37,7 @@ MODEL_VERBS = {  # verb -> the smallest valid arguments besides the model
     "patch": ["--task", "induction", "--half-len", "6", "--n", "2"],
     "paths": ["--task", "induction", "--n", "2", "--lesion-draws", "0"],
     "edges": ["--task", "induction", "--half-len", "4", "--n", "2"],
+    "attribute": ["--prompt", "t3 t5 t7 t3", "--transcoder", "{tc0}", "{tc1}"],
 }
 
 CASES: list[tuple[str, list[str], list[str]]] = []
@@ -117,6 +118,15 @@ case("options", ["benchmark", "--methods", "eap", "magic"], "--methods", "magic"
 case("options", ["benchmark", "--models", "gt-nothing"], "--models", "gt-nothing")
 case("count", ["benchmark", "--threshold", "-1"], "--threshold")
 case("count", ["benchmark", "--steps", "0"], "--steps")
+
+# --- attribution graphs ---------------------------------------------------------------------------------------------
+for flag, value in [("--node-threshold", "1.5"), ("--edge-threshold", "-0.1"), ("--batch-size", "0"),
+                    ("--max-n-logits", "0"), ("--desired-logit-prob", "0"), ("--max-feature-nodes", "-1")]:
+    case("count", ["attribute", *MODEL_VERBS["attribute"], *GPT, flag, value], flag)
+case("argparse", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--precision", "float16"], "--precision")
+case("options", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--target", "tc0.f99999@1"], "--target")
+case("options", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--correct", "t5 t6"], "--correct")
+case("long-prompt", ["attribute", *GPT, "--prompt", LONG, "--transcoder", "{tc0}", "{tc1}"], "--prompt")
 
 # --- budgets larger than the corpus, sizes that cannot fit ---------------------------------------------------------
 case("corpus-size", ["sparsity", *GPT, "--tokens", "10000000000000", "--seq-len", "32"], "--tokens", "corpus")

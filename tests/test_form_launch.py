@@ -56,6 +56,7 @@ REQUIRED = {
     "paths": ("tiny_llama", {"prompt": "t3 t5 t7 t9 t3 t5 t7"}),
     "dynamics": (None, {"target": "llama-tiny-demo", "sequences": "4"}),
     "edges": ("tiny_gpt2", {"half_len": "4", "n": "2"}),
+    "attribute": ("tiny_llama", {"prompt": "t3 t5 t7 t3 t5"}),
     "benchmark": (None, {"models": "gt-prev-token", "methods": "eap\nacdc", "n": "8"}),
 }
 
@@ -77,7 +78,7 @@ def test_the_form_launches_each_verb_with_its_defaults(verb, request, tiny_trans
         request.getfixturevalue("induction_2l")
     if verb == "eval-dict":
         values["path"] = tiny_transcoder
-    if verb == "tc-circuit":
+    if verb in ("tc-circuit", "attribute"):
         values["transcoder"] = tiny_transcoder
     argv = launch.build_argv(verb, values)
     assert main(argv) == 0, capsys.readouterr().err

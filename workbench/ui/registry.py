@@ -25,6 +25,7 @@ ANALYSES: tuple[str, ...] = (
     "circuits.patching.analysis:PATCH",
     "circuits.paths.analysis:PATHS",
     "circuits.edges.analysis:EDGES",
+    "circuits.attribution.analysis:ATTRIBUTE",
     "circuits.benchmark.analysis:BENCHMARK",
 )
 

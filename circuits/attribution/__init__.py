@@ -1,0 +1,12 @@
+"""Attribution graphs (circuit tracing) over transcoders: the frozen replacement model of one prompt, direct-effect
+edges by batched backward passes, influence pruning, the replacement and completeness scores, and export as a
+:class:`workbench.circuit.Circuit` or circuit-tracer's graph JSON.
+
+- :mod:`~circuits.attribution.replacement`: ``ReplacementModel``, ``FeatureSet``, ``feature_sets_from_transcoders``;
+- :mod:`~circuits.attribution.attribute`: ``attribute`` and the targets (``salient_logits``, ``logit_difference``, ...);
+- :mod:`~circuits.attribution.graph`: ``AttributionGraph``;
+- :mod:`~circuits.attribution.prune`: ``prune``, ``node_influence``, ``edge_influence``, ``graph_scores``;
+- :mod:`~circuits.attribution.export`: ``to_circuit``, ``to_graph_json``, ``write_graph_json``;
+- :mod:`~circuits.attribution.transcoders`: ``load_or_train`` (SAELens folders, or per-layer transcoders trained on the fly);
+- :mod:`~circuits.attribution.analysis`: ``ATTRIBUTE`` behind the analysis contract.
+"""
