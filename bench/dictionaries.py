@@ -1,9 +1,9 @@
 """Benchmark: dictionary training throughput of our trainer against a plain PyTorch loop, SAELens and sparsify.
 
-Run: ``.venv/bin/python bench/dictionaries.py [--source smollm2|random] [--tokens 65536] [--steps 16] [--rounds 3]
+Run: ``.venv/bin/python bench/dictionaries.py [--source smollm2|random] [--tokens 65536] [--steps 16] [--rounds 5]
 [--threads 2] [--saelens-python /tmp/venv-saelens/bin/python] [--sparsify-python /tmp/venv-sparsify/bin/python]
 [--quick]``. Prints a table, then one JSON object as its last line. ``--quick``: random activations, 8,192 rows,
-3 steps, 3 rounds.
+3 steps, 5 rounds.
 
 Activations: SmolLM2's ``blocks.3.ln2.hook_normalized`` harvested once (or random ones of the same width); every
 row trains an SAE on exactly these rows, in the same order (consecutive slices of ``--batch`` rows), with 4,608 latents
@@ -233,7 +233,7 @@ def main() -> None:
     p.add_argument("--source", choices=["smollm2", "random"], default=None, help="default smollm2 (random quick)")
     p.add_argument("--tokens", type=int, default=None, help="activation rows (default 65536; 8192 quick)")
     p.add_argument("--steps", type=int, default=None, help="training steps per row and round (default 16; 3 quick)")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="smallest settings: random activations, few rows and steps")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every row (default: torch's default)")
     p.add_argument("--saelens-python", default="/tmp/venv-saelens/bin/python")

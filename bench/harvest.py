@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help=f"default smollm2-135m ({QUICK_MODEL} with --quick)")
     parser.add_argument("--budgets", type=int, nargs="+", default=None, help="default 16384 131072 (4096 quick)")
     parser.add_argument("--throughput-tokens", type=int, default=None, help="default 8192 (2048 quick)")
-    parser.add_argument("--rounds", "--repeats", type=int, default=None, help="default 5")
+    parser.add_argument("--rounds", "--repeats", type=int, default=None, help="default 7")
     parser.add_argument("--quick", action="store_true", help="smallest settings: a toy model, few tokens and rounds")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-mode", choices=["harvest", "bare"], default="harvest", help=argparse.SUPPRESS)
@@ -106,7 +106,7 @@ def main() -> None:
         return
     budgets = args.budgets or ([4096] if args.quick else [16384, 131072])
     n_tokens = args.throughput_tokens or (2048 if args.quick else 8192)
-    rounds = args.rounds or 5
+    rounds = args.rounds or 7
 
     watch = LoadWatch()
     print(f"# harvest benchmark, model {model}, batches {BATCH} x {SEQ}, torch threads {torch.get_num_threads()}")
