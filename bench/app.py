@@ -1,13 +1,13 @@
 """Benchmark: first paint of every dashboard page in headless Chromium, on the runs stored in the run store.
 
-Run: ``.venv/bin/python bench/app.py [--rounds 3] [--screenshots DIR] [--quick]`` after ``workbench demo`` has filled
+Run: ``.venv/bin/python bench/app.py [--rounds 8] [--screenshots DIR] [--quick]`` after ``workbench demo`` has filled
 the store (``$WORKBENCH_RUNS``, default ``$WORKBENCH_HOME/runs``). The baseline is a bare Streamlit page (one title)
 served the same way by a second server beside the dashboard's, and opened by the same browser in the same process:
 each round visits the bare page and every dashboard page in turn (:func:`bench.timing.compare`, order rotated each
 round), after one warm-up visit of each (imports and caches on the servers), so the ratio (first paint over the bare
 page's in the same round, median over rounds) shows what the workbench's pages add. Target: every page's first paint
 under 3 s. The load average is recorded and a run whose load rose above the core count is flagged unreliable.
-Prints a table and, last, one JSON line (with the reason, where no browser is installed). ``--quick``: 2 rounds.
+Prints a table and, last, one JSON line (with the reason, where no browser is installed). ``--quick``: 3 rounds.
 
 ``--cold``: what ``make app`` costs a new user after the install: on a fresh ``$WORKBENCH_HOME`` (a temporary folder),
 ``workbench app --demos`` is started and timed until its Home page has painted in the browser (target: under 60 s on
@@ -100,13 +100,13 @@ def cold_start(timeout: float = 300.0) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=None, help="default 3 (2 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="smallest settings: 2 rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="default 8 (3 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="smallest settings: 3 rounds")
     parser.add_argument("--screenshots", type=Path, default=None)
     parser.add_argument("--cold", action="store_true", help="time `workbench app --demos` on a fresh home to its "
                                                             "first page instead")
     args = parser.parse_args()
-    rounds = args.rounds or (2 if args.quick else 3)
+    rounds = args.rounds or (3 if args.quick else 8)
     watch = LoadWatch()
     missing = browser_missing()
     if missing:
