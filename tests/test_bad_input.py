@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import signal
 import struct
@@ -19,6 +18,10 @@ from pathlib import Path
 import pytest
 
 from workbench.ui.cli import main
+
+# the bytes of pickle.dumps({"W_enc": [1.0, 2.0]}, protocol=4), written out so that no test imports pickle: what a
+# pickled weights file starts with, for the refusal checks (nothing ever unpickles it)
+PICKLED = b'\x80\x04\x95"\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x05W_enc\x94]\x94(G?\xf0\x00\x00\x00\x00\x00\x00G@\x00\x00\x00\x00\x00\x00\x00es.'
 
 LONG = " ".join(f"t{i % 60}" for i in range(100))  # 100 tokens of the tiny models' word-level vocabulary (context 64)
 HUGE = "t1 " * 40_000  # a 120k-character prompt
@@ -281,6 +284,23 @@ def _alarm(signum, frame):
     raise Hang("the command ran past 30 s")
 
 
+SPOILED_WEIGHTS = ("weights-empty", "weights-header-bomb", "weights-pickled", "weights-torch-save")
+
+
+def _spoil(w: Path, name: str, tensors: dict) -> None:
+    """Overwrite the weights file ``w`` the way ``name`` (one of SPOILED_WEIGHTS) says."""
+    if name == "weights-empty":
+        w.write_bytes(b"")
+    elif name == "weights-header-bomb":
+        w.write_bytes(struct.pack("<Q", 2**62) + b"{}")
+    elif name == "weights-pickled":
+        w.write_bytes(PICKLED)
+    else:
+        import torch  # this module imports torch only where it is needed (its CLI cases check the light startup)
+
+        torch.save(tensors, w)
+
+
 def _save_tiny_dict(folder: Path, hook: str, kind: str = "sae") -> None:
     from circuits.dictionaries.model import Dictionary
     from circuits.dictionaries.saelens_io import save_dictionary
@@ -320,14 +340,8 @@ def places(tmp_path_factory, tiny_gpt2, tiny_llama) -> dict[str, str]:
         w, c = folder / "sae_weights.safetensors", folder / "cfg.json"
         if name == "weights-truncated":
             w.write_bytes(weights[: len(weights) // 2])
-        elif name == "weights-empty":
-            w.write_bytes(b"")
-        elif name == "weights-header-bomb":
-            w.write_bytes(struct.pack("<Q", 2**62) + b"{}")
-        elif name == "weights-pickled":
-            w.write_bytes(pickle.dumps(tensors))
-        elif name == "weights-torch-save":
-            torch.save(tensors, w)
+        elif name in SPOILED_WEIGHTS:
+            _spoil(w, name, tensors)
         elif name == "weights-nan":
             from safetensors.torch import load_file
 
@@ -371,17 +385,11 @@ def places(tmp_path_factory, tiny_gpt2, tiny_llama) -> dict[str, str]:
             c.write_text(json.dumps({"hidden_size": 32}))
         elif name == "weights-truncated":
             w.write_bytes(w.read_bytes()[:1000])
-        elif name == "weights-empty":
-            w.write_bytes(b"")
-        elif name == "weights-header-bomb":
-            w.write_bytes(struct.pack("<Q", 2**62) + b"{}")
-        elif name == "weights-pickled":
-            w.write_bytes(pickle.dumps(tensors))
-        elif name == "weights-torch-save":
-            torch.save(tensors, w)
+        elif name in SPOILED_WEIGHTS:
+            _spoil(w, name, tensors)
         elif name == "bin-pickled":
             w.unlink()
-            (folder / "pytorch_model.bin").write_bytes(pickle.dumps(tensors))
+            (folder / "pytorch_model.bin").write_bytes(PICKLED)
         elif name == "no-weights":
             w.unlink()
         out[f"model:{name}"] = str(folder)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import struct
 
 import pytest
@@ -27,6 +26,10 @@ from circuits.dictionaries.train import (
     TrainingConfigError,
     train_dictionaries,
 )
+
+# the bytes of pickle.dumps({"W_enc": [1.0, 2.0]}, protocol=4), written out so that no test imports pickle: what a
+# pickled weights file starts with, for the refusal checks (nothing ever unpickles it)
+PICKLED = b'\x80\x04\x95"\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x05W_enc\x94]\x94(G?\xf0\x00\x00\x00\x00\x00\x00G@\x00\x00\x00\x00\x00\x00\x00es.'
 
 HOOK = "blocks.0.hook_resid_post"
 
@@ -262,7 +265,7 @@ def test_corrupt_and_foreign_weight_files_are_clear_errors(tmp_path):
         "bomb": struct.pack("<Q", 2**60) + b"{}",
         "notjson": struct.pack("<Q", 4) + b"abcd",
         "offsets": struct.pack("<Q", len(header)) + header + b"\0" * 16,
-        "pickle": pickle.dumps({"W_enc": [1.0, 2.0]}),
+        "pickle": PICKLED,
     }
     torch_save = tmp_path / "torch.pt"
     torch.save(_weights(), torch_save)

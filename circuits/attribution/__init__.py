@@ -7,6 +7,5 @@ edges by batched backward passes, influence pruning, the replacement and complet
 - :mod:`~circuits.attribution.graph`: ``AttributionGraph``;
 - :mod:`~circuits.attribution.prune`: ``prune``, ``node_influence``, ``edge_influence``, ``graph_scores``;
 - :mod:`~circuits.attribution.export`: ``to_circuit``, ``to_graph_json``, ``write_graph_json``;
-- :mod:`~circuits.attribution.transcoders`: ``load_or_train`` (SAELens folders, or per-layer transcoders trained on the fly);
 - :mod:`~circuits.attribution.analysis`: ``ATTRIBUTE`` behind the analysis contract.
 """

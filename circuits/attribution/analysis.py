@@ -108,7 +108,7 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
         ReplacementModel,
         feature_sets_from_transcoders,
     )
-    from circuits.attribution.transcoders import load_or_train
+    from circuits.dictionaries.transcoder_set import transcoders_by_layer
     from circuits.frozen.facts import ModelFacts
     from workbench.data.tokens import bos_id, encode
     from workbench.limits import check_context
@@ -126,7 +126,7 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
     if feature is not None and not 0 <= feature[0] < n_layers:
         raise ConfigError(f"--target {cfg.target}: layer {feature[0]} does not exist; the model has layers "
                           f"0..{n_layers - 1}")
-    transcoders, trained_tokens = load_or_train(model, cfg.transcoder, cfg.train_tokens, progress=progress)
+    transcoders, trained_tokens = transcoders_by_layer(model, cfg.transcoder, cfg.train_tokens, progress=progress)
     try:
         sets = feature_sets_from_transcoders(transcoders, ModelFacts.of(model))
     except FeatureSetError as err:

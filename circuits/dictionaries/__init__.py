@@ -16,6 +16,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "ACTIVATIONS": "circuits.dictionaries.model",
     "KINDS": "circuits.dictionaries.model",
     "Dictionary": "circuits.dictionaries.model",
+    "transcoders_by_layer": "circuits.dictionaries.transcoder_set",
     "DictionaryConfigError": "circuits.dictionaries.model",
     "expansion_width": "circuits.dictionaries.model",
     "DictSpec": "circuits.dictionaries.train",

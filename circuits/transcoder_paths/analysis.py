@@ -86,30 +86,9 @@ def _single_token(tokenizer: Any, text: str, what: str) -> int:
 
 def _transcoders(model: Any, cfg: TcCircuitConfig, progress: bool) -> tuple[dict[int, Any], int]:
     """The transcoders by layer (loaded, or trained on ``train_tokens``) and the tokens they were trained on."""
-    if cfg.transcoder:
-        from circuits.dictionaries.saelens_io import check_fits, hook_layer, load_dictionary
+    from circuits.dictionaries.transcoder_set import transcoders_by_layer
 
-        out = {}
-        for folder in cfg.transcoder:
-            tc = load_dictionary(folder, device=str(model.W_E.device))
-            check_fits(tc, model)
-            layer = hook_layer(tc.hook_in)
-            if layer is None or layer in out or not tc.hook_in.endswith("ln2.hook_normalized"):
-                raise ConfigError(f"{folder}: reads {tc.hook_in}; expected one transcoder per layer, on "
-                                  "blocks.L.ln2.hook_normalized")
-            out[layer] = tc
-        return out, 0
-    from circuits.dictionaries.buffer import corpus_source
-    from circuits.dictionaries.train import DictSpec, TrainDictConfig, train_dictionaries
-
-    specs = [DictSpec(hook_in=f"blocks.{layer}.ln2.hook_normalized", kind="transcoder",
-                      hook_out=f"blocks.{layer}.hook_mlp_out", activation="topk", k=16, expansion=4.0, name=f"L{layer}")
-             for layer in range(model.cfg.n_layers)]
-    train = TrainDictConfig(tokens=cfg.train_tokens, batch_size=256, lr=2e-3, warmup_steps=10, block_batches=8)
-    source = corpus_source(model.tokenizer, "wiki", seq_len=64, batch_size=16, max_tokens=int(cfg.train_tokens * 1.05))
-    device = str(model.W_E.device)
-    trained = train_dictionaries(model, source, specs, train, progress=progress, device=device)
-    return {layer: trained.dictionaries[f"L{layer}"] for layer in range(model.cfg.n_layers)}, trained.tokens
+    return transcoders_by_layer(model, cfg.transcoder, cfg.train_tokens, progress=progress)
 
 
 def to_result(res: Any) -> Result:

@@ -1,7 +1,8 @@
-"""The per-layer transcoders of an attribution run: loaded from SAELens-layout folders, or trained on the fly.
+"""A per-layer transcoder set, as the circuit methods read it (transcoder circuits, attribution graphs): loaded from
+SAELens-layout folders, or trained on the fly.
 
-Training follows the transcoder circuits' recipe (TopK-16, 4x, every layer, on wiki tokens) so that a run without
-folders is reproducible from its options alone.
+Training uses one recipe (TopK-16, 4x, every layer, on wiki tokens) so that a run without folders is reproducible
+from its options alone.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from typing import Any
 
 from workbench.errors import ConfigError
 
-__all__ = ["load_or_train"]
+__all__ = ["transcoders_by_layer"]
 
 
-def load_or_train(model: Any, folders: list[str] | None, train_tokens: int, *, progress: bool = False
+def transcoders_by_layer(model: Any, folders: list[str] | None, train_tokens: int, *, progress: bool = False
                   ) -> tuple[dict[int, Any], int]:
     """``(layer -> transcoder Dictionary, tokens trained on)``: the transcoders in ``folders`` (one per layer,
     each on ``blocks.L.ln2.hook_normalized`` -> ``blocks.L.hook_mlp_out``), or, without folders, transcoders for
