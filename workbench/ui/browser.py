@@ -82,6 +82,14 @@ def wait_healthy(url: str, proc: subprocess.Popen, deadline: float) -> None:
 @contextlib.contextmanager
 def serve(env: dict[str, str] | None = None, app_dir: Path = APP_DIR, timeout: float = 60.0) -> Iterator[str]:
     """Serve ``app_dir/Home.py`` with Streamlit on a free loopback port; yields its base URL."""
+    with serve_process(env, app_dir, timeout) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serve_process(env: dict[str, str] | None = None, app_dir: Path = APP_DIR, timeout: float = 60.0
+                  ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """As :func:`serve`, yielding ``(base URL, server process)`` (benchmarks read the server's CPU time)."""
     port = _free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_dir / "Home.py"), "--server.address", "127.0.0.1",
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
@@ -92,7 +100,7 @@ def serve(env: dict[str, str] | None = None, app_dir: Path = APP_DIR, timeout: f
     try:
         deadline = time.monotonic() + timeout
         wait_healthy(url, proc, deadline)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
