@@ -177,10 +177,40 @@ def test_bad_interventions(setup):
     with pytest.raises(InterventionError, match="needs a value"):
         parse_intervention("tc1.f3@2", "set")
     # a feature off on the prompt and set on: the graph has no node for it, so no prediction
-    off = (rm.encode_all if hasattr(rm, "encode_all") else None)
-    assert off is None
     layer, n = 1, rm.sets[1].n_features
     inactive = next(f for f in range(n) if not bool(((rm.active[:, 0] == 1) & (rm.active[:, 2] == f)).any()))
     res = intervene(model, rm, PROMPT, [f"tc{layer}.f{inactive}@3=1.0"], targets=targets, graph=graph)
     assert res.predicted_change is None and "no prediction" in res.prediction_note
     assert predict_change(graph, [Intervention(layer, inactive, 3, "zero")]) is not None
+
+
+def test_qk_terms_sum_to_the_models_attention_score(setup):
+    from circuits.attribution.attention import qk_attribution, residual_sources
+    from workbench.nodes import parse
+
+    model, rm, _, _ = setup
+    T = rm.n_pos
+    _, cache = model.run_with_cache(torch.tensor([PROMPT]), names_filter=lambda n: n.endswith("hook_attn_scores"))
+    for layer, head, q, k in [(1, 3, T - 1, 2), (0, 1, 4, 4), (1, 0, 6, 0)]:
+        res = qk_attribution(rm, layer, head, q, k)
+        lc = rm.clean.layers[layer]
+        kv = head // (rm.w.n_heads // rm.w.n_kv)
+        want = float(lc.q[0, q, head] @ lc.k[0, k, kv]) / rm.w.d_head ** 0.5
+        assert abs(float(res.terms.sum()) - want) < 1e-9 * max(1.0, abs(want))
+        assert abs(res.score - want) < 1e-12
+        bridge = float(cache[f"blocks.{layer}.attn.hook_attn_scores"][0, head, q, k])
+        assert abs(bridge - want) < 1e-4 * max(1.0, abs(want))
+        assert torch.allclose(res.query_totals.sum(), res.key_totals.sum(), atol=1e-10)
+        assert res.terms.shape == (len(res.query_sources), len(res.key_sources))
+        assert all(parse(i).position in (None, q) for i in res.query_sources)
+        kinds = {"bias", "emb"} | ({"feature", "error", "head"} if layer else set())
+        assert {parse(i).kind for i in res.key_sources} == kinds
+    # the residual's sources sum to the clean residual, layer by layer
+    for layer in range(rm.n_layers + 1):
+        ids, C = residual_sources(rm, layer, 3)
+        want = rm.clean.layers[layer].resid_pre[0, 3] if layer < rm.n_layers else rm.clean.layers[-1].resid_post[0, 3]
+        assert torch.allclose(C.sum(0), want, atol=1e-10) and len(ids) == len(set(ids)) == C.shape[0]
+    with pytest.raises(ValueError, match="masks it"):
+        qk_attribution(rm, 1, 0, 2, 5)
+    with pytest.raises(ValueError, match="head 9"):
+        qk_attribution(rm, 1, 9, 2, 1)
