@@ -214,3 +214,61 @@ def test_qk_terms_sum_to_the_models_attention_score(setup):
         qk_attribution(rm, 1, 0, 2, 5)
     with pytest.raises(ValueError, match="head 9"):
         qk_attribution(rm, 1, 9, 2, 1)
+
+
+@pytest.fixture(scope="module")
+def folders(tiny_llama, tmp_path_factory) -> list[str]:
+    from circuits.dictionaries.saelens_io import save_dictionary
+
+    root = tmp_path_factory.mktemp("iv-tc")
+    return [str(save_dictionary(tc, root / f"tc{la}")) for la, tc in _transcoders(tiny_llama).items()]
+
+
+def test_intervene_verb_stores_a_run(tiny_llama, folders, tmp_path):
+    from circuits.attribution.intervene_analysis import INTERVENE, InterveneConfig
+    from workbench.store import Store
+
+    store = Store(tmp_path / "runs")
+    base = {"prompt": "t3 t5 t7 t3 t5", "transcoder": folders, "precision": "float64", "sample": 5}
+    from circuits.attribution.analysis import prompt_replacement
+
+    rm, _, _ = prompt_replacement(tiny_llama, InterveneConfig(**base), False)
+    (l0, p0, f0), (l1, p1, f1), (l2, p2, f2) = rm.active[[0, -1, -2]].tolist()
+    cfg = InterveneConfig(**base, mode="replacement", set=[f"tc{l1}.f{f1}@{p1}=2.0"], scale=[f"tc{l0}.f{f0}=0.5"],
+                          zero=[f"tc{l2}.f{f2}@{p2}"])
+    info, result = INTERVENE.launch(tiny_llama, cfg, store=store)
+    s = result.summary
+    assert s["interventions"] == [f"tc{l1}.f{f1}@{p1}=2", f"tc{l0}.f{f0}*0.5", f"zero tc{l2}.f{f2}@{p2}"]
+    assert max(abs(p - m) for p, m in zip(s["predicted_change"], s["target_change"], strict=True)) < 1e-9
+    assert s["sample_sign_agreement"] == 1.0 and s["sample_size"] == 5
+    run = store.load("intervention", info.run_id)
+    figs = INTERVENE.figures(run)
+    res = result.objects["result"]
+    assert list(figs["top_tokens"].data[0].x) == [repr(t.text) for t in res.top_tokens]
+    assert {"targets", "ablations"} <= set(figs)
+    # spliced, no intervention given: the top feature is zeroed, with a warning; sign agreement is the table's
+    spliced = INTERVENE.run(tiny_llama, InterveneConfig(**base))
+    table = spliced.tables["ablations"]
+    assert spliced.summary["interventions"] == [f"zero {table.node[0]}"] and "zeroed" in spliced.warnings[0]
+    agree = sum((p > 0) == (m > 0) for p, m in zip(table.predicted_change, table.measured_change, strict=True))
+    assert spliced.summary["sample_sign_agreement"] == agree / len(table)
+
+
+def test_attribute_verb_adds_the_qk_table_and_heatmap(tiny_llama, folders, tmp_path):
+    from circuits.attribution.analysis import ATTRIBUTE, AttributeConfig
+    from workbench.store import Store
+
+    store = Store(tmp_path / "runs")
+    cfg = AttributeConfig(prompt="t3 t5 t7 t3 t5", transcoder=folders, precision="float64", attention_head="1.2")
+    info, result = ATTRIBUTE.launch(tiny_llama, cfg, store=store)
+    s = result.summary
+    assert s["attention_head"] == "L1.H2" and s["attention_query_pos"] == 5
+    assert s["attention_terms_sum_error"] < 1e-9
+    table = result.tables["attention"]
+    for side in ("query", "key"):
+        assert abs(table[table.side == side].total.sum() - s["attention_score"]) < 1e-9
+    run = store.load("attribution", info.run_id)
+    fig = ATTRIBUTE.figures(run)["attention"]
+    assert "emb@5 't5'" in list(fig.data[0].y)
+    plain = ATTRIBUTE.run(tiny_llama, AttributeConfig(prompt="t3 t5", transcoder=folders))
+    assert "attention" not in plain.tables

@@ -98,8 +98,8 @@ def parse_intervention(text: str, op: str | None = None) -> Intervention:
                                 f"{'=' if kind == 'set' else '*'}2.0")
     else:
         value = _number(m["value"], text)
-    if op is not None and sign is not None and {"set": "=", "scale": "*"}.get(op, sign) != sign:
-        raise InterventionError(f"intervention {text!r}: {op} is written NODE{'=' if op == 'set' else '*'}VALUE")
+    if op == "set" and sign == "*":
+        raise InterventionError(f"intervention {text!r}: set is written NODE=VALUE")
     return Intervention(int(node.layer), int(node.feature), node.position, kind, value, str(node.dictionary))
 
 
@@ -331,12 +331,12 @@ def sign_agreement(rm: ReplacementModel, graph: AttributionGraph, targets: Logit
     F, A = graph.n_features, graph.adjacency
     a = graph.activations.to(A.dtype)
     B = A[:, :F] / a[None, :]
-    delta = torch.diag(-a)
-    change = delta.clone()
+    row = B[graph.logit_start + target]
+    total = row.clone()  # the target's total effect per unit of each feature: row (I - B)^-1, summed as a series
     if propagate:
         for _ in range(graph.n_layers + 1):
-            change = delta + B[:F] @ change
-    predicted = B[graph.logit_start + target] @ change  # [F]: zeroing feature s alone
+            total = row + total @ B[:F]
+    predicted = -a * total  # [F]: zeroing feature s alone
     order = [i for i in predicted.abs().argsort(descending=True).tolist() if float(predicted[i]) != 0][:n]
     kw = {"mode": mode, "freeze_attention": freeze_attention, "propagate": propagate}
     before = float(target_values(rm, rerun(rm, **kw), targets)[target])
