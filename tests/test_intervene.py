@@ -246,6 +246,15 @@ def test_intervene_verb_stores_a_run(tiny_llama, folders, tmp_path):
     res = result.objects["result"]
     assert list(figs["top_tokens"].data[0].x) == [repr(t.text) for t in res.top_tokens]
     assert {"targets", "ablations"} <= set(figs)
+    # a feature off on the prompt set on: no prediction, said in a warning; the run still stores and draws
+    off = next(f for f in range(rm.sets[1].n_features) if not bool(((rm.active[:, 0] == 1)
+                                                                    & (rm.active[:, 2] == f)).any()))
+    info, unpredicted = INTERVENE.launch(tiny_llama, InterveneConfig(**{**base, "sample": 0}, set=[f"tc1.f{off}@3=1"]),
+                                         store=store)
+    assert unpredicted.summary["predicted_change"] is None and "no prediction" in unpredicted.warnings[0]
+    assert unpredicted.summary["sample_sign_agreement"] is None
+    figs = INTERVENE.figures(store.load("intervention", info.run_id))
+    assert len(figs["targets"].data) == 1 and "ablations" not in figs
     # spliced, no intervention given: the top feature is zeroed, with a warning; sign agreement is the table's
     spliced = INTERVENE.run(tiny_llama, InterveneConfig(**base))
     table = spliced.tables["ablations"]

@@ -250,7 +250,10 @@ def predict_change(graph: AttributionGraph, interventions: Sequence[Intervention
 def replacement_of(model, transcoders_or_sets, tokens: torch.Tensor, dtype: torch.dtype) -> ReplacementModel:
     """The replacement model of ``tokens`` [T] from transcoders by layer, feature sets, or a built one."""
     if isinstance(transcoders_or_sets, ReplacementModel):
-        return transcoders_or_sets
+        built = transcoders_or_sets
+        if not torch.equal(built.tokens.cpu(), tokens.reshape(-1).long().cpu()):
+            raise ValueError("the ReplacementModel given was built for another prompt than prompt_tokens")
+        return built
     if isinstance(transcoders_or_sets, Mapping):
         sets = feature_sets_from_transcoders(transcoders_or_sets, ModelFacts.of(model))
     else:
