@@ -241,6 +241,7 @@ def test_intervene_verb_stores_a_run(tiny_llama, folders, tmp_path):
     assert s["interventions"] == [f"tc{l1}.f{f1}@{p1}=2", f"tc{l0}.f{f0}*0.5", f"zero tc{l2}.f{f2}@{p2}"]
     assert max(abs(p - m) for p, m in zip(s["predicted_change"], s["target_change"], strict=True)) < 1e-9
     assert s["sample_sign_agreement"] == 1.0 and s["sample_size"] == 5
+    assert abs(s["sample_median_measured_over_predicted"] - 1) < 1e-9
     run = store.load("intervention", info.run_id)
     figs = INTERVENE.figures(run)
     res = result.objects["result"]

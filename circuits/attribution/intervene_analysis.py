@@ -147,9 +147,11 @@ def _compute(model: Any, cfg: InterveneConfig, progress: bool) -> Result:
                               "measured_change": sample.measured[:n].tolist(),
                               "sign_agrees": sample.agree[:n].tolist()})
     rate = float(ablations.sign_agrees.mean()) if len(ablations) else None
+    ratio = float((ablations.measured_change / ablations.predicted_change).median()) if len(ablations) else None
     summary = {"mode": cfg.mode, "interventions": [str(iv) for iv in res.interventions], "targets": res.targets,
                "target_change": measured, "predicted_change": None if predicted is None else predicted.tolist(),
                "sign_agrees": agrees, "sample_size": len(ablations), "sample_sign_agreement": rate,
+               "sample_median_measured_over_predicted": ratio,
                "top_token_changes": [{"token": t.text, "change": t.change} for t in res.top_tokens[:5]],
                "graph_feature_nodes": graph.n_features, "active_features": graph.n_active}
     if trained_tokens:
@@ -165,7 +167,7 @@ def _compute(model: Any, cfg: InterveneConfig, progress: bool) -> Result:
                  "most moved: " + ", ".join(f"{t.text!r} {t.change:+.4f}" for t in res.top_tokens[:5])]
     if rate is not None:
         out.lines.append(f"sign agreement over {len(ablations)} single-feature ablations of {res.targets[0]!r}: "
-                         f"{rate:.2f}")
+                         f"{rate:.2f} (median measured / predicted change {ratio:.3f})")
     return out
 
 
