@@ -41,6 +41,7 @@ MODEL_VERBS = {  # verb -> the smallest valid arguments besides the model
     "paths": ["--task", "induction", "--n", "2", "--lesion-draws", "0"],
     "edges": ["--task", "induction", "--half-len", "4", "--n", "2"],
     "attribute": ["--prompt", "t3 t5 t7 t3", "--transcoder", "{tc0}", "{tc1}"],
+    "intervene": ["--prompt", "t3 t5 t7 t3", "--transcoder", "{tc0}", "{tc1}", "--sample", "2"],
 }
 
 CASES: list[tuple[str, list[str], list[str]]] = []
@@ -130,6 +131,24 @@ case("argparse", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--precision", "
 case("options", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--target", "tc0.f99999@1"], "--target")
 case("options", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--correct", "t5 t6"], "--correct")
 case("long-prompt", ["attribute", *GPT, "--prompt", LONG, "--transcoder", "{tc0}", "{tc1}"], "--prompt")
+case("options", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--attention-head", "1-0"], "--attention-head")
+case("options", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--attention-head", "1.9"], "--attention-head", "head 9")
+case("options", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--attention-head", "1.0", "--query-pos", "9"],
+     "--query-pos")
+case("options", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--attention-head", "1.0", "--query-pos", "2",
+                 "--key-pos", "3"], "--key-pos")
+case("options", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--key-pos", "1"], "--attention-head")
+IV = ["intervene", *MODEL_VERBS["intervene"], *GPT]
+case("options", [*IV, "--zero", "tc1.f3@@2"], "--zero", "malformed")
+case("options", [*IV, "--set", "tc1.f3@2=x"], "--set", "not a number")
+case("options", [*IV, "--scale", "L1.H0@2=2"], "--scale", "not a feature")
+case("options", [*IV, "--zero", "tc1.f9999@2"], "--zero", "out of range")
+case("options", [*IV, "--zero", "tc1.f3@40"], "--zero", "outside the prompt")
+case("options", ["intervene", *GPT, "--prompt", "t3 t5", "--transcoder", "{tc0}", "--zero", "tc1.f3@1"], "--zero",
+     "layer 1 has no transcoder")
+case("options", [*IV, "--set", "tc1.f3@2"], "--set", "needs a value")
+case("count", [*IV, "--sample", "-1"], "--sample")
+case("long-prompt", ["intervene", *GPT, "--prompt", LONG, "--transcoder", "{tc0}", "{tc1}"], "--prompt")
 
 # --- budgets larger than the corpus, sizes that cannot fit ---------------------------------------------------------
 case("corpus-size", ["sparsity", *GPT, "--tokens", "10000000000000", "--seq-len", "32"], "--tokens", "corpus")

@@ -41,6 +41,7 @@ SHRUNK = {
     "paths": ("tiny_llama", dict(prompt="t3 t5 t7 t9 t3 t5 t7")),
     "edges": ("tiny_gpt2", dict(n=2, half_len=4, threshold=1e-4)),
     "attribute": ("tiny_llama", dict(train_tokens=1024, prompt="t3 t5 t7 t3 t5")),
+    "intervene": ("tiny_llama", dict(train_tokens=512, prompt="t3 t5 t7 t3 t5", sample=4)),
     "benchmark": (None, dict(models=["gt-prev-token"], methods=["eap", "acdc"], n=8)),
 }
 

@@ -57,6 +57,7 @@ REQUIRED = {
     "dynamics": (None, {"target": "llama-tiny-demo", "sequences": "4"}),
     "edges": ("tiny_gpt2", {"half_len": "4", "n": "2"}),
     "attribute": ("tiny_llama", {"prompt": "t3 t5 t7 t3 t5"}),
+    "intervene": ("tiny_llama", {"prompt": "t3 t5 t7 t3 t5", "sample": "4"}),
     "benchmark": (None, {"models": "gt-prev-token", "methods": "eap\nacdc", "n": "8"}),
 }
 
@@ -78,7 +79,7 @@ def test_the_form_launches_each_verb_with_its_defaults(verb, request, tiny_trans
         request.getfixturevalue("induction_2l")
     if verb == "eval-dict":
         values["path"] = tiny_transcoder
-    if verb in ("tc-circuit", "attribute"):
+    if verb in ("tc-circuit", "attribute", "intervene"):
         values["transcoder"] = tiny_transcoder
     argv = launch.build_argv(verb, values)
     assert main(argv) == 0, capsys.readouterr().err

@@ -7,5 +7,10 @@ edges by batched backward passes, influence pruning, the replacement and complet
 - :mod:`~circuits.attribution.graph`: ``AttributionGraph``;
 - :mod:`~circuits.attribution.prune`: ``prune``, ``node_influence``, ``edge_influence``, ``graph_scores``;
 - :mod:`~circuits.attribution.export`: ``to_circuit``, ``to_graph_json``, ``write_graph_json``;
-- :mod:`~circuits.attribution.analysis`: ``ATTRIBUTE`` behind the analysis contract.
+- :mod:`~circuits.attribution.interventions`, :mod:`~circuits.attribution.rerun`,
+  :mod:`~circuits.attribution.predict`, :mod:`~circuits.attribution.intervene`: ``intervene`` (set, scale or zero
+  features; rerun the linearised replacement or the spliced model; the graph's predicted change, sign agreement);
+- :mod:`~circuits.attribution.attention`: ``qk_attribution`` (one head's score split by query and key source);
+- :mod:`~circuits.attribution.analysis`: ``ATTRIBUTE`` behind the analysis contract
+  (:mod:`~circuits.attribution.intervene_analysis`: ``INTERVENE``).
 """

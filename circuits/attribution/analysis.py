@@ -51,12 +51,20 @@ class AttributeConfig(Config):
     batch_size: int = option(64, "target rows per backward pass", minimum=1)
     precision: Literal["float32", "float64"] = option(
         "float32", "dtype of the replacement model and the graph (the model itself loads with --dtype)")
+    attention_head: str | None = option(None, "also split this head's attention score by source (QK attribution), "
+                                              "written LAYER.HEAD like 1.0 (default off)")
+    query_pos: int | None = option(None, "with --attention-head: the query position (default the last)", minimum=0)
+    key_pos: int | None = option(None, "with --attention-head: the key position (default the one the head attends "
+                                       "to most)", minimum=0)
 
     def validate(self) -> None:
-        if self.prompt is None or not self.prompt.strip():
-            raise ConfigError("give --prompt (at least one non-blank character)")
-        if not self.transcoder and not self.train_tokens:
-            raise ConfigError("give --transcoder FOLDER (one per layer), or --train-tokens N to train them first")
+        check_prompt(self)
+        if self.attention_head is None and (self.query_pos is not None or self.key_pos is not None):
+            raise ConfigError("--query-pos/--key-pos go with --attention-head LAYER.HEAD")
+        if self.attention_head is not None:
+            from circuits.attribution.attention_report import parse_head
+
+            parse_head(self.attention_head)
         if self.incorrect is not None and self.correct is None:
             raise ConfigError("--incorrect needs --correct (the difference correct - incorrect)")
         if self.correct is not None and self.correct == self.incorrect:
@@ -64,6 +72,14 @@ class AttributeConfig(Config):
         if self.target != "logits" and self.correct is not None:
             raise ConfigError("--correct/--incorrect choose output tokens; they do not go with a feature --target")
         _feature_id(self.target)
+
+
+def check_prompt(cfg: Any) -> None:
+    """ConfigError for a blank --prompt, or neither --transcoder nor --train-tokens."""
+    if cfg.prompt is None or not cfg.prompt.strip():
+        raise ConfigError("give --prompt (at least one non-blank character)")
+    if not cfg.transcoder and not cfg.train_tokens:
+        raise ConfigError("give --transcoder FOLDER (one per layer), or --train-tokens N to train them first")
 
 
 def _feature_id(target: str) -> tuple[int, int, int] | None:
@@ -90,19 +106,11 @@ def _single_token(tokenizer: Any, text: str, what: str) -> int:
     return ids[0]
 
 
-def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
+def prompt_replacement(model: Any, cfg: Any, progress: bool) -> tuple[Any, dict[int, Any], int]:
+    """(ReplacementModel of ``cfg.prompt``, transcoders by layer, tokens they were trained on) for a config with
+    ``prompt``, ``transcoder``, ``train_tokens`` and ``precision`` (BOS prepended when the tokenizer has one)."""
     import torch
 
-    from circuits.attribution.attribute import (
-        TargetError,
-        attribute,
-        feature_target,
-        logit_difference,
-        salient_logits,
-        token_logits,
-    )
-    from circuits.attribution.export import to_circuit, to_graph_json
-    from circuits.attribution.prune import graph_scores, prune
     from circuits.attribution.replacement import (
         FeatureSetError,
         ReplacementModel,
@@ -113,10 +121,31 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
     from workbench.data.tokens import bos_id, encode
     from workbench.limits import check_context
 
-    tokenizer = model.tokenizer
-    bos = bos_id(tokenizer)
-    tokens = torch.tensor(([bos] if bos is not None else []) + encode(tokenizer, cfg.prompt))
+    bos = bos_id(model.tokenizer)
+    tokens = torch.tensor(([bos] if bos is not None else []) + encode(model.tokenizer, cfg.prompt))
     check_context(model, len(tokens), "the --prompt")
+    transcoders, trained_tokens = transcoders_by_layer(model, cfg.transcoder, cfg.train_tokens, progress=progress)
+    try:
+        sets = feature_sets_from_transcoders(transcoders, ModelFacts.of(model))
+    except FeatureSetError as err:
+        raise ConfigError(f"--transcoder: {err}") from None
+    rm = ReplacementModel(model, tokens, sets, dtype=getattr(torch, cfg.precision))
+    return rm, transcoders, trained_tokens
+
+
+def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
+    from circuits.attribution.attribute import (
+        TargetError,
+        attribute,
+        feature_target,
+        logit_difference,
+        salient_logits,
+        token_logits,
+    )
+    from circuits.attribution.export import to_circuit, to_graph_json
+    from circuits.attribution.prune import graph_scores, prune
+
+    tokenizer = model.tokenizer
     correct = _single_token(tokenizer, cfg.correct, "correct") if cfg.correct is not None else None
     incorrect = _single_token(tokenizer, cfg.incorrect, "incorrect") if cfg.incorrect is not None else None
     if correct is not None and correct == incorrect:
@@ -126,13 +155,13 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
     if feature is not None and not 0 <= feature[0] < n_layers:
         raise ConfigError(f"--target {cfg.target}: layer {feature[0]} does not exist; the model has layers "
                           f"0..{n_layers - 1}")
-    transcoders, trained_tokens = transcoders_by_layer(model, cfg.transcoder, cfg.train_tokens, progress=progress)
-    try:
-        sets = feature_sets_from_transcoders(transcoders, ModelFacts.of(model))
-    except FeatureSetError as err:
-        raise ConfigError(f"--transcoder: {err}") from None
-    dtype = getattr(torch, cfg.precision)
-    rm = ReplacementModel(model, tokens, sets, dtype=dtype)
+    rm, transcoders, trained_tokens = prompt_replacement(model, cfg, progress)
+    section = None
+    if cfg.attention_head is not None:  # checked before the graph's backward passes
+        from circuits.attribution.attention_report import attention_section
+
+        section = attention_section(rm, cfg.attention_head, cfg.query_pos, cfg.key_pos,
+                                    [tokenizer.decode([t]) for t in rm.tokens.tolist()])
     try:
         if feature is not None:
             targets = feature_target(rm, *feature)
@@ -177,6 +206,11 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
                  f"pruned graph: {summary['nodes']} nodes, {summary['edges']} edges "
                  f"(node threshold {cfg.node_threshold}, edge threshold {cfg.edge_threshold})",
                  f"replacement score {replacement:.4f}, completeness score {completeness:.4f}"]
+    if section is not None:
+        table, data, extra, line = section
+        out.tables["attention"], out.json["attention"] = table, data
+        out.summary.update(extra)
+        out.lines.append(line)
     if cfg.max_feature_nodes and graph.n_features < graph.n_active:
         out.warnings.append(f"{graph.n_active - graph.n_features} active features left out by --max-feature-nodes "
                             f"{cfg.max_feature_nodes}: the graph's rows are no longer complete")
@@ -189,7 +223,12 @@ def _figures(run: Any) -> dict[str, Any]:
     s = run.summary
     title = (f"attribution graph (replacement {s.get('replacement_score', float('nan')):.3f}, "
              f"completeness {s.get('completeness_score', float('nan')):.3f})")
-    return {"graph": Circuit.from_json(run.json("circuit")).figure(title=title)}
+    figures = {"graph": Circuit.from_json(run.json("circuit")).figure(title=title)}
+    if "attention" in run.names("json"):
+        from circuits.attribution.attention_report import attention_figure
+
+        figures["attention"] = attention_figure(run.json("attention"))
+    return figures
 
 
 ATTRIBUTE = Analysis(

@@ -26,6 +26,7 @@ ANALYSES: tuple[str, ...] = (
     "circuits.paths.analysis:PATHS",
     "circuits.edges.analysis:EDGES",
     "circuits.attribution.analysis:ATTRIBUTE",
+    "circuits.attribution.intervene_analysis:INTERVENE",
     "circuits.benchmark.analysis:BENCHMARK",
 )
 
