@@ -27,6 +27,8 @@ ANALYSES: tuple[str, ...] = (
     "circuits.edges.analysis:EDGES",
     "circuits.attribution.analysis:ATTRIBUTE",
     "circuits.benchmark.analysis:BENCHMARK",
+    "circuits.formation.analysis:FORMATION",
+    "circuits.pathways.analysis:SSA",
 )
 
 
