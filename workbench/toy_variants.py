@@ -49,7 +49,8 @@ def check_train_device(device: str | None) -> None:
 def variant_dir(cfg: InductionConfig, what: dict[str, Any], eval_steps: Sequence[int]) -> Path:
     """The cache folder of a variant: a hash of the toy's config, ``what`` (the intervention, JSON-ready) and the
     evaluation steps."""
-    doc = json.dumps({"config": cfg.to_dict(), "what": what, "eval_steps": list(eval_steps)}, sort_keys=True)
+    config = {k: v for k, v in cfg.to_dict().items() if k not in ("resume_every", "n_checkpoints")}  # no effect
+    doc = json.dumps({"config": config, "what": what, "eval_steps": list(eval_steps)}, sort_keys=True)
     key = hashlib.sha256(doc.encode()).hexdigest()[:16]
     return workbench_home() / "toy-variants" / key
 

@@ -35,18 +35,18 @@ class FormationConfig(Config):
                                "components L<l>.H<h>.pattern|output, L<l>.attn, L<l>.mlp (H* = each head, prev = the "
                                "layer-0 previous-token head); WHAT zero|mean|running-mean (patterns also "
                                "uniform|previous-token)")
-    steps: int = option(600, "training steps of each run", minimum=2, maximum=100_000)
-    evaluations: int = option(30, "evenly spaced evaluations per run (the phase change is read from them)",
+    steps: int = option(800, "training steps of each run", minimum=2, maximum=100_000)
+    evaluations: int = option(40, "evenly spaced evaluations per run (the phase change is read from them)",
                               minimum=2, maximum=1000)
     min_drop: float = option(0.5, "smallest repeated-half loss drop (nats) between evaluations that counts as a phase "
                                   "change", minimum=0.0)
-    d_model: int = option(32, "toy width", minimum=4, maximum=1024)
+    d_model: int = option(64, "toy width", minimum=4, maximum=1024)
     layers: int = option(2, "toy layers", minimum=1, maximum=8)
     heads: int = option(2, "heads per layer", minimum=1, maximum=16)
-    vocab: int = option(32, "random tokens", minimum=4, maximum=8192)
-    half_len: int = option(12, "length of the repeated half", minimum=4, maximum=512)
-    batch: int = option(16, "sequences per step", minimum=1, maximum=4096)
-    lr: float = option(5e-3, "peak learning rate", exclusive_minimum=True, minimum=0.0)
+    vocab: int = option(128, "random tokens", minimum=4, maximum=8192)
+    half_len: int = option(24, "length of the repeated half", minimum=4, maximum=512)
+    batch: int = option(32, "sequences per step", minimum=1, maximum=4096)
+    lr: float = option(3e-3, "peak learning rate", exclusive_minimum=True, minimum=0.0)
     seed: int = option(0, "seed of the weights and the data", minimum=0)
     n_eval: int = option(64, "evaluation sequences", minimum=2, maximum=4096)
     device: str | None = option(None, "device to train on: cpu (default), cuda, cuda:N")
