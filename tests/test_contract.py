@@ -42,6 +42,9 @@ SHRUNK = {
     "edges": ("tiny_gpt2", dict(n=2, half_len=4, threshold=1e-4)),
     "attribute": ("tiny_llama", dict(train_tokens=1024, prompt="t3 t5 t7 t3 t5")),
     "benchmark": (None, dict(models=["gt-prev-token"], methods=["eap", "acdc"], n=8)),
+    "formation": (None, dict(clamps=["none", "L1.H*.output=zero"], steps=10, evaluations=3, d_model=16, half_len=4,
+                             vocab=16, batch=4, n_eval=8)),
+    "ssa": (None, dict(steps=6, evaluations=2, ensemble=2, d_model=16, half_len=4, vocab=16, batch=4, n_eval=8)),
 }
 
 

@@ -58,6 +58,10 @@ REQUIRED = {
     "edges": ("tiny_gpt2", {"half_len": "4", "n": "2"}),
     "attribute": ("tiny_llama", {"prompt": "t3 t5 t7 t3 t5"}),
     "benchmark": (None, {"models": "gt-prev-token", "methods": "eap\nacdc", "n": "8"}),
+    "formation": (None, {"clamps": "none\nL1.H*.output=zero", "steps": "10", "evaluations": "3", "d_model": "16",
+                         "half_len": "4", "vocab": "16", "batch": "4", "n_eval": "8"}),
+    "ssa": (None, {"steps": "6", "evaluations": "2", "ensemble": "2", "d_model": "16", "half_len": "4", "vocab": "16",
+                   "batch": "4", "n_eval": "8"}),
 }
 
 

@@ -56,7 +56,10 @@ class FormationConfig(Config):
 
         if self.d_model % self.heads:
             raise ConfigError(f"--d-model {self.d_model} is not divisible by --heads {self.heads}")
-        expand(list(self.clamps), self.layers, self.heads)
+        try:
+            expand(list(self.clamps), self.layers, self.heads)
+        except ConfigError as err:
+            raise ConfigError(f"--clamps: {err}") from None
         from workbench.toy_variants import check_train_device
 
         check_train_device(self.device)
