@@ -2,7 +2,8 @@
 
 Trains the toy (the architecture of ``toy/induction-2l``: 2 layers x 2 heads, d_model 64, repeated random tokens)
 for 800 steps under each clamp of the default sweep of ``workbench formation`` (no clamp; the previous-token head's
-pattern fixed to uniform; each layer-1 head's output zeroed; the layer-0 attention output zeroed), reads the
+pattern fixed to uniform; each layer-1 head's output zeroed; the layer-0 attention output zeroed) plus both layer-0
+heads' patterns fixed to uniform together, reads the
 phase-change step from the repeated-half loss, stores the run (kind ``formation``) and writes
 ``induction_formation.md`` next to this script.
 
@@ -17,8 +18,11 @@ from pathlib import Path
 
 import torch
 
-from circuits.formation.analysis import FORMATION, FormationConfig
+from circuits.formation.analysis import DEFAULT_CLAMPS, FORMATION, FormationConfig
 from workbench.store import Store
+
+#: both layer-0 heads' patterns uniform at once: no head can carry the previous token
+BOTH = "L0.H0.pattern=uniform+L0.H1.pattern=uniform"
 
 
 def _table(clamps) -> list[str]:
@@ -38,6 +42,7 @@ def _verdict(summary: dict) -> str:
     base = ch.get("none")
     layer0 = ch.get("L0.attn=zero")
     prev = ch.get("prev.pattern=uniform")
+    both = ch.get(BOTH)
     heads = {k: v for k, v in ch.items() if k.startswith("L1.H") and k.endswith("output=zero")}
     parts = []
     parts.append("with layer 0's output zeroed (no previous-token information to compose with) "
@@ -47,6 +52,9 @@ def _verdict(summary: dict) -> str:
                  + ("never happens" if prev is None else
                     f"happens at step {prev} ({'later than' if base is not None and prev > base else 'not later than'} "
                     f"the unclamped {base})"))
+    if BOTH in ch:
+        parts.append("with both layer-0 heads' patterns clamped to uniform (no previous-token head possible) "
+                     + ("no phase change happens" if both is None else f"a phase change still happens at step {both}"))
     formed = [k for k, v in heads.items() if v is not None]
     parts.append(f"with one layer-1 head ablated the other still forms ({len(formed)} of {len(heads)} single-head "
                  "ablations keep a phase change)" if formed else "no single layer-1 head ablation keeps a phase change")
@@ -55,7 +63,7 @@ def _verdict(summary: dict) -> str:
 
 
 def main() -> None:
-    cfg = FormationConfig()
+    cfg = FormationConfig(clamps=[*DEFAULT_CLAMPS, BOTH])
     info, result = FORMATION.launch(None, cfg, store=Store(), progress=True)
     summary = result.summary
     out = [

@@ -110,6 +110,6 @@ FORMATION = Analysis(
     kind="formation", verb="formation", config=FormationConfig, compute=_compute, figures=_figures,
     help="train the induction toy under clamps (heads' patterns or outputs, layers' outputs fixed at every step) and "
          "compare the phase changes",
-    demo=FormationConfig(steps=300, evaluations=15, d_model=16, half_len=8, vocab=16, batch=8, lr=1e-2, n_eval=16),
+    demo=FormationConfig(clamps=["none", "L0.attn=zero"]),  # the toy's size: a phase change, and none without layer 0
     demo_model=None, needs_model=False,
     model_of=lambda cfg: f"toy/induction-d{cfg.d_model}-l{cfg.layers}-h{cfg.heads} (trained per clamp)")

@@ -106,6 +106,6 @@ SSA = Analysis(
     kind="ssa", verb="ssa", config=SsaConfig, compute=_compute, figures=_figures,
     help="train the induction toy with stochastically subsampled attention (SSA) and densely; compare held-out losses, "
          "the sub-model ensemble and the attention cost",
-    demo=SsaConfig(steps=200, evaluations=5, d_model=16, half_len=8, vocab=16, batch=8, lr=1e-2, n_eval=16, ensemble=3),
+    demo=SsaConfig(),
     demo_model=None, needs_model=False,
     model_of=lambda cfg: f"toy/induction-d{cfg.d_model}-l{cfg.layers}-h{cfg.heads} (dense and SSA {cfg.fraction:g})")
