@@ -36,7 +36,21 @@ def _table(clamps) -> list[str]:
     return lines
 
 
-def _verdict(summary: dict) -> str:
+def _head_table(heads, steps: int) -> list[str]:
+    """Every head's final previous-token (layer 0) or induction (last layer) score per clamp."""
+    final = heads[heads["step"] == steps]
+    names = list(dict.fromkeys(final["head_name"]))
+    last = int(final["layer"].max())
+    lines = ["| clamp | " + " | ".join(f"{n} {'induction' if n.startswith(f'L{last}.') else 'prev-token'}"
+                                        for n in names) + " |", "|---|" + "---|" * len(names)]
+    for clamp, part in final.groupby("clamp", sort=False):
+        cells = [part[part["head_name"] == n].iloc[0] for n in names]
+        lines.append(f"| `{clamp}` | " + " | ".join(
+            f"{c['induction'] if c['layer'] == last else c['previous_token']:.3f}" for c in cells) + " |")
+    return lines
+
+
+def _verdict(summary: dict, steps: int) -> str:
     """One sentence comparing the measured phase changes with the paper's claims."""
     ch = summary["phase_change_steps"]
     base = ch.get("none")
@@ -46,18 +60,18 @@ def _verdict(summary: dict) -> str:
     heads = {k: v for k, v in ch.items() if k.startswith("L1.H") and k.endswith("output=zero")}
     parts = []
     parts.append("with layer 0's output zeroed (no previous-token information to compose with) "
-                 + ("no phase change happens, as the paper's account requires"
+                 + (f"no phase change happens in {steps} steps, as the paper's account requires"
                     if layer0 is None else f"a phase change still happens at step {layer0}, against the paper's account"))
     parts.append("with the previous-token head's pattern clamped to uniform the phase change "
-                 + ("never happens" if prev is None else
+                 + (f"does not happen in {steps} steps" if prev is None else
                     f"happens at step {prev} ({'later than' if base is not None and prev > base else 'not later than'} "
                     f"the unclamped {base})"))
     if BOTH in ch:
         parts.append("with both layer-0 heads' patterns clamped to uniform (no previous-token head possible) "
-                     + ("no phase change happens" if both is None else f"a phase change still happens at step {both}"))
-    formed = [k for k, v in heads.items() if v is not None]
-    parts.append(f"with one layer-1 head ablated the other still forms ({len(formed)} of {len(heads)} single-head "
-                 "ablations keep a phase change)" if formed else "no single layer-1 head ablation keeps a phase change")
+                     + (f"no phase change happens in {steps} steps" if both is None else f"a phase change still happens at step {both}"))
+    for label, step in heads.items():
+        parts.append(f"with {label.split('.output')[0]}'s output zeroed "
+                     + (f"no phase change happens in {steps} steps" if step is None else f"the phase change happens at step {step}"))
     return ("Singh et al. find that the phase change needs a previous-token subcircuit feeding the induction head and "
             "that several induction heads form additively; here " + "; ".join(parts) + ".")
 
@@ -80,10 +94,15 @@ def main() -> None:
         "",
         *_table(result.tables["clamps"]),
         "",
-        _verdict(summary),
+        f"Each head's score at step {cfg.steps} (layer 0: previous-token score; layer {cfg.layers - 1}: induction "
+        "score; a clamped pattern shows its clamp):",
+        "",
+        *_head_table(result.tables["heads"], cfg.steps),
+        "",
+        _verdict(summary, cfg.steps),
         "",
         *(f"**warning:** {w}" for w in result.warnings),
-        f"Measured on {platform.machine()} CPU ({torch.get_num_threads()} threads), "
+        f"Measured on {platform.machine()} CPU ({torch.get_num_threads()} torch thread(s), machine shared), "
         f"{summary['seconds']:.0f} s for the sweep (0 s for variants reused from the cache). Stored as run "
         f"`formation/{info.run_id}`; figures: loss curves and induction-score curves on the dashboard's Formation page.",
     ]

@@ -77,7 +77,8 @@ def main() -> None:
         "",
         *verdicts,
         "",
-        f"Measured on {platform.machine()} CPU ({torch.get_num_threads()} threads).",
+        f"Measured on {platform.machine()} CPU ({torch.get_num_threads()} torch thread(s), machine shared: training "
+        "seconds are noisy).",
     ]
     Path(__file__).with_suffix(".md").write_text("\n".join(out) + "\n")
     print("\n".join(out))
