@@ -43,6 +43,9 @@ SHRUNK = {
     "attribute": ("tiny_llama", dict(train_tokens=1024, prompt="t3 t5 t7 t3 t5")),
     "intervene": ("tiny_llama", dict(train_tokens=512, prompt="t3 t5 t7 t3 t5", sample=4)),
     "benchmark": (None, dict(models=["gt-prev-token"], methods=["eap", "acdc"], n=8)),
+    "formation": (None, dict(clamps=["none", "L1.H*.output=zero"], steps=10, evaluations=3, d_model=16, half_len=4,
+                             vocab=16, batch=4, n_eval=8)),
+    "ssa": (None, dict(steps=6, evaluations=2, ensemble=2, d_model=16, half_len=4, vocab=16, batch=4, n_eval=8)),
 }
 
 

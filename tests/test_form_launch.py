@@ -59,6 +59,10 @@ REQUIRED = {
     "attribute": ("tiny_llama", {"prompt": "t3 t5 t7 t3 t5"}),
     "intervene": ("tiny_llama", {"prompt": "t3 t5 t7 t3 t5", "sample": "4"}),
     "benchmark": (None, {"models": "gt-prev-token", "methods": "eap\nacdc", "n": "8"}),
+    "formation": (None, {"clamps": "none\nL1.H*.output=zero", "steps": "10", "evaluations": "3", "d_model": "16",
+                         "half_len": "4", "vocab": "16", "batch": "4", "n_eval": "8"}),
+    "ssa": (None, {"steps": "6", "evaluations": "2", "ensemble": "2", "d_model": "16", "half_len": "4", "vocab": "16",
+                   "batch": "4", "n_eval": "8"}),
 }
 
 

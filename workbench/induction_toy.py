@@ -12,6 +12,7 @@ step ``s`` is drawn from a generator seeded with ``(seed, s)``, so training is d
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -183,13 +184,23 @@ def induction_report(bridge, cfg: InductionConfig, n: int = 64, seed: int = 1234
     }
 
 
-def train_induction(cfg: InductionConfig, workdir: Path, progress: bool = True) -> list[dict]:
-    """Train (or resume training) the toy in ``workdir``; checkpoints land in ``workdir/checkpoints/step-N``."""
-    model = make_model(cfg)
-    tokenizer = make_tokenizer(cfg.vocab)
-    eval_tokens = induction_tokens(64, cfg.half_len, cfg.vocab, seed=999_999)
+def train_induction(cfg: InductionConfig, workdir: Path, progress: bool = True, *, interventions: Sequence[Any] = (),
+                    eval_fn: Callable[[Any, int], dict[str, float]] | None = None, eval_steps: Sequence[int] = (),
+                    save_steps: Sequence[int] | None = None, device: str | None = None) -> list[dict]:
+    """Train (or resume training) the toy in ``workdir``; checkpoints land in ``workdir/checkpoints/step-N``.
 
-    def eval_fn(m, step: int) -> dict[str, float]:
+    ``interventions`` (clamps, subsampled attention) act during training (see :func:`workbench.train.train_causal_lm`);
+    ``eval_fn(model, step)`` replaces the default evaluation (the two halves' losses), also run at ``eval_steps``;
+    ``save_steps`` replaces the log-spaced checkpoints; ``device`` is where the model and batches go (default cpu).
+    """
+    model = make_model(cfg)
+    if device is not None:
+        model.to(device)
+    tokenizer = make_tokenizer(cfg.vocab)
+    eval_tokens = induction_tokens(64, cfg.half_len, cfg.vocab, seed=999_999).to(model.device)
+    batches = batch_fn_for(cfg)
+
+    def default_eval(m, step: int) -> dict[str, float]:
         first, repeated = split_losses(m(input_ids=eval_tokens).logits, eval_tokens, cfg.half_len)
         return {"loss_first_half": first, "loss_repeated_half": repeated}
 
@@ -199,9 +210,10 @@ def train_induction(cfg: InductionConfig, workdir: Path, progress: bool = True) 
         warmup=cfg.warmup,
         weight_decay=cfg.weight_decay,
         resume_every=cfg.resume_every,
-        save_steps=log_spaced_steps(cfg.steps, cfg.n_checkpoints),
+        save_steps=tuple(save_steps) if save_steps is not None else log_spaced_steps(cfg.steps, cfg.n_checkpoints),
+        eval_steps=tuple(eval_steps),
     )
     return train_causal_lm(
-        model, batch_fn_for(cfg), train_cfg, workdir, tokenizer=tokenizer, eval_fn=eval_fn, progress=progress,
-        description="induction toy",
+        model, lambda step: batches(step).to(model.device), train_cfg, workdir, tokenizer=tokenizer,
+        eval_fn=eval_fn or default_eval, progress=progress, description="induction toy", interventions=interventions,
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,8 @@ CHECKPOINTS = "checkpoints"
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings. ``save_steps`` lists the steps (updates done; 0 = initial weights) kept as checkpoints."""
+    """Optimisation settings. ``save_steps`` lists the steps (updates done; 0 = initial weights) kept as checkpoints;
+    ``eval_steps`` more steps evaluated (without a checkpoint)."""
 
     steps: int
     lr: float = 1e-3
@@ -44,6 +45,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     resume_every: int = 100
     save_steps: tuple[int, ...] = field(default_factory=tuple)
+    eval_steps: tuple[int, ...] = field(default_factory=tuple)
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
@@ -125,11 +127,15 @@ def train_causal_lm(
     eval_fn: Callable[[Any, int], dict[str, float]] | None = None,
     progress: bool = True,
     description: str = "training",
+    interventions: Sequence[Any] = (),
 ) -> list[dict]:
     """Train a Hugging Face causal LM (``model(input_ids, labels=...)``) for ``cfg.steps`` updates, resumably.
 
     ``batch_fn(step)`` returns the token batch [batch, seq] of update ``step`` (a pure function of ``step``).
-    ``eval_fn(model, step)`` (optional) is called at every saved step and its numbers are kept in the history.
+    ``eval_fn(model, step)`` (optional) is called at every saved or evaluated step and its numbers are kept in the
+    history. ``interventions`` change the model while it trains (clamps, :mod:`workbench.clamp`; subsampled
+    attention, :mod:`workbench.ssa`): each has ``attach(model)``, ``begin_step(step, tokens)`` (before update
+    ``step``), ``begin_eval(step)`` (before the evaluation after ``step`` updates) and ``detach()`` (at the end).
     Returns the history: one dict per update (``step``, ``loss``, ``lr``), plus ``eval`` entries at saved steps.
     """
     workdir = Path(workdir)
@@ -138,40 +144,51 @@ def train_causal_lm(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     start, history = _load_resume(workdir, model, optimizer)
-    save_steps = set(cfg.save_steps)
+    save_steps, eval_steps = set(cfg.save_steps), set(cfg.save_steps) | set(cfg.eval_steps)
 
     def save_point(done: int) -> None:
-        if done in save_steps:
+        if done in eval_steps:
             model.eval()
+            for iv in interventions:
+                iv.begin_eval(done)
             if eval_fn is not None:
                 with torch.no_grad():
                     history.append({"step": done, "eval": eval_fn(model, done)})
-            save_hf_checkpoint(step_dir(workdir / CHECKPOINTS, done), model, tokenizer)
+            if done in save_steps:
+                save_hf_checkpoint(step_dir(workdir / CHECKPOINTS, done), model, tokenizer)
             model.train()
 
-    model.train()
-    if start == 0:
-        save_point(0)
-    bar = tqdm(total=cfg.steps, initial=start, desc=description, disable=not progress, unit="step")
-    for step in range(start, cfg.steps):
-        lr = cfg.lr_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        tokens = batch_fn(step)
-        loss = model(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        history.append({"step": done, "loss": float(loss.detach()), "lr": lr})
-        save_point(done)
-        if done % cfg.resume_every == 0 or done == cfg.steps:
-            _save_resume(workdir, done, model, optimizer, history)
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-    bar.close()
+    for iv in interventions:
+        iv.attach(model)
+    try:
+        model.train()
+        if start == 0:
+            save_point(0)
+        bar = tqdm(total=cfg.steps, initial=start, desc=description, disable=not progress, unit="step")
+        for step in range(start, cfg.steps):
+            lr = cfg.lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            tokens = batch_fn(step)
+            for iv in interventions:
+                iv.begin_step(step, tokens)
+            loss = model(input_ids=tokens, labels=tokens).loss
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            history.append({"step": done, "loss": float(loss.detach()), "lr": lr})
+            save_point(done)
+            if done % cfg.resume_every == 0 or done == cfg.steps:
+                _save_resume(workdir, done, model, optimizer, history)
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        bar.close()
+    finally:
+        for iv in interventions:
+            iv.detach()
     model.eval()
     return history
 
@@ -180,5 +197,6 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
     """``cfg`` as plain JSON-ready data."""
     out = asdict(cfg)
     out["save_steps"] = list(cfg.save_steps)
+    out["eval_steps"] = list(cfg.eval_steps)
     out["betas"] = list(cfg.betas)
     return out

@@ -28,6 +28,8 @@ ANALYSES: tuple[str, ...] = (
     "circuits.attribution.analysis:ATTRIBUTE",
     "circuits.attribution.intervene_analysis:INTERVENE",
     "circuits.benchmark.analysis:BENCHMARK",
+    "circuits.formation.analysis:FORMATION",
+    "circuits.pathways.analysis:SSA",
 )
 
 
