@@ -24,6 +24,8 @@ from workbench.analysis import Analysis, Config, ConfigError, Result, model_spec
 
 __all__ = ["ATTRIBUTE", "AttributeConfig"]
 
+FEATURE_CORPUS, FEATURE_SEQ_LEN = "wiki", 64  # the feature cards' held-out text
+
 
 @dataclass
 class AttributeConfig(Config):
@@ -51,6 +53,11 @@ class AttributeConfig(Config):
     batch_size: int = option(64, "target rows per backward pass", minimum=1)
     precision: Literal["float32", "float64"] = option(
         "float32", "dtype of the replacement model and the graph (the model itself loads with --dtype)")
+    feature_files: bool = option(True, "feature cards (top contexts by activation interval, top/bottom logits, "
+                                       "histogram, frequency) from held-out wiki text, stored in the run")
+    feature_tokens: int = option(4096, "held-out tokens scanned for the feature cards", minimum=1)
+    max_feature_files: int = option(200, "feature cards for at most this many features, the most influential "
+                                         "(0: every feature of the graph)", minimum=0)
 
     def validate(self) -> None:
         if self.prompt is None or not self.prompt.strip():
@@ -64,6 +71,13 @@ class AttributeConfig(Config):
         if self.target != "logits" and self.correct is not None:
             raise ConfigError("--correct/--incorrect choose output tokens; they do not go with a feature --target")
         _feature_id(self.target)
+        if self.feature_files:
+            from workbench.data.budget import check_token_budget
+
+            try:
+                check_token_budget(FEATURE_CORPUS, "heldout", self.feature_tokens, FEATURE_SEQ_LEN, "--feature-tokens")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
 
 
 def _feature_id(target: str) -> tuple[int, int, int] | None:
@@ -101,13 +115,14 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
         salient_logits,
         token_logits,
     )
-    from circuits.attribution.export import to_circuit, to_graph_json
+    from circuits.attribution.export import to_circuit, to_graph_json, write_graph_json
     from circuits.attribution.prune import graph_scores, prune
     from circuits.attribution.replacement import (
         FeatureSetError,
         ReplacementModel,
         feature_sets_from_transcoders,
     )
+    from circuits.attribution.storage import GRAPH_JSON, GRAPH_TENSORS, graph_artifacts
     from circuits.dictionaries.transcoder_set import transcoders_by_layer
     from circuits.frozen.facts import ModelFacts
     from workbench.data.tokens import bos_id, encode
@@ -169,8 +184,16 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
     }
     if trained_tokens:
         summary["transcoder_tokens"] = trained_tokens
-    out = Result(graphs={"circuit": circuit}, tables={"nodes": nodes, "edges": edges}, json={"graph": graph_json},
+    graph_tensors, graph_doc = graph_artifacts(graph)
+    out = Result(graphs={"circuit": circuit}, tables={"nodes": nodes, "edges": edges},
+                 tensors={GRAPH_TENSORS: graph_tensors}, json={"graph": graph_json, GRAPH_JSON: graph_doc},
                  summary=summary, objects={"graph": graph, "pruned": pruned, "replacement_model": rm})
+    cards: list[dict[str, Any]] | None = None
+    if cfg.feature_files:
+        cards = _feature_cards(model, rm, graph, pruned, cfg, bos, progress, out.warnings)
+        out.json["features"] = {"corpus": FEATURE_CORPUS, "split": "heldout", "features": cards}
+        summary["feature_cards"] = len(cards)
+    out.folders["graph_files"] = lambda folder: write_graph_json(folder / "attribution.json", graph_json, cards)
     out.lines = [f"{graph.n_pos} tokens, {graph.n_active} active features ({graph.n_features} attributed), targets "
                  + ", ".join(f"{t!r} ({p:.3f})" for t, p in zip(graph.logit_labels, summary["target_probabilities"],
                                                                  strict=True)),
@@ -181,6 +204,31 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
         out.warnings.append(f"{graph.n_active - graph.n_features} active features left out by --max-feature-nodes "
                             f"{cfg.max_feature_nodes}: the graph's rows are no longer complete")
     return out
+
+
+def _feature_cards(model: Any, rm: Any, graph: Any, pruned: Any, cfg: AttributeConfig, bos: int | None,
+                   progress: bool, warnings_out: list[str]) -> list[dict[str, Any]]:
+    """Feature cards for the graph's most influential features (``--max-feature-files``) from held-out text."""
+    import warnings
+
+    from circuits.attribution.features import feature_cards
+    from circuits.dictionaries.buffer import corpus_source
+
+    best: dict[tuple[int, int], float] = {}
+    for (layer, _, feat), infl in zip(graph.features.tolist(), pruned.influence[:graph.n_features].tolist(),
+                                      strict=True):
+        best[(layer, feat)] = max(best.get((layer, feat), 0.0), infl)
+    chosen = sorted(best, key=lambda key: -best[key])
+    chosen = chosen[:cfg.max_feature_files] if cfg.max_feature_files else chosen
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = corpus_source(model.tokenizer, FEATURE_CORPUS, seq_len=FEATURE_SEQ_LEN, batch_size=16,
+                               split="heldout", max_tokens=cfg.feature_tokens)
+    warnings_out.extend(f"feature cards: {w.message}" for w in caught)
+    bias = {} if rm.w.rms else {layer: rm.w.ln2_b[layer] for layer in rm.sets}
+    return feature_cards(model, rm.sets, sorted(chosen), source, max_tokens=cfg.feature_tokens,
+                         exclude_tokens=[bos] if bos is not None else [], input_bias=bias, progress=progress,
+                         device=str(rm.device))
 
 
 def _figures(run: Any) -> dict[str, Any]:
