@@ -181,3 +181,41 @@ def test_the_run_holds_cards_and_circuit_tracer_files(stored):
         assert sum(card["histogram"]) == card["n_positive"]
     listing = json.loads((folder / "graph-metadata.json").read_text())
     assert listing["graphs"] == [graph_json["metadata"]]
+
+
+def test_layout_supernodes_and_selection(stored):
+    from circuits.attribution.explore import graph_figure, group, layout, reprune, selected_ids
+    from circuits.attribution.export import kept
+
+    _, _, result = stored
+    graph = result.objects["graph"]
+    pruned = reprune(graph, 0.9, 0.99)
+    view = layout(graph, pruned)
+    ids = graph.node_ids()
+    nodes_kept, edges = kept(graph, pruned)
+    assert list(view.nodes["id"]) == [ids[i] for i in nodes_kept] and len(view.edges) == len(edges)
+    by_kind = view.nodes.groupby("kind")["y"].agg(["min", "max"])
+    assert by_kind.loc["emb"].tolist() == [0, 0] and by_kind.loc["logit"].tolist() == [3, 3]
+    feats = view.nodes[view.nodes["kind"] == "feature"]
+    assert (feats["y"] == feats["layer"] + 1).all() and ((feats["x"] - feats["position"]).abs() < 0.4).all()
+    assert len(set(zip(view.nodes["x"], view.nodes["y"], strict=True))) == len(view.nodes)  # no two nodes overlap
+    # two pinned features as one supernode: the edge weight between the group and the rest is kept
+    members = list(feats.sort_values("influence")["id"][-2:])
+    grouped = group(view, {"pair": members})
+    assert len(grouped.nodes) == len(view.nodes) - 1 and "super:pair" in set(grouped.nodes["id"])
+    sup = grouped.nodes.set_index("id").loc["super:pair"]
+    assert sup["influence"] == pytest.approx(feats.set_index("id").loc[members, "influence"].sum())
+    e = view.edges
+    inside = e["source"].isin(members) & e["target"].isin(members)
+    for end in ("source", "target"):
+        want = e[e[end].isin(members) & ~inside]["weight"].sum()
+        assert grouped.edges[grouped.edges[end] == "super:pair"]["weight"].sum() == pytest.approx(want)
+    assert grouped.edges.groupby(["source", "target"]).size().max() == 1
+    with pytest.raises(ValueError, match="two supernodes"):
+        group(view, {"a": members, "b": members[:1]})
+    fig = graph_figure(grouped, pinned=members[:1], selected="super:pair")
+    assert list(fig.layout.xaxis.ticktext) == [repr(t) for t in graph.token_strings]
+    curve = next(j for j, t in enumerate(fig.data) if t.meta and t.customdata is not None
+                 and "super:pair" in t.customdata)
+    event = {"selection": {"points": [{"curve_number": curve, "point_index": 0}, {"curve_number": 0}]}}
+    assert selected_ids(event, fig) == ["super:pair"] and selected_ids(None, fig) == []

@@ -55,7 +55,8 @@ class AttributeConfig(Config):
         "float32", "dtype of the replacement model and the graph (the model itself loads with --dtype)")
     feature_files: bool = option(True, "feature cards (top contexts by activation interval, top/bottom logits, "
                                        "histogram, frequency) from held-out wiki text, stored in the run")
-    feature_tokens: int = option(4096, "held-out tokens scanned for the feature cards", minimum=1)
+    feature_tokens: int = option(4096, "held-out tokens scanned for the feature cards (at most; fewer when the "
+                                       "held-out text runs out)", minimum=1)
     max_feature_files: int = option(200, "feature cards for at most this many features, the most influential "
                                          "(0: every feature of the graph)", minimum=0)
 
@@ -71,13 +72,6 @@ class AttributeConfig(Config):
         if self.target != "logits" and self.correct is not None:
             raise ConfigError("--correct/--incorrect choose output tokens; they do not go with a feature --target")
         _feature_id(self.target)
-        if self.feature_files:
-            from workbench.data.budget import check_token_budget
-
-            try:
-                check_token_budget(FEATURE_CORPUS, "heldout", self.feature_tokens, FEATURE_SEQ_LEN, "--feature-tokens")
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
 
 
 def _feature_id(target: str) -> tuple[int, int, int] | None:
@@ -193,6 +187,7 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
         cards = _feature_cards(model, rm, graph, pruned, cfg, bos, progress, out.warnings)
         out.json["features"] = {"corpus": FEATURE_CORPUS, "split": "heldout", "features": cards}
         summary["feature_cards"] = len(cards)
+        summary["feature_tokens_scanned"] = cards[0]["n_tokens"] if cards else 0
     out.folders["graph_files"] = lambda folder: write_graph_json(folder / "attribution.json", graph_json, cards)
     out.lines = [f"{graph.n_pos} tokens, {graph.n_active} active features ({graph.n_features} attributed), targets "
                  + ", ".join(f"{t!r} ({p:.3f})" for t, p in zip(graph.logit_labels, summary["target_probabilities"],
@@ -212,7 +207,6 @@ def _feature_cards(model: Any, rm: Any, graph: Any, pruned: Any, cfg: AttributeC
     import warnings
 
     from circuits.attribution.features import feature_cards
-    from circuits.dictionaries.buffer import corpus_source
 
     best: dict[tuple[int, int], float] = {}
     for (layer, _, feat), infl in zip(graph.features.tolist(), pruned.influence[:graph.n_features].tolist(),
@@ -220,15 +214,27 @@ def _feature_cards(model: Any, rm: Any, graph: Any, pruned: Any, cfg: AttributeC
         best[(layer, feat)] = max(best.get((layer, feat), 0.0), infl)
     chosen = sorted(best, key=lambda key: -best[key])
     chosen = chosen[:cfg.max_feature_files] if cfg.max_feature_files else chosen
+    from circuits.dictionaries.buffer import UnreadableCorpusWarning, corpus_source, random_source
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         source = corpus_source(model.tokenizer, FEATURE_CORPUS, seq_len=FEATURE_SEQ_LEN, batch_size=16,
                                split="heldout", max_tokens=cfg.feature_tokens)
-    warnings_out.extend(f"feature cards: {w.message}" for w in caught)
+    if any(issubclass(w.category, UnreadableCorpusWarning) for w in caught):
+        rows = -(-cfg.feature_tokens // FEATURE_SEQ_LEN)
+        source = random_source(int(model.cfg.d_vocab), seq_len=FEATURE_SEQ_LEN, batch_size=min(16, rows),
+                               n_batches=-(-rows // 16), seed=0, bos_id=bos)
+        warnings_out.append(f"feature cards: the tokenizer does not read the {FEATURE_CORPUS} corpus (mostly its "
+                            "unknown token); the cards were computed on uniformly random tokens instead")
+    else:
+        warnings_out.extend(f"feature cards: {w.message}" for w in caught)
     bias = {} if rm.w.rms else {layer: rm.w.ln2_b[layer] for layer in rm.sets}
-    return feature_cards(model, rm.sets, sorted(chosen), source, max_tokens=cfg.feature_tokens,
-                         exclude_tokens=[bos] if bos is not None else [], input_bias=bias, progress=progress,
-                         device=str(rm.device))
+    cards = feature_cards(model, rm.sets, sorted(chosen), source, max_tokens=cfg.feature_tokens,
+                          exclude_tokens=[bos] if bos is not None else [], input_bias=bias, progress=progress,
+                          device=str(rm.device))
+    if cards and not cards[0]["n_tokens"]:
+        warnings_out.append("feature cards: no token was scanned (every held-out token is the BOS); the cards are empty")
+    return cards
 
 
 def _figures(run: Any) -> dict[str, Any]:

@@ -28,10 +28,10 @@ from circuits.attribution.prune import PruneResult
 from workbench.atomic import write_text
 from workbench.circuit import Circuit
 
-__all__ = ["feature_file", "process_token", "to_circuit", "to_graph_json", "write_graph_json"]
+__all__ = ["feature_file", "kept", "process_token", "to_circuit", "to_graph_json", "write_graph_json"]
 
 
-def _kept(graph: AttributionGraph, pruned: PruneResult) -> tuple[list[int], list[tuple[int, int, float]]]:
+def kept(graph: AttributionGraph, pruned: PruneResult) -> tuple[list[int], list[tuple[int, int, float]]]:
     """Kept node indices (those with a kept edge, plus every token and logit) and kept edges (source, target, w)."""
     targets, sources = pruned.edge_mask.nonzero(as_tuple=True)
     weights = graph.adjacency[targets, sources].tolist()
@@ -46,7 +46,7 @@ def to_circuit(graph: AttributionGraph, pruned: PruneResult, name: str = "attrib
     ids = graph.node_ids()
     circuit = Circuit(name, {"method": "attribution graph", "tokens": list(graph.token_strings),
                              "n_active_features": graph.n_active, **graph.metadata})
-    nodes, edges = _kept(graph, pruned)
+    nodes, edges = kept(graph, pruned)
     for i in nodes:
         kind = graph.kind(i)
         attrs: dict[str, Any] = {"score": float(pruned.influence[i]),
@@ -84,7 +84,7 @@ def to_graph_json(graph: AttributionGraph, pruned: PruneResult, *, slug: str, sc
                   node_threshold: float, transcoder_list: list[str] | None = None, prompt: str | None = None
                   ) -> dict[str, Any]:
     """circuit-tracer's graph JSON of the pruned graph (schema version 1; see the module docstring)."""
-    nodes_kept, edges = _kept(graph, pruned)
+    nodes_kept, edges = kept(graph, pruned)
     out_nodes: dict[int, dict[str, Any]] = {}
     L, T = graph.n_layers, graph.n_pos
     feature_ids = {f"{la}_{f}_{p}" for la, p, f in graph.features.tolist()}
