@@ -36,6 +36,12 @@ def _pruned_view(path: str, created: str, node_threshold: float, edge_threshold:
     return layout(graph, reprune(graph, node_threshold, edge_threshold))
 
 
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _cards(path: str, created: str) -> dict:
+    run = Store().load(*path.split("/")[-2:])
+    return cards_by_feature(run.json("features") if "features" in run.names("json") else None)
+
+
 def _state(run_id: str) -> dict[str, Any]:
     """This run's explorer state: pinned node ids and supernodes (name -> member ids)."""
     return st.session_state.setdefault("graph_explorer", {}).setdefault(run_id, {"supernodes": {}})
@@ -56,7 +62,7 @@ def _make_supernode(run_id: str, key: str, name_key: str) -> None:
         st.session_state[name_key] = ""
 
 
-def _card(node_id: str, cards: dict, view: GraphView) -> None:
+def _card_view(node_id: str, cards: dict, view: GraphView) -> None:
     """The feature card of a node: top contexts by activation interval, logits, histogram, frequency."""
     row = view.nodes[view.nodes["id"] == node_id]
     card = card_for(node_id, cards)
@@ -104,7 +110,7 @@ def _show(run: Run) -> None:
                             key=f"edge-{rid}", help="keep the edges holding this fraction of the edge influence")
     view = _pruned_view(f"{run.kind}/{rid}", str(run.manifest.get("created")), node_t, edge_t)
     state, pin_key, inspect_key = _state(rid), f"pinned-{rid}", f"inspect-{rid}"
-    cards = cards_by_feature(run.json("features") if "features" in run.names("json") else None)
+    cards = _cards(f"{run.kind}/{rid}", str(run.manifest.get("created")))
     shown = group(view, state["supernodes"])
     st.caption(f"{len(shown.nodes)} nodes ({len(view.nodes)} before grouping), {len(shown.edges)} edges; the full "
                f"graph has {graph.n_nodes} nodes. Click a node to see its feature card.")
@@ -112,8 +118,8 @@ def _show(run: Run) -> None:
     event = st.plotly_chart(fig, key=f"chart-{rid}", on_select="rerun", selection_mode="points", width="stretch")
     options = list(view.nodes["id"])
     clicked = [i for i in selected_ids(event, fig) if i in options]
-    if clicked:
-        st.session_state[inspect_key] = clicked[0]
+    if clicked and clicked[0] != state.get("clicked"):  # a new click (a kept selection does not pin the box)
+        st.session_state[inspect_key] = state["clicked"] = clicked[0]
     elif st.session_state.get(inspect_key) not in options:  # first visit, or the node was pruned away
         st.session_state[inspect_key] = next((i for i in options if card_for(i, cards)), options[0])
     node_id = st.selectbox("Inspect node", options, key=inspect_key)
@@ -129,7 +135,7 @@ def _show(run: Run) -> None:
         if st.button("Ungroup all", key=f"ungroup-{rid}"):
             state["supernodes"].clear()
             st.rerun()
-    _card(node_id, cards, view)
+    _card_view(node_id, cards, view)
     _interventions(run, graph, list(st.session_state.get(pin_key, [])))
 
 
