@@ -6,6 +6,9 @@ edges by batched backward passes, influence pruning, the replacement and complet
 - :mod:`~circuits.attribution.attribute`: ``attribute`` and the targets (``salient_logits``, ``logit_difference``, ...);
 - :mod:`~circuits.attribution.graph`: ``AttributionGraph``;
 - :mod:`~circuits.attribution.prune`: ``prune``, ``node_influence``, ``edge_influence``, ``graph_scores``;
-- :mod:`~circuits.attribution.export`: ``to_circuit``, ``to_graph_json``, ``write_graph_json``;
+- :mod:`~circuits.attribution.export`: ``to_circuit``, ``to_graph_json``, ``write_graph_json`` (with feature files);
+- :mod:`~circuits.attribution.storage`: the full graph in the store, ``load_graph(run)``;
+- :mod:`~circuits.attribution.features`: ``feature_cards`` (circuit-tracer's feature JSON from held-out text);
+- :mod:`~circuits.attribution.explore`, :mod:`~circuits.attribution.cards`: the Graph explorer page's computations;
 - :mod:`~circuits.attribution.analysis`: ``ATTRIBUTE`` behind the analysis contract.
 """

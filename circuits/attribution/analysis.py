@@ -9,6 +9,13 @@ Usage (notebook)::
     result.graphs["circuit"].figure().show()  # the pruned graph: tokens along x, layers up, size by influence
     result.json["graph"]                      # the same graph in circuit-tracer's graph JSON (schema version 1)
     result.objects["graph"]                   # the full AttributionGraph (adjacency, inputs, bias shares)
+    result.json["features"]["features"]       # feature cards (circuit-tracer's feature JSON) of the top features
+
+Stored run: the pruned ``circuit``, the tables, circuit-tracer's ``graph`` JSON, the full graph (tensors
+``full_graph`` + JSON ``full_graph_nodes``; ``circuits.attribution.storage.load_graph(run)`` gives it back bit for
+bit), the feature cards (JSON ``features``), and ``graph_files/`` (circuit-tracer's local layout: the graph JSON,
+``features/<scan>/<index>.json``, ``graph-metadata.json``). Feature cards come from ``--feature-tokens`` held-out wiki
+tokens (uniformly random tokens, with a warning, when the tokenizer cannot read the corpus).
 
 Targets: the most likely next tokens (``desired_logit_prob`` of the mass, at most ``max_n_logits``); with
 ``correct`` one token's logit; with ``correct`` and ``incorrect`` their logit difference; or ``target`` a feature id

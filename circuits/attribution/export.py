@@ -14,6 +14,9 @@ features ``{layer}_{feature}_{pos}``, errors ``0_{layer}_{pos}``, tokens ``E_{vo
 is the node's cumulative influence, as circuit-tracer writes it. Non-finite numbers are refused (strict JSON).
 circuit-tracer's error id ``0_{layer}_{pos}`` is also the id of feature ``layer`` of layer 0 at ``pos``; where such a
 feature is in the graph the error node is written ``err_{layer}_{pos}`` instead, so that every id is unique.
+
+Feature files (:func:`write_graph_json` with cards): ``features/<scan>/<index>.json`` beside the graph JSON, the
+path the frontend's ``loadFeature`` reads for a relative scan, plus ``graph-metadata.json`` (the graphs listed).
 """
 
 from __future__ import annotations
