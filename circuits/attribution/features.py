@@ -23,11 +23,11 @@ raises / lowers through ``W_U`` (the final norm ignored, as circuit-tracer does)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from circuits.attribution.replacement import FeatureSet
 from workbench.harvest import _as_batch, harvest
@@ -159,19 +159,18 @@ class _Harvester:
             st[k][rows] = x.gather(1, index)
 
 
-def _quantile_values(hist: torch.Tensor, act_max: float) -> list[float]:
+def _quantile_values(hist: list[int], act_max: float) -> list[float]:
     """The activation at percentiles 1..100 of a histogram on equal bins of (0, act_max] (linear within a bin)."""
-    n = int(hist.sum())
+    n = sum(hist)
     if n == 0:
         return [0.0] * 100
-    cum = hist.double().cumsum(0)
-    width = act_max / hist.numel()
-    out = []
+    width, out, i, below = act_max / len(hist), [], 0, 0
     for p in range(1, 101):
         target = p / 100 * n
-        i = min(int(torch.searchsorted(cum, torch.tensor(target, dtype=torch.float64))), hist.numel() - 1)
-        below = float(cum[i - 1]) if i else 0.0
-        out.append(min(act_max, width * (i + (target - below) / max(float(hist[i]), 1.0))))
+        while i < len(hist) - 1 and below + hist[i] < target:
+            below += hist[i]
+            i += 1
+        out.append(min(act_max, width * (i + (target - below) / max(hist[i], 1))))
     return out
 
 
@@ -203,6 +202,25 @@ def feature_cards(model: Any, sets: Mapping[int, FeatureSet], features: Sequence
     return _cards(model, sets, features, h, n_logits)
 
 
+def _logit_effects(model: Any, sets: Mapping[int, FeatureSet], features: list[tuple[int, int]], n_logits: int
+                   ) -> list[tuple[list[int], list[float], list[int], list[float]]]:
+    """Per feature: (top ids, their effects, bottom ids, their effects) of its decoder direction (summed over the
+    layers it writes to) through ``W_U``."""
+    W_U = model.W_U.detach()
+    out: list[Any] = [None] * len(features)
+    for layer in sorted({la for la, _ in features}):
+        idx = [g for g, (la, _) in enumerate(features) if la == layer]
+        cols = torch.tensor([features[g][1] for g in idx])
+        direction = sum(W[cols.to(W.device)] for W in sets[layer].decoders.values())
+        eff = (direction.to(W_U) @ W_U).float()
+        k = min(n_logits, eff.shape[1])
+        top, bottom = eff.topk(k, dim=1), eff.topk(k, dim=1, largest=False)
+        for j, g in enumerate(idx):
+            out[g] = (top.indices[j].tolist(), top.values[j].tolist(), bottom.indices[j].tolist(),
+                      bottom.values[j].tolist())
+    return out
+
+
 def _cards(model: Any, sets: Mapping[int, FeatureSet], features: list[tuple[int, int]], h: _Harvester,
            n_logits: int) -> list[dict[str, Any]]:
     from circuits.attribution.export import process_token
@@ -215,26 +233,24 @@ def _cards(model: Any, sets: Mapping[int, FeatureSet], features: list[tuple[int,
             vocab[i] = process_token(tokenizer.decode([i]) if tokenizer is not None else str(i))
         return vocab[i]
 
-    st = {k: v.cpu() for k, v in h.state.items()} if h.state else {}
-    W_U = model.W_U.detach()
+    G = len(features) * (h.Q + 1)
+    W = h.before + 1 + h.after
+    st = {k: v.cpu().tolist() for k, v in h.state.items()} if h.state else {
+        "count": [0] * len(features), "max": [0.0] * len(features), "hist": [0] * (len(features) * h.bins),
+        "pri": [[-math.inf] * h.m] * G, "tok": [[[-1] * W] * h.m] * G, "act": [[[0.0] * W] * h.m] * G}
     out = []
-    for g, (layer, feat) in enumerate(tqdm(features, desc="feature cards", disable=True)):
-        s = sets[layer]
-        direction = sum(W[feat] for W in s.decoders.values())
-        eff = (direction.to(W_U) @ W_U).float().cpu()
-        k = min(n_logits, eff.numel())
-        top, bottom = eff.topk(k), eff.topk(k, largest=False)
-        count = int(st["count"][g]) if st else 0
-        act_max = float(st["max"][g]) if st else 0.0
-        hist = st["hist"][g * h.bins:(g + 1) * h.bins] if st else torch.zeros(h.bins, dtype=torch.long)
+    for g, ((layer, feat), (top_i, top_v, bot_i, bot_v)) in enumerate(
+            zip(features, _logit_effects(model, sets, features, n_logits), strict=True)):
+        count, act_max = int(st["count"][g]), float(st["max"][g])
+        hist = [int(x) for x in st["hist"][g * h.bins:(g + 1) * h.bins]]
         groups = []
         for slot in range(h.Q + 1):
             row = g * (h.Q + 1) + slot
             examples = []
-            for e in range(h.m) if st else []:
-                if not torch.isfinite(st["pri"][row, e]):
+            for e in range(h.m):
+                if not math.isfinite(st["pri"][row][e]):
                     continue
-                ids, acts = st["tok"][row, e].tolist(), st["act"][row, e].tolist()
+                ids, acts = st["tok"][row][e], st["act"][row][e]
                 lead = next((i for i, t in enumerate(ids) if t >= 0), len(ids))
                 tail = next((i for i, t in enumerate(ids[h.before:], h.before) if t < 0), len(ids))
                 examples.append({"tokens": [text(t) for t in ids[lead:tail]],
@@ -248,14 +264,12 @@ def _cards(model: Any, sets: Mapping[int, FeatureSet], features: list[tuple[int,
                 examples.sort(key=lambda ex: -ex["tokens_acts_list"][ex["train_token_ind"]])
             groups.append({"quantile_name": name, "examples": examples})
         out.append({
-            "transcoder_id": f"{s.name}{layer}", "index": card_index(layer, feat), "layer": layer, "feature": feat,
-            "examples_quantiles": groups,
-            "top_logits": [text(i) for i in top.indices.tolist()],
-            "bottom_logits": [text(i) for i in bottom.indices.tolist()],
-            "top_logit_values": top.values.tolist(), "bottom_logit_values": bottom.values.tolist(),
+            "transcoder_id": f"{sets[layer].name}{layer}", "index": card_index(layer, feat), "layer": layer,
+            "feature": feat, "examples_quantiles": groups,
+            "top_logits": [text(i) for i in top_i], "bottom_logits": [text(i) for i in bot_i],
+            "top_logit_values": top_v, "bottom_logit_values": bot_v,
             "act_min": 0.0, "act_max": act_max, "quantile_values": _quantile_values(hist, act_max),
-            "histogram": [int(x) for x in hist.tolist()],
-            "activation_frequency": count / h.n_tokens if h.n_tokens else 0.0,
+            "histogram": hist, "activation_frequency": count / h.n_tokens if h.n_tokens else 0.0,
             "n_tokens": h.n_tokens, "n_positive": count,
         })
     return out
