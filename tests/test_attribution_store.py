@@ -64,7 +64,8 @@ def test_signed_zero_and_storage_layout(rm, tmp_path):
     graph = attribute(rm, token_logits(rm, [3, 5]))
     graph.adjacency[-1, 0] = -0.0
     tensors, doc = graph_artifacts(graph)
-    assert tensors["edge_index"].shape[1] == int((graph.adjacency != 0).sum()) + 1  # the -0.0 entry is kept
+    assert tensors["values"].numel() == int((graph.adjacency != 0).sum()) + 1  # the -0.0 entry is kept
+    assert tensors["indptr"][-1] == tensors["values"].numel() and tensors["indices"].dtype == torch.int32
     store = Store(tmp_path)
     with store.create("attribution", model="m") as w:
         w.save_tensors(GRAPH_TENSORS, tensors)
@@ -73,6 +74,12 @@ def test_signed_zero_and_storage_layout(rm, tmp_path):
     loaded = load_graph(run)
     assert torch.equal(_bits(loaded.adjacency), _bits(graph.adjacency))
     assert str(loaded.adjacency[-1, 0].item()) == "-0.0"
+    bad = {**tensors, "indptr": tensors["indptr"][:-1]}
+    with store.create("attribution", model="m") as w:
+        w.save_tensors(GRAPH_TENSORS, bad)
+        w.save_json(GRAPH_JSON, doc)
+    with pytest.raises(ValueError, match="not the rows"):
+        load_graph(store.load("attribution", w.info.run_id))
     with store.create("attribution", model="m") as w:
         w.summary["x"] = 1
     with pytest.raises(MissingGraphError, match="workbench attribute"):

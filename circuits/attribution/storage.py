@@ -2,9 +2,10 @@
 
 Layout (two artifacts of an ``attribution`` run):
 
-- tensors ``full_graph`` (safetensors): the adjacency in coordinate form, ``edge_index`` [2, E] (target row, source
-  column; int64) and ``edge_weight`` [E] (the adjacency's dtype), every entry whose bits are not all zero (so a
-  stored ``-0.0`` comes back as ``-0.0``); and the node tensors ``tokens`` [T], ``features`` [F, 3],
+- tensors ``full_graph`` (safetensors): the adjacency in compressed sparse rows, ``indptr`` [N + 1] (int64: row t's
+  entries are ``indptr[t]:indptr[t + 1]``), ``indices`` [E] (their source columns, int32) and ``values`` [E] (the
+  adjacency's dtype), every entry whose bits are not all zero (so a stored ``-0.0`` comes back as ``-0.0``); and the
+  node tensors ``tokens`` [T], ``features`` [F, 3],
   ``activations`` [F], ``inputs`` [N], ``bias`` [N], ``logit_probabilities`` [K], ``logit_tokens`` [K];
 - JSON ``full_graph_nodes``: the node table's text and the shape facts: ``n_nodes``, ``n_layers``, ``dtype``,
   ``token_strings``, ``logit_labels``, ``names`` (layer -> node-id prefix), ``n_active``, ``metadata``.
@@ -40,10 +41,12 @@ def _nonzero_bits(adjacency: torch.Tensor) -> torch.Tensor:
 def graph_artifacts(graph: AttributionGraph) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, JSON document) storing ``graph`` in full (see the module docstring)."""
     adjacency = graph.adjacency.detach().cpu()
-    t, s = torch.nonzero(_nonzero_bits(adjacency), as_tuple=True)
+    t, s = torch.nonzero(_nonzero_bits(adjacency), as_tuple=True)  # row-major order
+    counts = torch.bincount(t, minlength=adjacency.shape[0])
     tensors = {
-        "edge_index": torch.stack([t, s]).long(),
-        "edge_weight": adjacency[t, s],
+        "indptr": torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
+        "indices": s.to(torch.int32),
+        "values": adjacency[t, s],
         "tokens": graph.tokens.detach().cpu().long(),
         "features": graph.features.detach().cpu().long().reshape(-1, 3),
         "activations": graph.activations.detach().cpu(),
@@ -72,14 +75,16 @@ def load_graph(run: Any) -> AttributionGraph:
     doc = run.json(GRAPH_JSON)
     n = int(doc["n_nodes"])
     dtype = getattr(torch, str(doc["dtype"]))
-    index, weight = t["edge_index"], t["edge_weight"]
-    if index.ndim != 2 or index.shape[0] != 2 or index.shape[1] != weight.numel() or weight.dtype != dtype:
-        raise ValueError(f"run {run.run_id}: edge_index {tuple(index.shape)} / edge_weight {tuple(weight.shape)} "
-                         f"({weight.dtype}) do not fit a {dtype} graph")
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-        raise ValueError(f"run {run.run_id}: edge indices outside 0..{n - 1}")
+    indptr, cols, values = t["indptr"], t["indices"].long(), t["values"]
+    counts = indptr.diff() if indptr.numel() == n + 1 else None
+    if (counts is None or int(indptr[0]) != 0 or bool((counts < 0).any()) or int(indptr[-1]) != values.numel()
+            or cols.shape != values.shape or values.dtype != dtype):
+        raise ValueError(f"run {run.run_id}: indptr {tuple(indptr.shape)}, indices {tuple(cols.shape)}, values "
+                         f"{tuple(values.shape)} ({values.dtype}) are not the rows of a {n}-node {dtype} graph")
+    if cols.numel() and (int(cols.min()) < 0 or int(cols.max()) >= n):
+        raise ValueError(f"run {run.run_id}: edge columns outside 0..{n - 1}")
     adjacency = torch.zeros(n, n, dtype=dtype)
-    adjacency[index[0], index[1]] = weight
+    adjacency[torch.repeat_interleave(torch.arange(n), counts), cols] = values
     graph = AttributionGraph(
         tokens=t["tokens"], token_strings=list(doc["token_strings"]), n_layers=int(doc["n_layers"]),
         features=t["features"], activations=t["activations"], adjacency=adjacency, inputs=t["inputs"],
