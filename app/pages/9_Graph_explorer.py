@@ -136,14 +136,16 @@ def _show(run: Run) -> None:
             state["supernodes"].clear()
             st.rerun()
     _card_view(node_id, cards, view)
-    _interventions(run, graph, list(st.session_state.get(pin_key, [])))
+    if (run.path / "graph_files").is_dir():
+        st.caption(f"circuit-tracer's graph and feature files of this run: `{run.path / 'graph_files'}`")
+    _interventions(run, graph, node_id, list(st.session_state.get(pin_key, [])))
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Interventions (circuits.attribution.intervene). The section receives the run, its full graph and the pinned
-# node ids; it draws nothing until that module exists.
+# Interventions (circuits.attribution.intervene). The section receives the run, its full graph, the inspected node id
+# and the pinned node ids; it draws nothing until that module exists.
 # ---------------------------------------------------------------------------------------------------------------
-def _interventions(run: Run, graph: AttributionGraph, pinned: list[str]) -> None:
+def _interventions(run: Run, graph: AttributionGraph, node_id: str, pinned: list[str]) -> None:
     """Steer or ablate the pinned features and compare the model's outputs (the section's place on the page)."""
     return None
 
