@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/cdt.py
 	$(PY) bench/paths.py
 	$(PY) bench/ssa.py
+	$(PY) bench/feature_cards.py
 	$(PY) bench/app.py
 
 lint: $(STAMP)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from test_app_circuits import circuit_store  # noqa: F401  (fixtures: each writes its runs into tmp_path/runs)
 from test_app_dictionaries import dictionary_store  # noqa: F401
+from test_app_graph_explorer import attribution_run  # noqa: F401
 from test_app_paths import paths_store  # noqa: F401
 from test_app_probes import probe_store  # noqa: F401
 from test_app_training import _dynamics, _zoo_training, store  # noqa: F401
@@ -38,9 +39,11 @@ def _readable(run: Run) -> bool:
 
 
 @pytest.fixture
-def every_page_store(tmp_path, circuit_store, dictionary_store, paths_store, probe_store, store):  # noqa: F811
+def every_page_store(tmp_path, circuit_store, dictionary_store, paths_store, probe_store, store,  # noqa: F811
+                     attribution_run):  # noqa: F811
     """One store holding the fixture runs of every page, without the deliberately corrupt ones (the AppTest tests
     check their error boxes; here an error box is a failure)."""
+    shutil.copytree(attribution_run[1].path, tmp_path / "runs" / "attribution" / attribution_run[1].run_id)
     _zoo_training(store, "llama-d64-l2", 1.0)
     _zoo_training(store, "gpt-relu-d64-l2", 0.9)
     _dynamics(store, with_predictor=True)
@@ -49,7 +52,8 @@ def every_page_store(tmp_path, circuit_store, dictionary_store, paths_store, pro
         if not info.ok or not _readable(runs.load(info.kind, info.run_id)):
             shutil.rmtree(info.path)
     kinds = {i.kind for i in runs.list()}
-    assert {"sparsity", "massive", "probe", "dictionary", "cdt", "patching", "paths", "zoo-training", "dynamics"} <= kinds
+    assert {"sparsity", "massive", "probe", "dictionary", "cdt", "patching", "paths", "zoo-training", "dynamics",
+            "attribution"} <= kinds
     return runs.root
 
 

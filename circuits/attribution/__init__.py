@@ -13,4 +13,9 @@ edges by batched backward passes, influence pruning, the replacement and complet
 - :mod:`~circuits.attribution.attention`: ``qk_attribution`` (one head's score split by query and key source);
 - :mod:`~circuits.attribution.analysis`: ``ATTRIBUTE`` behind the analysis contract
   (:mod:`~circuits.attribution.intervene_analysis`: ``INTERVENE``).
+- :mod:`~circuits.attribution.export`: ``to_circuit``, ``to_graph_json``, ``write_graph_json`` (with feature files);
+- :mod:`~circuits.attribution.storage`: the full graph in the store, ``load_graph(run)``;
+- :mod:`~circuits.attribution.features`: ``feature_cards`` (circuit-tracer's feature JSON from held-out text);
+- :mod:`~circuits.attribution.explore`, :mod:`~circuits.attribution.cards`: the Graph explorer page's computations;
+- :mod:`~circuits.attribution.analysis`: ``ATTRIBUTE`` behind the analysis contract.
 """

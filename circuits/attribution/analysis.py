@@ -9,6 +9,13 @@ Usage (notebook)::
     result.graphs["circuit"].figure().show()  # the pruned graph: tokens along x, layers up, size by influence
     result.json["graph"]                      # the same graph in circuit-tracer's graph JSON (schema version 1)
     result.objects["graph"]                   # the full AttributionGraph (adjacency, inputs, bias shares)
+    result.json["features"]["features"]       # feature cards (circuit-tracer's feature JSON) of the top features
+
+Stored run: the pruned ``circuit``, the tables, circuit-tracer's ``graph`` JSON, the full graph (tensors
+``full_graph`` + JSON ``full_graph_nodes``; ``circuits.attribution.storage.load_graph(run)`` gives it back bit for
+bit), the feature cards (JSON ``features``), and ``graph_files/`` (circuit-tracer's local layout: the graph JSON,
+``features/<scan>/<index>.json``, ``graph-metadata.json``). Feature cards come from ``--feature-tokens`` held-out wiki
+tokens (uniformly random tokens, with a warning, when the tokenizer cannot read the corpus).
 
 Targets: the most likely next tokens (``desired_logit_prob`` of the mass, at most ``max_n_logits``); with
 ``correct`` one token's logit; with ``correct`` and ``incorrect`` their logit difference; or ``target`` a feature id
@@ -23,6 +30,8 @@ from typing import Any, Literal
 from workbench.analysis import Analysis, Config, ConfigError, Result, model_spec, option
 
 __all__ = ["ATTRIBUTE", "AttributeConfig"]
+
+FEATURE_CORPUS, FEATURE_SEQ_LEN = "wiki", 64  # the feature cards' held-out text
 
 
 @dataclass
@@ -56,6 +65,12 @@ class AttributeConfig(Config):
     query_pos: int | None = option(None, "with --attention-head: the query position (default the last)", minimum=0)
     key_pos: int | None = option(None, "with --attention-head: the key position (default the one the head attends "
                                        "to most)", minimum=0)
+    feature_files: bool = option(True, "feature cards (top contexts by activation interval, top/bottom logits, "
+                                       "histogram, frequency) from held-out wiki text, stored in the run")
+    feature_tokens: int = option(4096, "held-out tokens scanned for the feature cards (at most; fewer when the "
+                                       "held-out text runs out)", minimum=1)
+    max_feature_files: int = option(200, "feature cards for at most this many features, the most influential "
+                                         "(0: every feature of the graph)", minimum=0)
 
     def validate(self) -> None:
         check_prompt(self)
@@ -142,8 +157,10 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
         salient_logits,
         token_logits,
     )
-    from circuits.attribution.export import to_circuit, to_graph_json
+    from circuits.attribution.export import to_circuit, to_graph_json, write_graph_json
     from circuits.attribution.prune import graph_scores, prune
+    from circuits.attribution.storage import GRAPH_JSON, GRAPH_TENSORS, graph_artifacts
+    from workbench.data.tokens import bos_id
 
     tokenizer = model.tokenizer
     correct = _single_token(tokenizer, cfg.correct, "correct") if cfg.correct is not None else None
@@ -198,8 +215,17 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
     }
     if trained_tokens:
         summary["transcoder_tokens"] = trained_tokens
-    out = Result(graphs={"circuit": circuit}, tables={"nodes": nodes, "edges": edges}, json={"graph": graph_json},
+    graph_tensors, graph_doc = graph_artifacts(graph)
+    out = Result(graphs={"circuit": circuit}, tables={"nodes": nodes, "edges": edges},
+                 tensors={GRAPH_TENSORS: graph_tensors}, json={"graph": graph_json, GRAPH_JSON: graph_doc},
                  summary=summary, objects={"graph": graph, "pruned": pruned, "replacement_model": rm})
+    cards: list[dict[str, Any]] | None = None
+    if cfg.feature_files:
+        cards = _feature_cards(model, rm, graph, pruned, cfg, bos_id(tokenizer), progress, out.warnings)
+        out.json["features"] = {"corpus": FEATURE_CORPUS, "split": "heldout", "features": cards}
+        summary["feature_cards"] = len(cards)
+        summary["feature_tokens_scanned"] = cards[0]["n_tokens"] if cards else 0
+    out.folders["graph_files"] = lambda folder: write_graph_json(folder / "attribution.json", graph_json, cards)
     out.lines = [f"{graph.n_pos} tokens, {graph.n_active} active features ({graph.n_features} attributed), targets "
                  + ", ".join(f"{t!r} ({p:.3f})" for t, p in zip(graph.logit_labels, summary["target_probabilities"],
                                                                  strict=True)),
@@ -215,6 +241,42 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
         out.warnings.append(f"{graph.n_active - graph.n_features} active features left out by --max-feature-nodes "
                             f"{cfg.max_feature_nodes}: the graph's rows are no longer complete")
     return out
+
+
+def _feature_cards(model: Any, rm: Any, graph: Any, pruned: Any, cfg: AttributeConfig, bos: int | None,
+                   progress: bool, warnings_out: list[str]) -> list[dict[str, Any]]:
+    """Feature cards for the graph's most influential features (``--max-feature-files``) from held-out text."""
+    import warnings
+
+    from circuits.attribution.features import feature_cards
+
+    best: dict[tuple[int, int], float] = {}
+    for (layer, _, feat), infl in zip(graph.features.tolist(), pruned.influence[:graph.n_features].tolist(),
+                                      strict=True):
+        best[(layer, feat)] = max(best.get((layer, feat), 0.0), infl)
+    chosen = sorted(best, key=lambda key: -best[key])
+    chosen = chosen[:cfg.max_feature_files] if cfg.max_feature_files else chosen
+    from circuits.dictionaries.buffer import UnreadableCorpusWarning, corpus_source, random_source
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = corpus_source(model.tokenizer, FEATURE_CORPUS, seq_len=FEATURE_SEQ_LEN, batch_size=16,
+                               split="heldout", max_tokens=cfg.feature_tokens)
+    if any(issubclass(w.category, UnreadableCorpusWarning) for w in caught):
+        rows = -(-cfg.feature_tokens // FEATURE_SEQ_LEN)
+        source = random_source(int(model.cfg.d_vocab), seq_len=FEATURE_SEQ_LEN, batch_size=min(16, rows),
+                               n_batches=-(-rows // 16), seed=0, bos_id=bos)
+        warnings_out.append(f"feature cards: the tokenizer does not read the {FEATURE_CORPUS} corpus (mostly its "
+                            "unknown token); the cards were computed on uniformly random tokens instead")
+    else:
+        warnings_out.extend(f"feature cards: {w.message}" for w in caught)
+    bias = {} if rm.w.rms else {layer: rm.w.ln2_b[layer] for layer in rm.sets}
+    cards = feature_cards(model, rm.sets, sorted(chosen), source, max_tokens=cfg.feature_tokens,
+                          exclude_tokens=[bos] if bos is not None else [], input_bias=bias, progress=progress,
+                          device=str(rm.device))
+    if cards and not cards[0]["n_tokens"]:
+        warnings_out.append("feature cards: no token was scanned (every held-out token is the BOS); the cards are empty")
+    return cards
 
 
 def _figures(run: Any) -> dict[str, Any]:

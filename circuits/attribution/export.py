@@ -14,13 +14,16 @@ features ``{layer}_{feature}_{pos}``, errors ``0_{layer}_{pos}``, tokens ``E_{vo
 is the node's cumulative influence, as circuit-tracer writes it. Non-finite numbers are refused (strict JSON).
 circuit-tracer's error id ``0_{layer}_{pos}`` is also the id of feature ``layer`` of layer 0 at ``pos``; where such a
 feature is in the graph the error node is written ``err_{layer}_{pos}`` instead, so that every id is unique.
+
+Feature files (:func:`write_graph_json` with cards): ``features/<scan>/<index>.json`` beside the graph JSON, the
+path the frontend's ``loadFeature`` reads for a relative scan, plus ``graph-metadata.json`` (the graphs listed).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from circuits.attribution.graph import AttributionGraph
@@ -28,10 +31,10 @@ from circuits.attribution.prune import PruneResult
 from workbench.atomic import write_text
 from workbench.circuit import Circuit
 
-__all__ = ["to_circuit", "to_graph_json", "write_graph_json"]
+__all__ = ["feature_file", "kept", "process_token", "to_circuit", "to_graph_json", "write_graph_json"]
 
 
-def _kept(graph: AttributionGraph, pruned: PruneResult) -> tuple[list[int], list[tuple[int, int, float]]]:
+def kept(graph: AttributionGraph, pruned: PruneResult) -> tuple[list[int], list[tuple[int, int, float]]]:
     """Kept node indices (those with a kept edge, plus every token and logit) and kept edges (source, target, w)."""
     targets, sources = pruned.edge_mask.nonzero(as_tuple=True)
     weights = graph.adjacency[targets, sources].tolist()
@@ -46,7 +49,7 @@ def to_circuit(graph: AttributionGraph, pruned: PruneResult, name: str = "attrib
     ids = graph.node_ids()
     circuit = Circuit(name, {"method": "attribution graph", "tokens": list(graph.token_strings),
                              "n_active_features": graph.n_active, **graph.metadata})
-    nodes, edges = _kept(graph, pruned)
+    nodes, edges = kept(graph, pruned)
     for i in nodes:
         kind = graph.kind(i)
         attrs: dict[str, Any] = {"score": float(pruned.influence[i]),
@@ -69,7 +72,8 @@ def _cantor(x: int, y: int) -> int:
     return (x + y) * (x + y + 1) // 2 + y
 
 
-def _process_token(token: str) -> str:
+def process_token(token: str) -> str:
+    """A token as circuit-tracer shows it (newline, tab and carriage return as visible marks)."""
     return token.replace("\n", "⏎").replace("\t", "→").replace("\r", "↵")
 
 
@@ -83,7 +87,7 @@ def to_graph_json(graph: AttributionGraph, pruned: PruneResult, *, slug: str, sc
                   node_threshold: float, transcoder_list: list[str] | None = None, prompt: str | None = None
                   ) -> dict[str, Any]:
     """circuit-tracer's graph JSON of the pruned graph (schema version 1; see the module docstring)."""
-    nodes_kept, edges = _kept(graph, pruned)
+    nodes_kept, edges = kept(graph, pruned)
     out_nodes: dict[int, dict[str, Any]] = {}
     L, T = graph.n_layers, graph.n_pos
     feature_ids = {f"{la}_{f}_{p}" for la, p, f in graph.features.tolist()}
@@ -114,11 +118,11 @@ def to_graph_json(graph: AttributionGraph, pruned: PruneResult, *, slug: str, sc
             node = {"node_id": f"{L + 1}_{vocab}_{T - 1}", "feature": vocab, "layer": str(L + 1), "ctx_idx": T - 1,
                     "feature_type": "logit", "token_prob": prob, "is_target_logit": k == 0,
                     "jsNodeId": f"L_{vocab}-{T - 1}",
-                    "clerp": f'Output "{_process_token(graph.logit_labels[k])}" (p={prob:.3f})', "influence": None}
+                    "clerp": f'Output "{process_token(graph.logit_labels[k])}" (p={prob:.3f})', "influence": None}
         out_nodes[i] = {**base, **node}
     links = [{"source": out_nodes[s]["node_id"], "target": out_nodes[t]["node_id"],
               "weight": _finite(w, f"the edge {s} -> {t}")} for s, t, w in edges]
-    tokens = [_process_token(t) for t in graph.token_strings]
+    tokens = [process_token(t) for t in graph.token_strings]
     return {
         "metadata": {"slug": slug, "scan": scan, "transcoder_list": list(transcoder_list or []),
                      "prompt_tokens": tokens, "prompt": prompt if prompt is not None else "".join(graph.token_strings),
@@ -129,8 +133,30 @@ def to_graph_json(graph: AttributionGraph, pruned: PruneResult, *, slug: str, sc
     }
 
 
-def write_graph_json(path: Path | str, data: dict[str, Any]) -> Path:
-    """Write a graph JSON atomically as strict JSON (ValueError for NaN or infinity); returns the path."""
+def feature_file(folder: Path | str, scan: str, index: int) -> Path:
+    """Where circuit-tracer's frontend looks for a feature file next to a graph in ``folder``:
+    ``features/<scan>/<index>.json`` (a local path's root and ``.``/``..`` parts left out of ``<scan>``)."""
+    parts = [p for p in PurePosixPath(str(scan)).parts if p not in ("/", ".", "..")]
+    return Path(folder, "features", *(parts or ["scan"]), f"{int(index)}.json")
+
+
+def write_graph_json(path: Path | str, data: dict[str, Any], features: list[dict[str, Any]] | None = None) -> Path:
+    """Write a graph JSON atomically as strict JSON (ValueError for NaN or infinity); returns the path.
+
+    With ``features`` (feature cards, :func:`circuits.attribution.features.feature_cards`), also write circuit-tracer's
+    local files beside it: one ``features/<scan>/<index>.json`` per card (``index``
+    the Cantor pairing of layer and feature, as the frontend's ``loadFeature`` asks for it; a local path's root and
+    ``..`` parts are left out of ``<scan>``) and ``graph-metadata.json`` listing the graph's
+    metadata (an entry of the same slug is replaced)."""
     path = Path(path)
-    write_text(path, json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":")) + "\n")
+    dump = {"allow_nan": False, "ensure_ascii": False, "separators": (",", ":")}
+    if features is not None:
+        for card in features:
+            write_text(feature_file(path.parent, data["metadata"]["scan"], int(card["index"])),
+                       json.dumps(card, **dump) + "\n")
+        index = path.parent / "graph-metadata.json"
+        listing = json.loads(index.read_text(encoding="utf-8")) if index.exists() else {"graphs": []}
+        graphs = [g for g in listing.get("graphs", []) if g.get("slug") != data["metadata"]["slug"]]
+        write_text(index, json.dumps({"graphs": [*graphs, data["metadata"]]}, **dump) + "\n")
+    write_text(path, json.dumps(data, **dump) + "\n")
     return path
