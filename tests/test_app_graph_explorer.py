@@ -65,7 +65,7 @@ def test_graph_repruning_and_feature_card(explorer_store):
     graph, rid = result.objects["graph"], info.run_id
     at = _open(rid)
     assert at.title[0].value == "Graph explorer"
-    assert not at.error
+    assert not at.error, [e.value for e in at.error]
     assert _caption_nodes(at) == len(layout(graph, reprune(graph, 0.8, 0.98)).nodes)
     # the inspected node opens on a feature with a card
     assert at.selectbox(key=f"inspect-{rid}").value.startswith("tc")
@@ -116,3 +116,30 @@ def test_empty_store_says_how_to_make_a_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "none"))
     at = _run(AppTest.from_file(PAGE, default_timeout=TIMEOUT))
     assert any("workbench attribute --model" in i.value for i in at.info)
+
+
+def test_intervention_section_builds_the_intervene_command(explorer_store, tiny_llama):
+    """The Intervene section turns the inspected feature into `workbench intervene` with the run's own prompt and
+    transcoders; the config it builds reruns the graph's prediction exactly in replacement mode."""
+    import math
+
+    from circuits.attribution.intervene_analysis import INTERVENE, config_for_graph
+    from workbench.errors import ConfigError
+
+    info, result = explorer_store
+    rid = info.run_id
+    at = _open(rid)
+    node = at.selectbox(key=f"inspect-{rid}").value
+    assert any(s.value == "Intervene" for s in at.subheader)
+    command = next(c.value for c in at.code if c.value.startswith("workbench intervene"))
+    assert f"--zero {node}" in command and "--prompt 't3 t5 t7 t3 t5'" in command and "--transcoder" in command
+    params = Store().load("attribution", rid).params
+    cfg = config_for_graph(params, [node], "scale", 0.0, "replacement")
+    assert cfg.prompt == params["prompt"] and cfg.transcoder == params["transcoder"] and cfg.scale == [f"{node}=0"]
+    targets = INTERVENE.run(tiny_llama, cfg).tables["targets"]
+    for measured, predicted in zip(targets.measured_change, targets.predicted_change, strict=True):
+        assert math.isclose(measured, predicted, rel_tol=1e-3, abs_tol=1e-4)
+    with pytest.raises(ConfigError, match="err:"):
+        config_for_graph(params, ["err:tc0@1"], "zero")
+    with pytest.raises(ConfigError, match="at least one"):
+        config_for_graph(params, [], "zero")

@@ -141,13 +141,51 @@ def _show(run: Run) -> None:
     _interventions(run, graph, node_id, list(st.session_state.get(pin_key, [])))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Interventions (circuits.attribution.intervene). The section receives the run, its full graph, the inspected node id
-# and the pinned node ids; it draws nothing until that module exists.
-# ---------------------------------------------------------------------------------------------------------------
 def _interventions(run: Run, graph: AttributionGraph, node_id: str, pinned: list[str]) -> None:
-    """Steer or ablate the pinned features and compare the model's outputs (the section's place on the page)."""
-    return None
+    """Zero, scale or set the pinned feature nodes (else the inspected one) and rerun: ``workbench intervene`` with
+    this run's prompt, transcoders and targets (:func:`circuits.attribution.intervene_analysis.config_for_graph`),
+    started with a progress bar; its stored run's figures are drawn here."""
+    from dataclasses import asdict
+
+    from circuits.attribution.intervene_analysis import INTERVENE, config_for_graph
+    from workbench.errors import ConfigError
+    from workbench.ui import launch
+
+    st.subheader("Intervene")
+    nodes = [n for n in (pinned or [node_id]) if n.startswith("tc")]
+    if not nodes:
+        st.info("Pin feature nodes (tcL.fI@P) to intervene on them; error nodes, embeddings and logits cannot be set.")
+        return
+    c1, c2, c3 = st.columns(3)
+    op = c1.radio("Operation", ["zero", "scale", "set"], horizontal=True, key=f"iv-op-{run.run_id}")
+    value = c2.number_input("Factor" if op == "scale" else "Value", value=0.0 if op == "set" else 2.0,
+                            key=f"iv-value-{run.run_id}", disabled=op == "zero")
+    mode = c3.radio("Rerun", ["spliced", "replacement"], horizontal=True, key=f"iv-mode-{run.run_id}",
+                    help="spliced: the real model with the transcoders in place of the MLPs; replacement: the frozen "
+                         "linearised model the graph describes")
+    try:
+        cfg = config_for_graph(run.params, nodes, op, float(value), mode)
+    except ConfigError as exc:
+        st.error(str(exc))
+        return
+    argv = launch.build_argv("intervene", {**asdict(cfg), "model": run.model})
+    st.code(launch.shell_command(argv), language="bash")
+    if not st.button(f"Run the intervention on {len(nodes)} feature(s)", key=f"iv-run-{run.run_id}"):
+        return
+    bar = st.progress(0.0, text="starting ...")
+    try:
+        result = launch.run_verb(argv, on_progress=lambda f, line: bar.progress(f, text=line[-120:] or "running"))
+    except RuntimeError as exc:
+        bar.empty()
+        st.error(str(exc))
+        return
+    bar.empty()
+    stored = Store().load("intervention", result["run"]["run_id"])
+    for w in stored.summary.get("warnings", []):
+        st.warning(w)
+    st.dataframe(stored.table("targets"), hide_index=True, width="stretch")
+    for name, fig in INTERVENE.figures(stored).items():
+        st.plotly_chart(fig, key=f"iv-{name}-{run.run_id}", width="stretch")
 
 
 def _label(info: Any) -> str:

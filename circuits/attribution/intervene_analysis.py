@@ -24,7 +24,7 @@ from typing import Any, Literal
 from circuits.attribution.analysis import check_prompt, prompt_replacement
 from workbench.analysis import Analysis, Config, ConfigError, Result, option
 
-__all__ = ["INTERVENE", "InterveneConfig"]
+__all__ = ["INTERVENE", "InterveneConfig", "config_for_graph"]
 
 _FLAGS = (("set", "set"), ("scale", "scale"), ("zero", "zero"))
 
@@ -79,6 +79,35 @@ class InterveneConfig(Config):
                 except InterventionError as err:
                     raise ConfigError(f"--{name}: {err}") from None
         return out
+
+
+_SHARED = ("prompt", "transcoder", "train_tokens", "max_n_logits", "correct", "incorrect", "max_feature_nodes",
+           "precision")
+
+
+def config_for_graph(params: dict[str, Any], nodes: list[str], op: Literal["zero", "scale", "set"],
+                     value: float = 0.0, mode: Literal["spliced", "replacement"] = "spliced", sample: int = 0
+                     ) -> InterveneConfig:
+    """The intervention on the feature ``nodes`` (node ids ``tcL.fI@P``) of an attribution run whose options are
+    ``params`` (a stored ``attribute`` run's ``params``): the same prompt, transcoders, targets and precision, each node
+    zeroed, scaled by ``value`` or set to ``value``; ``sample`` single-feature ablations for the sign agreement (0:
+    none, the quick default of a page). ConfigError for a node that is not a feature, or for no node."""
+    from circuits.attribution.intervene import InterventionError, parse_intervention
+
+    if op not in ("zero", "scale", "set"):
+        raise ConfigError(f"op must be zero, scale or set, got {op!r}")
+    if not nodes:
+        raise ConfigError("give at least one feature node (tcL.fI@P) to intervene on")
+    texts = [node if op == "zero" else f"{node}={value:g}" for node in nodes]
+    for node, text in zip(nodes, texts, strict=True):
+        try:
+            parse_intervention(text, op)
+        except InterventionError as err:
+            raise ConfigError(f"{node}: {err}") from None
+    shared = {k: params[k] for k in _SHARED if params.get(k) is not None}
+    cfg = InterveneConfig(**shared, **{op: texts}, mode=mode, sample=sample)
+    cfg.check()
+    return cfg
 
 
 def _targets(rm: Any, cfg: InterveneConfig, tokenizer: Any) -> Any:
