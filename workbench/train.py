@@ -125,11 +125,14 @@ def train_causal_lm(
     eval_fn: Callable[[Any, int], dict[str, float]] | None = None,
     progress: bool = True,
     description: str = "training",
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
 ) -> list[dict]:
     """Train a Hugging Face causal LM (``model(input_ids, labels=...)``) for ``cfg.steps`` updates, resumably.
 
     ``batch_fn(step)`` returns the token batch [batch, seq] of update ``step`` (a pure function of ``step``).
     ``eval_fn(model, step)`` (optional) is called at every saved step and its numbers are kept in the history.
+    ``loss_fn(model, batch)`` (optional) replaces the next-token loss, for other models and batches (the zoo's
+    image classifiers: a batch of (images, labels)).
     Returns the history: one dict per update (``step``, ``loss``, ``lr``), plus ``eval`` entries at saved steps.
     """
     workdir = Path(workdir)
@@ -158,7 +161,7 @@ def train_causal_lm(
         for group in optimizer.param_groups:
             group["lr"] = lr
         tokens = batch_fn(step)
-        loss = model(input_ids=tokens, labels=tokens).loss
+        loss = model(input_ids=tokens, labels=tokens).loss if loss_fn is None else loss_fn(model, tokens)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
