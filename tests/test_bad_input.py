@@ -41,6 +41,7 @@ MODEL_VERBS = {  # verb -> the smallest valid arguments besides the model
     "paths": ["--task", "induction", "--n", "2", "--lesion-draws", "0"],
     "edges": ["--task", "induction", "--half-len", "4", "--n", "2"],
     "attribute": ["--prompt", "t3 t5 t7 t3", "--transcoder", "{tc0}", "{tc1}"],
+    "vit": ["--n", "16"],
 }
 
 CASES: list[tuple[str, list[str], list[str]]] = []
@@ -121,6 +122,12 @@ case("options", ["benchmark", "--methods", "eap", "magic"], "--methods", "magic"
 case("options", ["benchmark", "--models", "gt-nothing"], "--models", "gt-nothing")
 case("count", ["benchmark", "--threshold", "-1"], "--threshold")
 case("count", ["benchmark", "--steps", "0"], "--steps")
+
+# --- vision transformers -------------------------------------------------------------------------------------------
+for flag, value in [("--n", "0"), ("--prune", "-1"), ("--scale-steps", "0"), ("--examples", "65"), ("--taus", "-1")]:
+    case("count", ["vit", *GPT, flag, value], flag)
+case("argparse", ["vit", *GPT, "--split", "validation"], "--split")
+case("options", ["vit", *MODEL_VERBS["vit"], *GPT], "vision transformer", "language model")
 
 # --- attribution graphs ---------------------------------------------------------------------------------------------
 for flag, value in [("--node-threshold", "1.5"), ("--edge-threshold", "-0.1"), ("--batch-size", "0"),

@@ -46,9 +46,9 @@ class VisionMember:
     n_layers: int
     activation: str  # "relu" or "gelu" (exact)
     patch: int = 4
-    steps: int = 800
+    steps: int = 1200
     batch: int = 64
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 0.05
     shift: int = 1  # training images shifted by up to this many pixels (a seeded draw per step)
     seed: int = 0
