@@ -19,6 +19,7 @@ from test_app_dictionaries import dictionary_store  # noqa: F401
 from test_app_paths import paths_store  # noqa: F401
 from test_app_probes import probe_store  # noqa: F401
 from test_app_training import _dynamics, _zoo_training, store  # noqa: F401
+from test_app_vision import vision_store  # noqa: F401
 
 from workbench.store import Run, Store
 from workbench.ui.browser import browser_missing, chromium, page_names, serve, visit
@@ -38,7 +39,8 @@ def _readable(run: Run) -> bool:
 
 
 @pytest.fixture
-def every_page_store(tmp_path, circuit_store, dictionary_store, paths_store, probe_store, store):  # noqa: F811
+def every_page_store(tmp_path, circuit_store, dictionary_store, paths_store, probe_store, store,  # noqa: F811
+                     vision_store):  # noqa: F811
     """One store holding the fixture runs of every page, without the deliberately corrupt ones (the AppTest tests
     check their error boxes; here an error box is a failure)."""
     _zoo_training(store, "llama-d64-l2", 1.0)
@@ -49,7 +51,8 @@ def every_page_store(tmp_path, circuit_store, dictionary_store, paths_store, pro
         if not info.ok or not _readable(runs.load(info.kind, info.run_id)):
             shutil.rmtree(info.path)
     kinds = {i.kind for i in runs.list()}
-    assert {"sparsity", "massive", "probe", "dictionary", "cdt", "patching", "paths", "zoo-training", "dynamics"} <= kinds
+    assert {"sparsity", "massive", "probe", "dictionary", "cdt", "patching", "paths", "zoo-training", "dynamics",
+            "vit"} <= kinds
     return runs.root
 
 
