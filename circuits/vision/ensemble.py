@@ -119,7 +119,7 @@ def length_table(parts: torch.Tensor, labels: torch.Tensor) -> pd.DataFrame:
     the accuracy of c_k alone, of the lengths up to k, and of the model without length k."""
     K = parts.shape[0]
     n = K - 1
-    idx = torch.arange(parts.shape[1])
+    idx = torch.arange(parts.shape[1], device=parts.device)
     y = labels.to(parts.device)
     rows = []
     for k in range(K):
