@@ -100,7 +100,7 @@ def test_pruning_nothing_is_the_model_and_each_row_is_its_own_sum(tiny_vit, test
     fit_parts, _ = length_logits(tiny_vit, fit_x[:96])
     table, scales = prune_table(parts, labels, fit_parts, fit_y[:96], prune=[0, 4], steps=30)
     rows = table.set_index("method")
-    model_acc = float((tiny_vit(images).argmax(-1) == labels).double().mean())
+    model_acc = float((_hf_float64_logits(tiny_vit, images).argmax(-1) == labels).double().mean())
     assert rows.loc["full model", "accuracy"] == model_acc and rows.loc["full model", "delta_accuracy"] == 0
     for k in range(5):
         direct = parts.sum(0) - parts[k]
@@ -144,8 +144,8 @@ def test_the_verb_runs_stores_and_warns_on_an_undertrained_model(tiny_vit, tmp_p
     assert summary["completeness_error"] < 1e-12 and summary["n_sublayers"] == 4 and summary["n_images"] == 40
     assert summary["bridge_error"] < 1e-4
     images, labels = zoo_vit.digits("test")
-    accuracy = float((tiny_vit(images[:40]).argmax(-1) == labels[:40]).double().mean())
-    assert summary["accuracy"] == pytest.approx(accuracy)
+    accuracy = float((_hf_float64_logits(tiny_vit, images[:40]).argmax(-1) == labels[:40]).double().mean())
+    assert summary["accuracy"] == accuracy
     assert (accuracy < 0.9) == any("below 0.9" in w for w in summary.get("warnings", []))
     run = Store().load("vit", payload["run"]["run_id"])
     assert len(run.table("pruning")) == 1 + 5 + 4 + 3 and len(run.table("examples")) == 3
@@ -164,3 +164,17 @@ def test_bad_input_is_named(tiny_vit, tiny_gpt2, capsys):
     assert "vision transformer" in capsys.readouterr().err
     with pytest.raises(VisionInputError, match=r"\[batch, 1, 8, 8\]"):
         length_logits(tiny_vit, torch.zeros(2, 3, 8, 8))
+
+
+def test_a_member_builds_reports_its_test_accuracy_and_its_training_curves(monkeypatch, tmp_path):
+    from workbench.zoo_curves import ZOO_TRAINING, ZooTrainingConfig
+
+    member = zoo_vit.VisionMember("vit-test-member", 16, 1, "relu", steps=12, n_checkpoints=3, resume_every=5)
+    monkeypatch.setitem(zoo_vit.MEMBERS, member.name, member)
+    monkeypatch.setitem(zoo._REGISTRY, member.name, lambda: zoo._vision_spec(member.name))
+    result = ZOO_TRAINING.run(None, ZooTrainingConfig(name=member.name))
+    manifest = zoo.manifest(member.name)
+    assert manifest["steps"][-1] == 12 and len(result.tables["loss"]) == 12
+    assert manifest["config"]["family"] == "vit" and "heads" not in result.tensors
+    # the report re-evaluates the saved checkpoint: the same test accuracy as the trainer's last evaluation
+    assert result.summary["test_accuracy"] == pytest.approx(result.summary["final_test_accuracy"], abs=1e-6)
