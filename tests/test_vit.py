@@ -178,3 +178,17 @@ def test_a_member_builds_reports_its_test_accuracy_and_its_training_curves(monke
     assert manifest["config"]["family"] == "vit" and "heads" not in result.tensors
     # the report re-evaluates the saved checkpoint: the same test accuracy as the trainer's last evaluation
     assert result.summary["test_accuracy"] == pytest.approx(result.summary["final_test_accuracy"], abs=1e-6)
+
+
+def test_training_is_deterministic_from_the_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    member = zoo_vit.VisionMember("det", 16, 1, "gelu", steps=6, n_checkpoints=2)
+    weights = []
+    for run in ("a", "b"):
+        zoo_vit.train_vit(member, tmp_path / run, progress=False)
+        weights.append(load_file(str(tmp_path / run / "checkpoints" / "step-0000006" / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    initial = load_file(str(tmp_path / "a" / "checkpoints" / "step-0000000" / "model.safetensors"))
+    assert not torch.equal(initial["classifier.weight"], weights[0]["classifier.weight"])  # it did train
