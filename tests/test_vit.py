@@ -160,6 +160,8 @@ def test_bad_input_is_named(tiny_vit, tiny_gpt2, capsys):
     assert main([*base, "--model", tiny_vit.workbench_spec, "--prune", "9"]) == 2
     err = capsys.readouterr().err
     assert "--prune 9" in err and "0..4" in err
+    assert main(["vit", "--device", "cpu", "--n", "400", "--model", tiny_vit.workbench_spec]) == 2
+    assert "--n 400: the test split has 360 digits" in capsys.readouterr().err
     assert main([*base, "--model", tiny_gpt2.workbench_spec]) == 2
     assert "vision transformer" in capsys.readouterr().err
     with pytest.raises(VisionInputError, match=r"\[batch, 1, 8, 8\]"):

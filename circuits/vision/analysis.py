@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from workbench.analysis import MAX_EXAMPLES, Analysis, Config, Result, option
+from workbench.analysis import MAX_EXAMPLES, Analysis, Config, ConfigError, Result, option
 
 __all__ = ["VIT", "VitConfig"]
 
@@ -41,14 +41,18 @@ def _compute(model: Any, cfg: VitConfig, progress: bool) -> Result:
     import pandas as pd
     import torch
 
-    from circuits.vision.ensemble import accuracy, length_logits, length_table, prune_table
+    from circuits.vision.ensemble import accuracy, check_lengths, length_logits, length_table, prune_table
     from circuits.vision.frozen import check_vision
     from circuits.vision.lazy import sparsity_table, vit_sparsity
     from workbench.zoo_vit import digits
 
-    check_vision(model)
+    hf = check_vision(model)
+    if cfg.prune is not None:  # before any work: a length outside 0..2L is an input error
+        check_lengths(cfg.prune, 2 * int(hf.config.num_hidden_layers))
     images, labels = digits(cfg.split)
     if cfg.n is not None:
+        if cfg.n > len(labels):
+            raise ConfigError(f"--n {cfg.n}: the {cfg.split} split has {len(labels)} digits")
         images, labels = images[: cfg.n], labels[: cfg.n]
     fit_images, fit_labels = digits("heldout")
     parts, error = length_logits(model, images)
