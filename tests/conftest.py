@@ -146,3 +146,16 @@ def tiny_llama(tmp_path_factory):
                          num_key_value_heads=2, max_position_embeddings=64, bos_token_id=64, eos_token_id=64,
                          pad_token_id=64, tie_word_embeddings=False)
     return _save_random_model(tmp_path_factory.mktemp("tiny-llama"), config)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory):
+    """A small ViT (ReLU, d_model 32, 2 layers, 4x4 patches) trained for 300 steps on the digits (about 3 s of CPU;
+    accuracy about 0.7): its bridge."""
+    from workbench.models import load_model
+    from workbench.zoo_vit import VisionMember, train_vit
+
+    cfg = VisionMember("tiny-vit", 32, 2, "relu", steps=300, lr=5e-3, n_checkpoints=2)
+    folder = tmp_path_factory.mktemp("tiny-vit")
+    train_vit(cfg, folder, progress=False)
+    return load_model(str(folder / "checkpoints" / f"step-{cfg.steps:07d}"), device="cpu")

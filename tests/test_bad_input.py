@@ -42,6 +42,7 @@ MODEL_VERBS = {  # verb -> the smallest valid arguments besides the model
     "edges": ["--task", "induction", "--half-len", "4", "--n", "2"],
     "attribute": ["--prompt", "t3 t5 t7 t3", "--transcoder", "{tc0}", "{tc1}"],
     "intervene": ["--prompt", "t3 t5 t7 t3", "--transcoder", "{tc0}", "{tc1}", "--sample", "2"],
+    "vit": ["--n", "16"],
 }
 
 CASES: list[tuple[str, list[str], list[str]]] = []
@@ -122,6 +123,12 @@ case("options", ["benchmark", "--methods", "eap", "magic"], "--methods", "magic"
 case("options", ["benchmark", "--models", "gt-nothing"], "--models", "gt-nothing")
 case("count", ["benchmark", "--threshold", "-1"], "--threshold")
 case("count", ["benchmark", "--steps", "0"], "--steps")
+
+# --- vision transformers -------------------------------------------------------------------------------------------
+for flag, value in [("--n", "0"), ("--prune", "-1"), ("--scale-steps", "0"), ("--examples", "65"), ("--taus", "-1")]:
+    case("count", ["vit", *GPT, flag, value], flag)
+case("argparse", ["vit", *GPT, "--split", "validation"], "--split")
+case("options", ["vit", *MODEL_VERBS["vit"], *GPT], "vision transformer", "language model")
 
 # --- attribution graphs ---------------------------------------------------------------------------------------------
 for flag, value in [("--node-threshold", "1.5"), ("--edge-threshold", "-0.1"), ("--batch-size", "0"),

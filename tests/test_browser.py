@@ -20,6 +20,7 @@ from test_app_graph_explorer import attribution_run  # noqa: F401
 from test_app_paths import paths_store  # noqa: F401
 from test_app_probes import probe_store  # noqa: F401
 from test_app_training import _dynamics, _zoo_training, store  # noqa: F401
+from test_app_vision import vision_store  # noqa: F401
 
 from workbench.store import Run, Store
 from workbench.ui.browser import browser_missing, chromium, page_names, serve, visit
@@ -40,7 +41,7 @@ def _readable(run: Run) -> bool:
 
 @pytest.fixture
 def every_page_store(tmp_path, circuit_store, dictionary_store, paths_store, probe_store, store,  # noqa: F811
-                     attribution_run):  # noqa: F811
+                     attribution_run, vision_store):  # noqa: F811
     """One store holding the fixture runs of every page, without the deliberately corrupt ones (the AppTest tests
     check their error boxes; here an error box is a failure)."""
     shutil.copytree(attribution_run[1].path, tmp_path / "runs" / "attribution" / attribution_run[1].run_id)
@@ -53,7 +54,7 @@ def every_page_store(tmp_path, circuit_store, dictionary_store, paths_store, pro
             shutil.rmtree(info.path)
     kinds = {i.kind for i in runs.list()}
     assert {"sparsity", "massive", "probe", "dictionary", "cdt", "patching", "paths", "zoo-training", "dynamics",
-            "attribution"} <= kinds
+            "attribution", "vit"} <= kinds
     return runs.root
 
 

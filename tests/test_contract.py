@@ -39,6 +39,7 @@ SHRUNK = {
     "cdt": ("tiny_gpt2", dict(n=2, half_len=4, top_k=2)),
     "patch": ("tiny_gpt2", dict(n=2, half_len=4, top_k=1)),
     "paths": ("tiny_llama", dict(prompt="t3 t5 t7 t9 t3 t5 t7")),
+    "vit": ("tiny_vit", dict(n=32, examples=2, scale_steps=10)),
     "edges": ("tiny_gpt2", dict(n=2, half_len=4, threshold=1e-4)),
     "attribute": ("tiny_llama", dict(train_tokens=1024, prompt="t3 t5 t7 t3 t5")),
     "intervene": ("tiny_llama", dict(train_tokens=512, prompt="t3 t5 t7 t3 t5", sample=4)),

@@ -54,6 +54,7 @@ REQUIRED = {
     "cdt": ("tiny_gpt2", {"half_len": "8"}),
     "patch": ("tiny_gpt2", {"task": "induction", "half_len": "8"}),
     "paths": ("tiny_llama", {"prompt": "t3 t5 t7 t9 t3 t5 t7"}),
+    "vit": ("tiny_vit", {"n": "32"}),
     "dynamics": (None, {"target": "llama-tiny-demo", "sequences": "4"}),
     "edges": ("tiny_gpt2", {"half_len": "4", "n": "2"}),
     "attribute": ("tiny_llama", {"prompt": "t3 t5 t7 t3 t5"}),

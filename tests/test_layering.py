@@ -15,7 +15,9 @@ SHARED = ("circuits.discovery", "circuits.head_figures", "circuits.frozen")
 # (importer family, imported family): an analysis that builds on another one's public API
 ALLOWED = {("circuits.transcoder_paths", "circuits.dictionaries"), ("circuits.cdt", "circuits.patching"),
            ("circuits.benchmark", "circuits.edges"), ("circuits.benchmark", "circuits.patching"),
-           ("circuits.benchmark", "circuits.cdt"), ("circuits.attribution", "circuits.dictionaries")}
+           ("circuits.benchmark", "circuits.cdt"), ("circuits.attribution", "circuits.dictionaries"),
+           ("circuits.vision", "circuits.paths"),  # the ViT's frozen run goes through the paths' DP, no second one
+           ("circuits.vision", "probes")}  # the ViT's lazy-neuron counts are probes.sparsity's counters
 
 
 def _modules() -> dict[str, Path]:

@@ -141,7 +141,8 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: Any 
     ``weight_processing`` (default True): the library's weight processing (LayerNorm folded into the next linear maps,
     writing weights and the unembedding centred, value biases folded into the output bias), which changes no output but
     changes the weights that methods such as CD-T decompose; False keeps the checkpoint's own weights. A float64 model
-    is processed in float64 (the library alone would process it in float32 and cast back).
+    is processed in float64 (the library alone would process it in float32 and cast back). Vision transformers
+    (``toy/vit-...``, :mod:`workbench.zoo_vit`) always load unprocessed.
     """
     import torch
 
@@ -155,6 +156,10 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: Any 
         raise ModelSpecError(f"model {spec!r} is not available offline: it is no local folder and HF_HUB_OFFLINE is "
                              f"set, so the hub is not asked; available offline: {available_specs()} or a local "
                              "Hugging Face folder")
+    from workbench.zoo_vit import is_vision_folder
+
+    if is_vision_folder(folder):  # the library's weight processing needs a token embedding, which a ViT lacks
+        weight_processing = False
     bridge = boot(folder, device=device, dtype=dtype, weight_processing=weight_processing)
     bridge.workbench_spec = spec
     bridge.workbench_weight_processing = weight_processing

@@ -128,6 +128,7 @@ def train_causal_lm(
     progress: bool = True,
     description: str = "training",
     interventions: Sequence[Any] = (),
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
 ) -> list[dict]:
     """Train a Hugging Face causal LM (``model(input_ids, labels=...)``) for ``cfg.steps`` updates, resumably.
 
@@ -136,6 +137,8 @@ def train_causal_lm(
     history. ``interventions`` change the model while it trains (clamps, :mod:`workbench.clamp`; subsampled
     attention, :mod:`workbench.ssa`): each has ``attach(model)``, ``begin_step(step, tokens)`` (before update
     ``step``), ``begin_eval(step)`` (before the evaluation after ``step`` updates) and ``detach()`` (at the end).
+    ``loss_fn(model, batch)`` (optional) replaces the next-token loss, for other models and batches (the zoo's
+    image classifiers: a batch of (images, labels)).
     Returns the history: one dict per update (``step``, ``loss``, ``lr``), plus ``eval`` entries at saved steps.
     """
     workdir = Path(workdir)
@@ -172,7 +175,7 @@ def train_causal_lm(
             tokens = batch_fn(step)
             for iv in interventions:
                 iv.begin_step(step, tokens)
-            loss = model(input_ids=tokens, labels=tokens).loss
+            loss = model(input_ids=tokens, labels=tokens).loss if loss_fn is None else loss_fn(model, tokens)
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

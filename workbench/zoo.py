@@ -114,8 +114,36 @@ def _ground_truth_registry() -> dict[str, Callable[[], ZooSpec]]:
     return {name: (lambda name=name: _ground_truth_spec(name)) for name in DESIGNS}
 
 
+def _vision_spec(name: str) -> ZooSpec:
+    from workbench import zoo_vit
+
+    cfg = zoo_vit.MEMBERS[name]
+
+    def report(folder: Path) -> dict[str, Any]:
+        from transformers import ViTForImageClassification
+
+        model = ViTForImageClassification.from_pretrained(str(step_dir(folder / CHECKPOINTS, cfg.steps))).eval()
+        return {f"test_{k}": v for k, v in zoo_vit.accuracy_and_loss(model, *zoo_vit.digits("test")).items()}
+
+    return ZooSpec(
+        name=name,
+        description=f"{zoo_vit.FAMILY} family ({zoo_vit.DESCRIPTION}); trained on the bundled 8x8 digits.",
+        architecture=cfg.architecture(),
+        parameters=f"{cfg.n_parameters() / 1000:.0f}k",
+        config=cfg.to_dict(),
+        train=lambda folder, progress: zoo_vit.train_vit(cfg, folder, progress=progress),
+        report=report,
+    )
+
+
+def _vision_registry() -> dict[str, Callable[[], ZooSpec]]:
+    from workbench.zoo_vit import MEMBERS
+
+    return {name: (lambda name=name: _vision_spec(name)) for name in MEMBERS}
+
+
 _REGISTRY: dict[str, Callable[[], ZooSpec]] = {
-    "induction-2l": _induction_spec, **_family_registry(), **_ground_truth_registry()
+    "induction-2l": _induction_spec, **_family_registry(), **_ground_truth_registry(), **_vision_registry()
 }
 
 
@@ -125,10 +153,23 @@ def names() -> list[str]:
 
 
 def families() -> dict[str, list[str]]:
-    """The checkpoint families and their members (smallest first)."""
+    """The checkpoint families of language models and their members (smallest first); see also
+    :func:`vision_families`."""
     from workbench.zoo_families import FAMILIES, family_members
 
     return {family: family_members(family) for family in FAMILIES}
+
+
+def vision_families() -> dict[str, list[str]]:
+    """The image-classifier families (``vit``: :mod:`workbench.zoo_vit`) and their members (smallest first)."""
+    from workbench import zoo_vit
+
+    return {zoo_vit.FAMILY: zoo_vit.family_members()}
+
+
+def all_families() -> dict[str, list[str]]:
+    """Every family: the checkpoint families of language models, then the image classifiers."""
+    return {**families(), **vision_families()}
 
 
 def targets(name: str) -> list[str]:
@@ -136,7 +177,7 @@ def targets(name: str) -> list[str]:
 
     An unknown name raises a ModelSpecError listing the families and members.
     """
-    fams = families()
+    fams = all_families()
     if name in fams:
         return fams[name]
     if name in _REGISTRY:

@@ -51,9 +51,10 @@ def _compute(model: Any, cfg: ZooTrainingConfig, progress: bool) -> Result:
     losses, evals = training_tables(cfg.name)
     out = Result(tables={"loss": losses, "eval": evals}, params={"config": info["config"]})
     report = info.get("report", {})
-    if report:
+    if "induction_scores" in report:  # the induction toy's head scores (other members report other numbers)
         out.tensors["heads"] = {"induction_scores": torch.tensor(report["induction_scores"]),
                                 "previous_token_scores": torch.tensor(report["previous_token_scores"])}
+    if report:
         out.summary.update({k: v for k, v in report.items() if not isinstance(v, list) or k.startswith("best")})
     out.summary.update(final_loss=info["final_loss"], checkpoints=len(info["steps"]),
                        seconds=info.get("seconds_last_session"))

@@ -24,6 +24,7 @@ ANALYSES: tuple[str, ...] = (
     "circuits.cdt.analysis:CDT",
     "circuits.patching.analysis:PATCH",
     "circuits.paths.analysis:PATHS",
+    "circuits.vision.analysis:VIT",
     "circuits.edges.analysis:EDGES",
     "circuits.attribution.analysis:ATTRIBUTE",
     "circuits.attribution.intervene_analysis:INTERVENE",

@@ -46,7 +46,7 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
     from workbench import zoo
 
     rows = {n: {"built": zoo.is_built(n), "steps": zoo.checkpoint_steps(n) if zoo.is_built(n) else []} for n in zoo.names()}
-    emit(args, {"zoo": rows, "families": zoo.families()},
+    emit(args, {"zoo": rows, "families": zoo.all_families()},
          "\n".join(f"toy/{n}: {'built' if r['built'] else 'not built'}" for n, r in rows.items()))
     return 0
 
@@ -140,7 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("zoo", help="the project's own small models")
     zsub = p.add_subparsers(dest="zoo_verb", required=True, metavar="<zoo verb>")
     b = zsub.add_parser("build", help="train zoo models (all, a FAMILY or a member NAME), resuming an interrupted build")
-    b.add_argument("name", nargs="?", help="family (llama, gpt) or member name, e.g. induction-2l (default: all)")
+    b.add_argument("name", nargs="?", help="family (llama, gpt, vit) or member name, e.g. induction-2l (default: all)")
     b.add_argument("--force", action="store_true", help="retrain from scratch")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     _json_arg(b)
