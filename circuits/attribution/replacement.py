@@ -29,7 +29,7 @@ from circuits.frozen.clean import CleanRun, capture
 from circuits.frozen.facts import ModelFacts
 from circuits.frozen.weights import Weights, model_weights
 
-__all__ = ["FeatureSet", "FeatureSetError", "ReplacementModel", "feature_sets_from_transcoders"]
+__all__ = ["FeatureSet", "FeatureSetError", "ReplacementModel", "feature_sets_from_clt", "feature_sets_from_transcoders"]
 
 
 class FeatureSetError(ValueError):
@@ -93,6 +93,37 @@ def feature_sets_from_transcoders(transcoders: Mapping[int, object], facts: Mode
         out.append(FeatureSet(layer, tc.W_enc, tc.b_enc, _activation_of(tc), {layer: tc.W_dec}, {layer: tc.b_dec},
                               tc.W_skip, "tc"))
     return out
+
+
+def feature_sets_from_clt(clt, facts: ModelFacts) -> list[FeatureSet]:
+    """One :class:`FeatureSet` per layer of a cross-layer transcoder
+    (:class:`circuits.dictionaries.clt.CrossLayerTranscoder`): layer l's features read MLP input l and write to
+    the MLP outputs of layers l..L-1 (``decoders`` {m: W_dec[l -> m] [n, d]}); layer l's set carries b_dec[l].
+    Node ids use the prefix ``clt`` (``clt1.f12@5``). Raises :class:`FeatureSetError` for another model's CLT."""
+    if (clt.n_layers, clt.d_model) != (facts.n_layers, facts.d_model):
+        raise FeatureSetError(f"the cross-layer transcoder has {clt.n_layers} layers of width {clt.d_model}, the model "
+                              f"{facts.n_layers} of width {facts.d_model} (a CLT made for another model?)")
+    out = []
+    for layer in range(clt.n_layers):
+        decoders = {m: clt.W_dec[layer][:, m - layer] for m in range(layer, clt.n_layers)}
+        out.append(FeatureSet(layer, clt.W_enc[layer], clt.b_enc[layer], _clt_activation(clt, layer), decoders,
+                              {layer: clt.b_dec[layer]}, None, "clt"))
+    return out
+
+
+def _clt_activation(clt, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Layer ``layer``'s activation of a CLT, applied in the pre-activations' dtype."""
+    if clt.activation == "jumprelu":
+        th = clt.threshold[layer].detach()
+        return lambda pre: pre * (pre > th.to(pre))
+    if clt.activation == "topk":
+        k = int(clt.k)
+
+        def topk(pre: torch.Tensor) -> torch.Tensor:
+            vals, idx = pre.topk(k, dim=-1, sorted=False)
+            return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+        return topk
+    return torch.relu
 
 
 def _activation_of(tc) -> Callable[[torch.Tensor], torch.Tensor]:
