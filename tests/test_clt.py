@@ -264,3 +264,29 @@ def test_train_clt_verb_json(tiny_gpt2, tmp_path, capsys, monkeypatch):
     assert any("optimisation steps" in w for w in s["warnings"])  # 16 steps: the budget warning is loud
     clt = load_clt(f"{out['run']['path']}/clt")
     assert clt.n_layers == 2 and clt.k == 4 and clt.model_name == tiny_gpt2.workbench_spec
+
+
+def test_stored_clt_run_and_the_dictionaries_page(tiny_llama, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from circuits.dictionaries.clt_analysis import TRAIN_CLT, TrainCltConfig, clt_result, run_clt
+    from workbench.store import Store
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    clt = _random_clt(L=2, d=32, n=16, activation="topk", dtype=torch.float32)
+    ev = evaluate_clt(tiny_llama, clt, random_source(64, seq_len=12, batch_size=4, n_batches=2, bos_id=64),
+                      progress=False)
+    info = TRAIN_CLT.save(Store(tmp_path / "runs"), clt_result(tiny_llama, clt, ev), "toy/tiny", TrainCltConfig())
+    run = Store(tmp_path / "runs").load("clt", info.run_id)
+    back = run_clt(run)
+    assert all(torch.equal(p, q) for p, q in zip(clt.parameters(), back.parameters(), strict=True))
+    norms = run.tensors("decoder_norms")["source_target"]
+    assert norms.shape == (2, 2) and float(norms[1, 0]) == 0 and float(norms[0, 1]) > 0
+    assert set(TRAIN_CLT.figures(run)) == {"layers", "decoder_norms", "frequencies"}
+    page = str(Path(__file__).resolve().parents[1] / "app" / "pages" / "4_Dictionaries.py")
+    at = AppTest.from_file(page, default_timeout=60).run()
+    assert not at.exception
+    assert any(m.label == "CE, every MLP replaced" for m in at.metric)
+    assert any("No dictionary runs" in i.value for i in at.info)

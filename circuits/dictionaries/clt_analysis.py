@@ -24,7 +24,7 @@ from typing import Any, Literal
 from circuits.dictionaries.analysis import HeldOutOptions, _check_corpus, _check_folder, _reworded
 from workbench.analysis import Analysis, ConfigError, Result, model_spec, option
 
-__all__ = ["TRAIN_CLT", "TrainCltConfig", "run_clt"]
+__all__ = ["TRAIN_CLT", "TrainCltConfig", "clt_result", "run_clt"]
 
 
 @dataclass
@@ -81,12 +81,8 @@ def _train(model: Any, cfg: TrainCltConfig, progress: bool) -> Result:
 
 
 def _train_clt(model: Any, cfg: TrainCltConfig, progress: bool) -> Result:
-    import pandas as pd
-    import torch
-
     from circuits.dictionaries.buffer import corpus_source
     from circuits.dictionaries.clt_eval import evaluate_clt
-    from circuits.dictionaries.clt_io import save_clt
     from circuits.dictionaries.clt_train import CltSpec, train_clt
     from circuits.dictionaries.train import TrainDictConfig
 
@@ -100,12 +96,27 @@ def _train_clt(model: Any, cfg: TrainCltConfig, progress: bool) -> Result:
     trained = train_clt(model, source, spec, train, workdir=cfg.workdir, progress=progress, device=device)
     clt = trained.dictionaries["clt"]
     ev = evaluate_clt(model, clt, eval_source, max_tokens=cfg.eval_tokens, progress=progress, device=device)
+    result = clt_result(model, clt, ev, trained)
+    result.params = {"spec": spec.__dict__, "train": dict(train.__dict__), "seconds_training": trained.seconds}
+    return result
+
+
+def clt_result(model: Any, clt: Any, ev: Any, trained: Any = None) -> Result:
+    """Everything a ``clt`` run holds, from a CrossLayerTranscoder, its
+    :class:`~circuits.dictionaries.clt_eval.CltEval` and (optionally) its TrainResult."""
+    import pandas as pd
+    import torch
+
+    from circuits.dictionaries.clt_io import save_clt
+
     spec_name = model_spec(model)
     out = Result()
     out.folders["clt"] = lambda path: save_clt(clt, path, model_name=spec_name)
     out.tables["layers"] = pd.DataFrame(ev.layers)
-    rows = [{"step": h["step"], **{k: v for k, v in h["clt"].items() if k != "l0_layers"}} for h in trained.history]
-    out.tables["history"] = pd.DataFrame(rows)
+    if trained is not None:
+        rows = [{"step": h["step"], **{k: v for k, v in h["clt"].items() if k != "l0_layers"}}
+                for h in trained.history]
+        out.tables["history"] = pd.DataFrame(rows)
     with torch.no_grad():
         norms = clt.decoder_norms().mean(-1).cpu()  # [source, target]
     out.tensors["frequencies"] = {"f": ev.frequencies.cpu()}
@@ -116,10 +127,10 @@ def _train_clt(model: Any, cfg: TrainCltConfig, progress: bool) -> Result:
         "dense_fraction": [r["dense_fraction"] for r in ev.layers],
         **{k: ev.metrics[k] for k in ("ce_clean", "ce_spliced", "ce_zero_ablated", "ce_mean_ablated",
                                       "ce_recovered_zero", "ce_recovered_mean", "kl", "l0_total", "fvu_mean")},
-        "cross_layer_share": _cross_share(norms), "eval_tokens": ev.tokens, "steps": trained.steps,
-        "tokens_trained": trained.tokens, "d_sae": clt.d_sae, "n_layers": clt.n_layers}
-    out.params = {"spec": spec.__dict__, "train": dict(train.__dict__), "seconds_training": trained.seconds}
-    out.warnings = list(trained.warnings) + list(ev.warnings)
+        "cross_layer_share": _cross_share(norms), "eval_tokens": ev.tokens,
+        "steps": trained.steps if trained else 0, "tokens_trained": trained.tokens if trained else 0,
+        "d_sae": clt.d_sae, "n_layers": clt.n_layers}
+    out.warnings = (list(trained.warnings) if trained else []) + list(ev.warnings)
     if all(r["l0"] == 0 for r in ev.layers):
         out.warnings.insert(0, "every CLT feature is dead at every layer (L0 0): the CLT reconstructs nothing but "
                                "its biases; lower --l1, raise --tokens or --lr")

@@ -51,7 +51,8 @@ __all__ = ["CltSpec", "clt_loss", "train_clt"]
 class CltSpec:
     """The CLT to train: activation (relu | topk | jumprelu), ``expansion`` (features per layer / d_model) or
     ``d_sae``, ``l1`` (penalty coefficient, ReLU and JumpReLU), ``k`` (TopK, per layer), ``tanh_c`` and
-    ``bandwidth`` (JumpReLU). Checked when made (TrainingConfigError names the setting)."""
+    ``bandwidth`` (JumpReLU); ``cross_layer`` False keeps the cross-layer decoders at zero (a per-layer transcoder
+    set trained with the same recipe, for comparisons). Checked when made (TrainingConfigError names the setting)."""
 
     activation: str = "relu"
     expansion: float = 4.0
@@ -60,6 +61,7 @@ class CltSpec:
     k: int | None = None
     tanh_c: float = 1.0
     bandwidth: float = 0.05
+    cross_layer: bool = True
 
     def __post_init__(self) -> None:
         o = "CltSpec"
@@ -186,6 +188,10 @@ def train_clt(model: Any, source: TokenSource | None, spec: CltSpec, cfg: TrainD
     hooks_out = [clt.hook_out(i) for i in range(n_layers)]
     settings = _t._settings(cfg, [spec], {"n_layers": n_layers, "d_model": d_model})
     optim = torch.optim.Adam(clt.parameters(), lr=cfg.lr, betas=cfg.betas)
+    if not spec.cross_layer:
+        with torch.no_grad():
+            for W in clt.W_dec:
+                W[:, 1:].zero_()
     wrapper = _Scaled(clt)
     dicts, optims = {"clt": wrapper}, {"clt": optim}
     since = {"clt": torch.zeros(n_layers * d_sae, dtype=torch.long)}
@@ -229,6 +235,9 @@ def train_clt(model: Any, source: TokenSource | None, spec: CltSpec, cfg: TrainD
             loss, mse, penalty, acts = clt_loss(clt, x, y, spec)
             optim.zero_grad(set_to_none=True)
             loss.backward()
+            if not spec.cross_layer:  # no gradient, so Adam never moves them off zero
+                for W in clt.W_dec:
+                    W.grad[:, 1:].zero_()
             optim.step()
             fired = (acts.detach() > 0).any(0).reshape(-1).cpu()
             since["clt"] += cfg.batch_size
