@@ -266,6 +266,7 @@ def test_train_clt_verb_json(tiny_gpt2, tmp_path, capsys, monkeypatch):
     assert clt.n_layers == 2 and clt.k == 4 and clt.model_name == tiny_gpt2.workbench_spec
 
 
+@pytest.mark.slow
 def test_stored_clt_run_and_the_dictionaries_page(tiny_llama, tmp_path, monkeypatch):
     from pathlib import Path
 

@@ -30,15 +30,13 @@ def _clt(d: int, activation: str = "relu", seed: int = 0, cross: float = 1.0) ->
     return clt
 
 
-@pytest.fixture(params=["tiny_gpt2", "tiny_llama"])
-def model(request):
-    return request.getfixturevalue(request.param)
-
-
-@pytest.fixture(params=["relu", "jumprelu"])
-def rm(model, request) -> ReplacementModel:
-    sets = feature_sets_from_clt(_clt(model.cfg.d_model, request.param), ModelFacts.of(model))
-    return ReplacementModel(model, torch.tensor(PROMPT), sets, dtype=torch.float64)
+@pytest.fixture(params=[("tiny_gpt2", "jumprelu"), ("tiny_llama", "relu"), ("tiny_llama", "topk")], ids=lambda p: "-".join(p))
+def model_rm(request) -> tuple[object, ReplacementModel]:
+    """A tiny model and the float64 replacement model of a random CLT on it (GPT-style and Llama-style)."""
+    name, activation = request.param
+    model = request.getfixturevalue(name)
+    sets = feature_sets_from_clt(_clt(model.cfg.d_model, activation), ModelFacts.of(model))
+    return model, ReplacementModel(model, torch.tensor(PROMPT), sets, dtype=torch.float64)
 
 
 def _input_of(rm: ReplacementModel, graph, row: int, src: Sources) -> float:
@@ -51,7 +49,8 @@ def _input_of(rm: ReplacementModel, graph, row: int, src: Sources) -> float:
     return float(final[0, -1] @ rm._targets.vectors[k] + rm._targets.constants[k])
 
 
-def test_replacement_logits_and_completeness(model, rm):
+def test_replacement_logits_and_completeness(model_rm):
+    model, rm = model_rm
     with torch.no_grad():
         bridge = model(torch.tensor([PROMPT]), return_type="logits")[0].double()
     assert torch.allclose(rm.replacement_logits(), rm.logits, atol=1e-10, rtol=0)
@@ -66,7 +65,8 @@ def test_replacement_logits_and_completeness(model, rm):
     assert graph.node_ids()[0].startswith("clt0.f")
 
 
-def test_clt_edges_equal_brute_force(rm):
+def test_clt_edges_equal_brute_force(model_rm):
+    _, rm = model_rm
     targets = salient_logits(rm, max_n_logits=3)
     rm._targets = targets
     graph = attribute(rm, targets, batch_size=16)
