@@ -141,6 +141,11 @@ def test_training_lowers_fvu_and_resumes_bit_exactly(tiny_gpt2, tmp_path):
     before, after = _fvu(tiny_gpt2, start, held), _fvu(tiny_gpt2, clt, held)
     assert bool((after < 0.8 * before).all()), (before, after)
     assert full.steps == 40 and full.history[-1]["clt"]["l0"] <= 2 * 4 + 1e-9
+    # the same recipe with the cross-layer decoders held at zero: a per-layer transcoder set
+    short = TrainDictConfig(tokens=128 * 4, batch_size=128, lr=3e-3, warmup_steps=1, block_batches=8)
+    plt = train_clt(tiny_gpt2, source, CltSpec(activation="topk", k=4, expansion=2.0, cross_layer=False), short,
+                    progress=False).dictionaries["clt"]
+    assert float(plt.W_dec[0][:, 1:].abs().max()) == 0 and float(plt.W_dec[0][:, 0].abs().max()) > 0
     train_clt(tiny_gpt2, source, spec, cfg, progress=False, workdir=tmp_path, stop_after=17)
     resumed = train_clt(tiny_gpt2, source, spec, cfg, progress=False, workdir=tmp_path).dictionaries["clt"]
     for (name, a), (_, b) in zip(clt.named_parameters(), resumed.named_parameters(), strict=True):

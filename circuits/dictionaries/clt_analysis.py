@@ -171,6 +171,6 @@ TRAIN_CLT = Analysis(
     describe="One encoder per layer reads the MLP input; each layer's features write to its own and every later "
              "MLP output. Trained jointly on every layer (ReLU + decoder-norm-weighted L1, TopK or JumpReLU); "
              "reports FVU and L0 per layer and the loss with every MLP replaced at once.",
-    demo=TrainCltConfig(activation="topk", k=8, expansion=4.0, tokens=40_960, batch_size=256, eval_tokens=2048,
+    demo=TrainCltConfig(activation="topk", k=8, expansion=4.0, tokens=65_536, batch_size=256, eval_tokens=2048,
                         seq_len=64),
     demo_model="toy/llama-d64-l2")

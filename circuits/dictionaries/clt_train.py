@@ -9,7 +9,10 @@ Loss per token, averaged over the batch (METHODS.md section 6)::
                                                                     over its target layers, ||W_dec,l,i|| = sum_m ||W_dec,l->m,i||)
     JumpReLU: penalty = sum_{l, i} tanh(tanh_c * a_{l,i} * ||W_dec,l,i||)   (Anthropic's; thresholds learn through
                                                                     the straight-through estimator, circuits.dictionaries.clt)
-    TopK:     no penalty (k per layer); dead latents are counted and reported, no AuxK term.
+    TopK:     no penalty (k per layer); plus auxk_coef * AuxK: the residual y - y_hat reconstructed (through the
+              full cross-layer decoders) from the top d_model // 2 pre-activations of each layer's dead features
+              (not fired in the last ``dead_tokens``), normalised by the residual's variance (Gao et al. 2024, as
+              circuits.dictionaries.train does for one layer).
 
 Every layer's input and output are divided by a fixed scale (measured on the first buffer block, kept in the
 checkpoints) so that their mean squared norm is d_model: the losses, ``l1`` and the learning rate are in those
@@ -79,20 +82,31 @@ class CltSpec:
         return self.d_sae or expansion_width(d_model, self.expansion)
 
 
-def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, spec: CltSpec
+def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, spec: CltSpec,
+             dead: torch.Tensor | None = None, auxk_coef: float = 0.0
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x, y [B, L, d] -> (loss, mse (summed over layers, mean over tokens), penalty, codes [B, L, n])."""
+    """x, y [B, L, d] -> (loss, mse (summed over layers, mean over tokens), penalty or AuxK, codes [B, L, n]).
+    ``dead`` [L, n] (bool): the dead features of the AuxK term (TopK only)."""
     pre = clt.pre_activation(x)
     acts = clt.activate(pre)
     out = clt.decode(acts)
     mse = (out - y).pow(2).sum((-1, -2)).mean()
     if spec.activation == "topk":
         penalty = torch.zeros((), dtype=mse.dtype, device=mse.device)
-    else:
-        weighted = acts * clt.summed_decoder_norms()
-        if spec.activation == "jumprelu":
-            weighted = torch.tanh(spec.tanh_c * weighted)
-        penalty = weighted.sum((-1, -2)).mean()
+        if dead is not None and auxk_coef > 0 and bool(dead.any()):
+            k_aux = min(max(1, clt.d_model // 2), int(dead.sum(-1).max()))
+            vals, idx = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)
+            aux_acts = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+            resid = (y - out).detach()
+            e_hat = clt.decode(aux_acts) - clt.b_dec
+            aux = (e_hat - resid).pow(2).sum((-1, -2)).mean() / \
+                resid.sub(resid.mean(0)).pow(2).sum((-1, -2)).mean().clamp_min(1e-12)
+            penalty = torch.nan_to_num(aux, 0.0)
+        return mse + auxk_coef * penalty, mse, penalty, acts
+    weighted = acts * clt.summed_decoder_norms()
+    if spec.activation == "jumprelu":
+        weighted = torch.tanh(spec.tanh_c * weighted)
+    penalty = weighted.sum((-1, -2)).mean()
     return mse + spec.l1 * penalty, mse, penalty, acts
 
 
@@ -232,7 +246,8 @@ def train_clt(model: Any, source: TokenSource | None, spec: CltSpec, cfg: TrainD
             x, y = wrapper.scaled(_stack(batch, hooks_in).to(device), _stack(batch, hooks_out).to(device))
             for group in optim.param_groups:
                 group["lr"] = cfg.lr_at(step)
-            loss, mse, penalty, acts = clt_loss(clt, x, y, spec)
+            dead = (since["clt"] >= dead_after).reshape(n_layers, d_sae).to(device)
+            loss, mse, penalty, acts = clt_loss(clt, x, y, spec, dead, cfg.auxk_coef)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             if not spec.cross_layer:  # no gradient, so Adam never moves them off zero
