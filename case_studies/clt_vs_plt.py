@@ -34,7 +34,9 @@ from workbench.models import load_model
 from workbench.store import Store
 
 PROMPTS = ["The city was founded in the early years of the", "In 1990 the company moved its headquarters to the",
-           "She was born in a small village near the", "The river flows through the north of the"]
+           "She was born in a small village near the", "The river flows through the north of the",
+           "The king and the queen of the", "After the war, the government decided to",
+           "The first season of the show was", "He studied music at the university of"]
 
 
 class _Rows:
@@ -124,14 +126,18 @@ def main() -> None:
     for g in graphs:
         print(f"| {g['kind']} | {g['k']} | {g['prompt']} | {g['replacement']:.4f} | {g['completeness']:.4f} | "
               f"{g['active']} | {g['kept_features']} | {g['kept_edges']} | {g['residual']:.1e} |")
-    print("\n| transcoder | k | mean replacement | mean completeness | mean pruned features |")
-    print("|---|---|---|---|---|")
+    print("\n| transcoder | k | mean replacement | mean completeness | mean pruned features | mean pruned edges | "
+          "prompts where the CLT's replacement score is higher |")
+    print("|---|---|---|---|---|---|---|")
     for k in args.ks:
-        for kind in ("CLT", "PLT"):
-            gs = [g for g in graphs if g["kind"] == kind and g["k"] == k]
+        by = {kind: [g for g in graphs if g["kind"] == kind and g["k"] == k] for kind in ("CLT", "PLT")}
+        wins = sum(a["replacement"] > b["replacement"] for a, b in zip(by["CLT"], by["PLT"], strict=True))
+        for kind, gs in by.items():
             print(f"| {kind} | {k} | {sum(g['replacement'] for g in gs) / len(gs):.4f} | "
                   f"{sum(g['completeness'] for g in gs) / len(gs):.4f} | "
-                  f"{sum(g['kept_features'] for g in gs) / len(gs):.1f} |")
+                  f"{sum(g['kept_features'] for g in gs) / len(gs):.1f} | "
+                  f"{sum(g['kept_edges'] for g in gs) / len(gs):.1f} | "
+                  f"{f'{wins} of {len(gs)}' if kind == 'CLT' else ''} |")
 
 
 if __name__ == "__main__":
