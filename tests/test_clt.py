@@ -296,3 +296,11 @@ def test_stored_clt_run_and_the_dictionaries_page(tiny_llama, tmp_path, monkeypa
     assert not at.exception
     assert any(m.label == "CE, every MLP replaced" for m in at.metric)
     assert any("No dictionary runs" in i.value for i in at.info)
+
+
+def test_verb_activation_choices_mirror_the_library():
+    from circuits.dictionaries.clt import CLT_ACTIVATIONS
+    from circuits.dictionaries.clt_analysis import TrainCltConfig
+    from workbench.analysis import describe_fields
+
+    assert next(i.choices for i in describe_fields(TrainCltConfig) if i.name == "activation") == CLT_ACTIVATIONS
