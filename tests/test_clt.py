@@ -304,3 +304,30 @@ def test_verb_activation_choices_mirror_the_library():
     from workbench.analysis import describe_fields
 
     assert next(i.choices for i in describe_fields(TrainCltConfig) if i.name == "activation") == CLT_ACTIVATIONS
+
+
+def test_spliced_run_reads_the_spliced_inputs(tiny_llama):
+    """Every MLP replaced at once: layer 1's codes come from layer 1's MLP input of the run where MLP 0 is already
+    replaced. Built here in two plain passes (the first gives that input, the second writes both outputs)."""
+    from circuits.dictionaries.clt_eval import spliced_logits
+
+    clt = _random_clt(L=2, d=32, n=16, activation="topk", dtype=torch.float32)
+    tokens = torch.tensor([PROMPT_TOKENS])
+    with torch.no_grad():
+        _, clean = tiny_llama.run_with_cache(tokens, names_filter=[clt.hook_in(0)])
+        a0 = clt.encode_layer(clean[clt.hook_in(0)], 0)
+        out0 = clt.decode_layer([a0], 0)
+        first = [(clt.hook_out(0), lambda act, hook=None: out0)]
+        with tiny_llama.hooks(fwd_hooks=first):
+            _, mid = tiny_llama.run_with_cache(tokens, names_filter=[clt.hook_in(1)])
+        a1 = clt.encode_layer(mid[clt.hook_in(1)], 1)
+        out1 = clt.decode_layer([a0, a1], 1)
+        want = tiny_llama.run_with_hooks(tokens, fwd_hooks=first + [(clt.hook_out(1), lambda act, hook=None: out1)],
+                                         return_type="logits")
+        got = spliced_logits(tiny_llama, clt, tokens)
+        clean_x1 = tiny_llama.run_with_cache(tokens, names_filter=[clt.hook_in(1)])[1][clt.hook_in(1)]
+    assert not torch.allclose(mid[clt.hook_in(1)], clean_x1, atol=1e-3)  # splicing MLP 0 moved layer 1's input
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+PROMPT_TOKENS = [64, 3, 5, 7, 9, 11, 3, 5, 7]
