@@ -127,3 +127,21 @@ def test_attribute_verb_reads_a_clt_folder(tiny_llama, tmp_path):
 
     with pytest.raises(DictionaryMismatchError, match="3 layers"):
         ATTRIBUTE.run(tiny_llama, AttributeConfig(prompt="t3 t5", transcoder=[str(other)]))
+
+
+def test_attribute_reads_a_transcoder_set_folder_like_saelens_folders(tiny_llama, tmp_path):
+    from circuits.attribution.analysis import ATTRIBUTE, AttributeConfig
+    from circuits.dictionaries.clt_io import save_transcoder_set
+    from circuits.dictionaries.model import Dictionary
+    from circuits.dictionaries.saelens_io import save_dictionary
+
+    tcs = {layer: Dictionary.create("transcoder", 32, 64, activation="topk", k=6, seed=layer,
+                                    hook_in=f"blocks.{layer}.ln2.hook_normalized",
+                                    hook_out=f"blocks.{layer}.hook_mlp_out") for layer in (0, 1)}
+    folders = [str(save_dictionary(tc, tmp_path / f"tc{layer}")) for layer, tc in tcs.items()]
+    ct = str(save_transcoder_set(tcs, tmp_path / "set"))
+    runs = [ATTRIBUTE.run(tiny_llama, AttributeConfig(prompt="t3 t5 t7 t3 t5", transcoder=t, precision="float64"))
+            for t in (folders, [ct])]
+    assert runs[1].summary["transcoder_kind"] == "transcoder_set"
+    for key in ("replacement_score", "completeness_score", "active_features", "graph_edges"):
+        assert runs[0].summary[key] == runs[1].summary[key], key
