@@ -43,6 +43,7 @@ MODEL_VERBS = {  # verb -> the smallest valid arguments besides the model
     "attribute": ["--prompt", "t3 t5 t7 t3", "--transcoder", "{tc0}", "{tc1}"],
     "intervene": ["--prompt", "t3 t5 t7 t3", "--transcoder", "{tc0}", "{tc1}", "--sample", "2"],
     "vit": ["--n", "16"],
+    "train-clt": ["--seq-len", "32", "--tokens", "512", "--batch-size", "64", "--eval-tokens", "64", "--k", "4"],
 }
 
 CASES: list[tuple[str, list[str], list[str]]] = []
@@ -137,6 +138,12 @@ for flag, value in [("--node-threshold", "1.5"), ("--edge-threshold", "-0.1"), (
 case("argparse", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--precision", "float16"], "--precision")
 case("options", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--target", "tc0.f99999@1"], "--target")
 case("options", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--correct", "t5 t6"], "--correct")
+case("options", ["train-clt", *MODEL_VERBS["train-clt"], *GPT, "--k", "100000"], "--k", "100000")
+case("options", ["train-clt", *MODEL_VERBS["train-clt"], *GPT, "--activation", "gelu"], "--activation")
+for name, fragments in {"clt:yaml": ("config.yaml", "invalid yaml"), "clt:hook": ("hook_resid_post", "accepted"),
+                        "clt:tensor": ("w_enc_1.safetensors", "b_dec_1"), "clt:other": ("3 layers", "2 layers"),
+                        "clt:shape": ("w_dec_0", "shape")}.items():
+    case("clt-folder", ["attribute", "--prompt", "t3 t5 t7 t3", "--transcoder", "{" + name + "}", *GPT], *fragments)
 case("long-prompt", ["attribute", *GPT, "--prompt", LONG, "--transcoder", "{tc0}", "{tc1}"], "--prompt")
 case("options", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--attention-head", "1-0"], "--attention-head")
 case("options", ["attribute", *MODEL_VERBS["attribute"], *GPT, "--attention-head", "1.9"], "--attention-head", "head 9")
@@ -350,6 +357,29 @@ def _save_tiny_dict(folder: Path, hook: str, kind: str = "sae") -> None:
     save_dictionary(Dictionary.create(kind, 32, 64, **options), folder)
 
 
+def _save_bad_clts(root: Path, out: dict[str, str]) -> None:
+    """Cross-layer transcoder folders in circuit-tracer's layout, each spoiled one way (``{clt:NAME}``)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from circuits.dictionaries.clt import CrossLayerTranscoder
+    from circuits.dictionaries.clt_io import save_clt
+
+    for name in ("yaml", "hook", "tensor", "other", "shape"):
+        folder = save_clt(CrossLayerTranscoder.create(3 if name == "other" else 2, 32, 16), root / name)
+        cfg = folder / "config.yaml"
+        if name == "yaml":
+            cfg.write_text("model_kind: [cross_layer_transcoder\n")
+        elif name == "hook":
+            cfg.write_text(cfg.read_text().replace("hook_mlp_out", "hook_resid_post"))
+        elif name == "tensor":
+            t = load_file(str(folder / "W_enc_1.safetensors"))
+            save_file({k: v for k, v in t.items() if k != "b_dec_1"}, str(folder / "W_enc_1.safetensors"))
+        elif name == "shape":
+            save_file({"W_dec_0": torch.zeros(16, 1, 32)}, str(folder / "W_dec_0.safetensors"))
+        out[f"clt:{name}"] = str(folder)
+
+
 def _header(meta: dict) -> bytes:
     body = json.dumps(meta).encode()
     return struct.pack("<Q", len(body)) + body
@@ -431,6 +461,7 @@ def places(tmp_path_factory, tiny_gpt2, tiny_llama) -> dict[str, str]:
         elif name == "no-weights":
             w.unlink()
         out[f"model:{name}"] = str(folder)
+    _save_bad_clts(root / "clt", out)
     plain = root / "plain-file.txt"
     plain.write_text("not a folder\n")
     out["file"] = str(plain)

@@ -35,6 +35,8 @@ SHRUNK = {
     "train-dict": ("tiny_llama", dict(layer=1, k=[2, 6], expansion=2.0, tokens=1024, batch_size=128, warmup=2,
                                       seq_len=16, eval_tokens=64)),
     "eval-dict": ("tiny_llama", dict(seq_len=16, eval_tokens=64)),
+    "train-clt": ("tiny_llama", dict(k=4, expansion=2.0, tokens=1024, batch_size=128, warmup=2, seq_len=16,
+                                     eval_tokens=64)),
     "tc-circuit": ("tiny_llama", dict(train_tokens=1024, prompt="t3 t5 t7 t3 t5", beam_width=3, depth=2)),
     "cdt": ("tiny_gpt2", dict(n=2, half_len=4, top_k=2)),
     "patch": ("tiny_gpt2", dict(n=2, half_len=4, top_k=1)),

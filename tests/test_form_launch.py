@@ -50,6 +50,7 @@ REQUIRED = {
     "train-dict": ("tiny_llama", {"layer": "1", "seq_len": "32", "tokens": "8192", "batch_size": "1024",
                                   "eval_tokens": "512"}),
     "eval-dict": ("tiny_llama", {"seq_len": "32", "eval_tokens": "512"}),
+    "train-clt": ("tiny_llama", {"seq_len": "32", "tokens": "4096", "eval_tokens": "256"}),
     "tc-circuit": ("tiny_llama", {"prompt": "t3 t5 t7 t3 t5"}),
     "cdt": ("tiny_gpt2", {"half_len": "8"}),
     "patch": ("tiny_gpt2", {"task": "induction", "half_len": "8"}),

@@ -1,6 +1,7 @@
-"""Dictionaries: metrics of each stored SAE / transcoder and a feature browser (contexts, histogram, logit effects).
+"""Dictionaries: metrics of each stored SAE / transcoder and a feature browser (contexts, histogram, logit effects);
+cross-layer transcoders (``clt`` runs): per-layer FVU / L0 and the source x target decoder-norm map.
 
-Reads ``dictionary`` runs from the store; all numbers come from the run's tables (computed by
+Reads ``dictionary`` and ``clt`` runs from the store; all numbers come from the run's tables (computed by
 ``circuits.dictionaries``). A run that cannot be read is reported with ``st.error`` and skipped.
 """
 
@@ -10,6 +11,7 @@ import pandas as pd
 import streamlit as st
 from page_helpers import browse_runs
 
+from circuits.dictionaries.clt_analysis import TRAIN_CLT
 from circuits.dictionaries.figures import (
     activation_histogram,
     context_html,
@@ -87,3 +89,27 @@ def _show(run) -> None:
 browse_runs(Store(), "dictionary", show=_show, only_ok=True, key=None, label_of=lambda i: f"{i.run_id} ({i.model})",
             empty="No dictionary runs yet: `workbench train-dict --layer 3 --kind transcoder --activation topk --k 16` "
                   "or `workbench demo`.")
+
+
+def _show_clt(run) -> None:
+    s = run.summary
+    cols = st.columns(4)
+    cols[0].metric("CE clean", f"{s.get('ce_clean', float('nan')):.4f}")
+    cols[1].metric("CE, every MLP replaced", f"{s.get('ce_spliced', float('nan')):.4f}")
+    rec = s.get("ce_recovered_zero")
+    cols[2].metric("CE recovered (zero)", "-" if rec is None else f"{rec:.3f}")
+    share = s.get("cross_layer_share")
+    cols[3].metric("cross-layer decoder share", "-" if share is None else f"{share:.3f}")
+    for warning in s.get("warnings", []):
+        st.warning(warning)
+    st.dataframe(run.table("layers"), use_container_width=True)
+    for fig in TRAIN_CLT.figures(run).values():
+        st.plotly_chart(fig, use_container_width=True)
+    st.caption(f"Files in circuit-tracer's layout: `{run.subpath('clt')}` (open with `workbench attribute "
+               "--transcoder` that folder)")
+
+
+st.header("Cross-layer transcoders")
+browse_runs(Store(), "clt", show=_show_clt, only_ok=True, key="clt-run", label="CLT run",
+            label_of=lambda i: f"{i.run_id} ({i.model})",
+            empty="No cross-layer transcoder runs yet: `workbench train-clt --model toy/llama-d64-l2 --k 8`.")

@@ -39,8 +39,9 @@ class AttributeConfig(Config):
     """Options of ``workbench attribute``."""
 
     prompt: str | None = option(None, "the prompt text (BOS is prepended when the tokenizer has one)", lines=True)
-    transcoder: list[str] | None = option(None, "transcoder folders in SAELens format (one per layer)", lines=True,
-                                          path=True)
+    transcoder: list[str] | None = option(None, "transcoder folders in SAELens format (one per layer), or one folder "
+                                          "in circuit-tracer's layout (config.yaml: a cross-layer transcoder or a "
+                                          "transcoder set)", lines=True, path=True)
     train_tokens: int = option(0, "with no --transcoder: first train TopK-16 transcoders (4x) for every layer on this "
                                   "many wiki tokens (0: --transcoder is required)", minimum=0)
     target: str = option("logits", "'logits' (the output tokens) or a feature id like tc1.f12@5")
@@ -107,8 +108,9 @@ def _feature_id(target: str) -> tuple[int, int, int] | None:
         node = parse(target)
     except NodeIdError:
         node = None
-    if node is None or node.kind != "feature" or node.dictionary != "tc" or node.position is None:
-        raise ConfigError(f"--target {target!r}: use 'logits' or a transcoder feature at a position like 'tc1.f12@5'")
+    if node is None or node.kind != "feature" or node.dictionary not in ("tc", "clt") or node.position is None:
+        raise ConfigError(f"--target {target!r}: use 'logits' or a transcoder feature at a position like 'tc1.f12@5' "
+                          "(clt1.f12@5 for a cross-layer transcoder)")
     return int(node.layer), int(node.position), int(node.feature)
 
 
@@ -123,14 +125,19 @@ def _single_token(tokenizer: Any, text: str, what: str) -> int:
 
 def prompt_replacement(model: Any, cfg: Any, progress: bool) -> tuple[Any, dict[int, Any], int]:
     """(ReplacementModel of ``cfg.prompt``, transcoders by layer, tokens they were trained on) for a config with
-    ``prompt``, ``transcoder``, ``train_tokens`` and ``precision`` (BOS prepended when the tokenizer has one)."""
+    ``prompt``, ``transcoder``, ``train_tokens`` and ``precision`` (BOS prepended when the tokenizer has one).
+    ``transcoder``: SAELens folders (one per layer), or one circuit-tracer folder (a transcoder set or a cross-layer
+    transcoder; the latter's layers map to None and ``rm.clt`` holds it)."""
     import torch
 
     from circuits.attribution.replacement import (
         FeatureSetError,
         ReplacementModel,
+        feature_sets_from_clt,
         feature_sets_from_transcoders,
     )
+    from circuits.dictionaries.clt_io import check_clt_fits, is_circuit_tracer_folder, load_circuit_tracer
+    from circuits.dictionaries.saelens_io import check_fits
     from circuits.dictionaries.transcoder_set import transcoders_by_layer
     from circuits.frozen.facts import ModelFacts
     from workbench.data.tokens import bos_id, encode
@@ -139,12 +146,27 @@ def prompt_replacement(model: Any, cfg: Any, progress: bool) -> tuple[Any, dict[
     bos = bos_id(model.tokenizer)
     tokens = torch.tensor(([bos] if bos is not None else []) + encode(model.tokenizer, cfg.prompt))
     check_context(model, len(tokens), "the --prompt")
-    transcoders, trained_tokens = transcoders_by_layer(model, cfg.transcoder, cfg.train_tokens, progress=progress)
+    clt, trained_tokens = None, 0
+    if cfg.transcoder and len(cfg.transcoder) == 1 and is_circuit_tracer_folder(cfg.transcoder[0]):
+        loaded = load_circuit_tracer(cfg.transcoder[0], device=str(model.W_E.device))
+        if isinstance(loaded, dict):
+            transcoders = loaded
+            for tc in transcoders.values():
+                check_fits(tc, model)
+        else:
+            clt = loaded
+            check_clt_fits(clt, model)
+            transcoders = dict.fromkeys(range(clt.n_layers))
+    else:
+        transcoders, trained_tokens = transcoders_by_layer(model, cfg.transcoder, cfg.train_tokens, progress=progress)
     try:
-        sets = feature_sets_from_transcoders(transcoders, ModelFacts.of(model))
+        facts = ModelFacts.of(model)
+        sets = feature_sets_from_clt(clt, facts) if clt is not None else feature_sets_from_transcoders(transcoders,
+                                                                                                       facts)
     except FeatureSetError as err:
         raise ConfigError(f"--transcoder: {err}") from None
     rm = ReplacementModel(model, tokens, sets, dtype=getattr(torch, cfg.precision))
+    rm.clt = clt
     return rm, transcoders, trained_tokens
 
 
@@ -212,6 +234,7 @@ def _compute(model: Any, cfg: AttributeConfig, progress: bool) -> Result:
         "replacement_score": replacement, "completeness_score": completeness,
         "kept_influence": float(pruned.influence[pruned.node_mask].sum() / pruned.influence.sum().clamp(min=1e-30)),
         "completeness_max_abs_error": float(residual), "transcoder_layers": sorted(transcoders),
+        "transcoder_kind": "cross_layer_transcoder" if rm.clt is not None else "transcoder_set",
     }
     if trained_tokens:
         summary["transcoder_tokens"] = trained_tokens

@@ -29,7 +29,7 @@ from circuits.frozen.clean import CleanRun, capture
 from circuits.frozen.facts import ModelFacts
 from circuits.frozen.weights import Weights, model_weights
 
-__all__ = ["FeatureSet", "FeatureSetError", "ReplacementModel", "feature_sets_from_transcoders"]
+__all__ = ["FeatureSet", "FeatureSetError", "ReplacementModel", "feature_sets_from_clt", "feature_sets_from_transcoders"]
 
 
 class FeatureSetError(ValueError):
@@ -95,6 +95,37 @@ def feature_sets_from_transcoders(transcoders: Mapping[int, object], facts: Mode
     return out
 
 
+def feature_sets_from_clt(clt, facts: ModelFacts) -> list[FeatureSet]:
+    """One :class:`FeatureSet` per layer of a cross-layer transcoder
+    (:class:`circuits.dictionaries.clt.CrossLayerTranscoder`): layer l's features read MLP input l and write to
+    the MLP outputs of layers l..L-1 (``decoders`` {m: W_dec[l -> m] [n, d]}); layer l's set carries b_dec[l].
+    Node ids use the prefix ``clt`` (``clt1.f12@5``). Raises :class:`FeatureSetError` for another model's CLT."""
+    if (clt.n_layers, clt.d_model) != (facts.n_layers, facts.d_model):
+        raise FeatureSetError(f"the cross-layer transcoder has {clt.n_layers} layers of width {clt.d_model}, the model "
+                              f"{facts.n_layers} of width {facts.d_model} (a CLT made for another model?)")
+    out = []
+    for layer in range(clt.n_layers):
+        decoders = {m: clt.W_dec[layer][:, m - layer] for m in range(layer, clt.n_layers)}
+        out.append(FeatureSet(layer, clt.W_enc[layer], clt.b_enc[layer], _clt_activation(clt, layer), decoders,
+                              {layer: clt.b_dec[layer]}, None, "clt"))
+    return out
+
+
+def _clt_activation(clt, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Layer ``layer``'s activation of a CLT, applied in the pre-activations' dtype."""
+    if clt.activation == "jumprelu":
+        th = clt.threshold[layer].detach()
+        return lambda pre: pre * (pre > th.to(pre))
+    if clt.activation == "topk":
+        k = int(clt.k)
+
+        def topk(pre: torch.Tensor) -> torch.Tensor:
+            vals, idx = pre.topk(k, dim=-1, sorted=False)
+            return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+        return topk
+    return torch.relu
+
+
 def _activation_of(tc) -> Callable[[torch.Tensor], torch.Tensor]:
     """The dictionary's activation applied to pre-activations (ReLU, or TopK then ReLU)."""
     if tc.activation == "relu":
@@ -128,8 +159,11 @@ class ReplacementModel:
     ``pre`` (layer -> feature pre-activations [T, n]), ``active`` [F, 3] (layer, position, feature) of the active
     features sorted by layer, then position, then feature (circuit-tracer's order), ``activations`` [F],
     ``errors`` [L, T, d], ``embed`` [T, d] (token embeddings), ``mlp_in`` [L, T, d] (the MLP inputs, norm bias
-    included), ``logits`` [T, V] of the clean run.
+    included), ``logits`` [T, V] of the clean run; ``clt``: the cross-layer transcoder the sets were made from, if
+    any (set by whoever built the sets from one).
     """
+
+    clt: object | None = None
 
     def __init__(self, model, tokens: torch.Tensor, sets: list[FeatureSet], *, dtype: torch.dtype = torch.float32):
         self.facts = ModelFacts.of(model).check("attribution graphs")

@@ -6,6 +6,8 @@ feature views.
 - :func:`evaluate_dictionaries`: L0, FVU, spliced loss, CE recovered, KL, dead / dense on held-out text.
 - :func:`save_dictionary` / :func:`load_dictionary`: SAELens folders (``cfg.json`` + ``sae_weights.safetensors``).
 - :data:`TRAIN_DICT` / :data:`EVAL_DICT`: the analyses behind the contract; :func:`run_dictionaries` reads a run's.
+- :class:`CrossLayerTranscoder` (``clt``), :func:`train_clt`, :func:`evaluate_clt`, :func:`save_clt` / :func:`load_clt`
+  (circuit-tracer's layout, also :func:`save_transcoder_set`); :data:`TRAIN_CLT` (verb ``train-clt``).
 
 Names are imported on first use (importing the package costs nothing).
 """
@@ -31,4 +33,14 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "EvalDictionaryConfig": "circuits.dictionaries.analysis",
     "TrainDictionaryConfig": "circuits.dictionaries.analysis",
     "run_dictionaries": "circuits.dictionaries.analysis",
+    "CrossLayerTranscoder": "circuits.dictionaries.clt",
+    "CltSpec": "circuits.dictionaries.clt_train",
+    "train_clt": "circuits.dictionaries.clt_train",
+    "evaluate_clt": "circuits.dictionaries.clt_eval",
+    "save_clt": "circuits.dictionaries.clt_io",
+    "load_clt": "circuits.dictionaries.clt_io",
+    "save_transcoder_set": "circuits.dictionaries.clt_io",
+    "load_circuit_tracer": "circuits.dictionaries.clt_io",
+    "TRAIN_CLT": "circuits.dictionaries.clt_analysis",
+    "TrainCltConfig": "circuits.dictionaries.clt_analysis",
 })

@@ -20,6 +20,7 @@ ANALYSES: tuple[str, ...] = (
     "probes.dynamics_analysis:DYNAMICS",
     "circuits.dictionaries.analysis:TRAIN_DICT",
     "circuits.dictionaries.analysis:EVAL_DICT",
+    "circuits.dictionaries.clt_analysis:TRAIN_CLT",
     "circuits.transcoder_paths.analysis:TC_CIRCUIT",
     "circuits.cdt.analysis:CDT",
     "circuits.patching.analysis:PATCH",
