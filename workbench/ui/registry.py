@@ -27,6 +27,7 @@ ANALYSES: tuple[str, ...] = (
     "circuits.edges.analysis:EDGES",
     "circuits.attribution.analysis:ATTRIBUTE",
     "circuits.benchmark.analysis:BENCHMARK",
+    "circuits.bigram.analysis:BIGRAM",
 )
 
 
