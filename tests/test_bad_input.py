@@ -41,6 +41,7 @@ MODEL_VERBS = {  # verb -> the smallest valid arguments besides the model
     "paths": ["--task", "induction", "--n", "2", "--lesion-draws", "0"],
     "edges": ["--task", "induction", "--half-len", "4", "--n", "2"],
     "attribute": ["--prompt", "t3 t5 t7 t3", "--transcoder", "{tc0}", "{tc1}"],
+    "bigram": ["--corpus", "news", "--steps", "2", "--bigram-tokens", "512", "--seq-len", "16", "--eval-tokens", "64"],
 }
 
 CASES: list[tuple[str, list[str], list[str]]] = []
@@ -121,6 +122,15 @@ case("options", ["benchmark", "--methods", "eap", "magic"], "--methods", "magic"
 case("options", ["benchmark", "--models", "gt-nothing"], "--models", "gt-nothing")
 case("count", ["benchmark", "--threshold", "-1"], "--threshold")
 case("count", ["benchmark", "--steps", "0"], "--steps")
+
+# --- bigram subnetworks --------------------------------------------------------------------------------------------
+for flag, value in [("--budget", "0"), ("--budget", "1.5"), ("--budget", "-0.2"), ("--steps", "0"), ("--lr", "0"),
+                    ("--smoothing", "0"), ("--min-count", "0"), ("--beta-final", "0.5"), ("--control-draws", "0")]:
+    case("count", ["bigram", *MODEL_VERBS["bigram"], *GPT, flag, value], flag)
+case("non-finite", ["bigram", *MODEL_VERBS["bigram"], *GPT, "--budget", NAN], "--budget", "finite")
+case("corpus-size", ["bigram", *MODEL_VERBS["bigram"], *GPT, "--eval-tokens", "10000000000000"], "--eval-tokens",
+     "corpus")
+case("file-as-folder", ["bigram", *MODEL_VERBS["bigram"], *GPT, "--workdir", "{file}"], "--workdir")
 
 # --- attribution graphs ---------------------------------------------------------------------------------------------
 for flag, value in [("--node-threshold", "1.5"), ("--edge-threshold", "-0.1"), ("--batch-size", "0"),

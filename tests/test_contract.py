@@ -42,6 +42,8 @@ SHRUNK = {
     "edges": ("tiny_gpt2", dict(n=2, half_len=4, threshold=1e-4)),
     "attribute": ("tiny_llama", dict(train_tokens=1024, prompt="t3 t5 t7 t3 t5")),
     "benchmark": (None, dict(models=["gt-prev-token"], methods=["eap", "acdc"], n=8)),
+    "bigram": ("tiny_llama", dict(corpus="news", steps=3, bigram_tokens=1024, seq_len=16, batch_size=2,
+                                  eval_tokens=64)),
 }
 
 

@@ -58,6 +58,8 @@ REQUIRED = {
     "edges": ("tiny_gpt2", {"half_len": "4", "n": "2"}),
     "attribute": ("tiny_llama", {"prompt": "t3 t5 t7 t3 t5"}),
     "benchmark": (None, {"models": "gt-prev-token", "methods": "eap\nacdc", "n": "8"}),
+    "bigram": ("tiny_llama", {"corpus": "news", "steps": "3", "bigram_tokens": "1024", "seq_len": "16",
+                              "eval_tokens": "64"}),
 }
 
 

@@ -62,7 +62,7 @@ class BigramConfig(Config):
     batch_size: int = option(8, "text rows per step", minimum=1)
     seq_len: int = option(64, "tokens per row (BOS included)", minimum=2)
     lr: float = option(0.05, "Adam learning rate of the mask logits", minimum=0.0, exclusive_minimum=True)
-    l0_lambda: float = option(1.0, "weight of the expected kept fraction in the loss", minimum=0.0)
+    l0_lambda: float = option(10.0, "weight of the expected kept fraction in the loss", minimum=0.0)
     beta_final: float = option(100.0, "beta of mask = sigmoid(beta * s) at the last step (from 1, geometric)",
                                minimum=1.0)
     init: float = option(0.0, "initial mask logit (0: every mask 0.5, as the paper)")
@@ -85,6 +85,13 @@ class BigramConfig(Config):
                 check_token_budget(self.corpus, "train", self.bigram_tokens, self.seq_len, "--bigram-tokens")
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        if self.workdir is not None:
+            from pathlib import Path
+
+            for folder in (Path(self.workdir), *Path(self.workdir).parents):
+                if folder.exists() and not folder.is_dir():
+                    raise ConfigError(f"--workdir {self.workdir}: {folder} is a file; give a folder for the resume "
+                                      "checkpoints")
 
 
 def _workdir(model: Any, cfg: BigramConfig) -> Any:
@@ -225,6 +232,6 @@ def _figures(run: Any) -> dict[str, Any]:
 BIGRAM = Analysis(
     kind="bigram", verb="bigram", config=BigramConfig, compute=_compute, figures=_figures,
     help="bigram subnetworks: weight masks trained to predict the bigram distribution, with ablation controls",
-    demo=BigramConfig(steps=60, batch_size=4, seq_len=32, eval_tokens=1024, control_draws=2),
+    demo=BigramConfig(steps=150, bigram_tokens=200_000, eval_tokens=1024, control_draws=2),
     demo_model="toy/llama-d64-l2")
 
