@@ -112,6 +112,7 @@ class BigramTable:
         col_total = torch.zeros(V, dtype=torch.long, device=dev).index_add_(0, self.col_of, self.counts)
         self.unigram = (col_total.double() + 1.0) / (col_total.sum().double() + V)                         # [V]
         self.row_ptr = torch.searchsorted(self.codes, torch.arange(V + 1, device=dev) * V)                # [V + 1]
+        self._entropy = torch.full((V,), float("nan"), dtype=torch.float64, device=dev)  # filled as rows are asked
 
     @property
     def n_tokens(self) -> int:
@@ -119,7 +120,9 @@ class BigramTable:
         return int(self.counts.sum())
 
     def to(self, device: torch.device | str) -> BigramTable:
-        """The same table on ``device``."""
+        """The same table on ``device`` (itself when it is there already)."""
+        if self.codes.device == torch.device(device):
+            return self
         return BigramTable(self.vocab_size, self.codes.to(device), self.counts.to(device), self.smoothing,
                            self.min_count)
 
@@ -172,10 +175,12 @@ class BigramTable:
         return -(sparse + a * prior) / (total + a)
 
     def entropy(self, current: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-        """H(p(. | current_i)) for each i, float64 [P] (computed on the distinct rows, ``chunk`` at a time)."""
-        rows, inverse = torch.unique(current.long().reshape(-1), return_inverse=True)
-        h = torch.empty(len(rows), dtype=torch.float64, device=rows.device)
-        for start in range(0, len(rows), chunk):
-            p = self.dense_rows(rows[start:start + chunk])
-            h[start:start + chunk] = -(p * p.log()).sum(-1)
-        return h[inverse].reshape(current.shape)
+        """H(p(. | current_i)) for each i, float64 of ``current``'s shape (each distinct row computed once, ``chunk``
+        rows at a time, and remembered)."""
+        current = current.long()
+        rows = torch.unique(current.reshape(-1))
+        todo = rows[torch.isnan(self._entropy[rows])]
+        for start in range(0, len(todo), chunk):
+            p = self.dense_rows(todo[start:start + chunk])
+            self._entropy[todo[start:start + chunk]] = -(p * p.log()).sum(-1)
+        return self._entropy[current]
