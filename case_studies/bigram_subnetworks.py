@@ -13,6 +13,8 @@ rate and a faster beta schedule than the paper's); the report states the budget 
 
 Writes ``bigram_subnetworks.md`` next to this script and one ``bigram`` run per model.
 Run: ``nice -n 10 .venv/bin/python case_studies/bigram_subnetworks.py [--smollm2-steps 40] [--zoo-steps 300]``
+(a run repeated with the same settings resumes its finished training from the workbench's home: only the bigram
+counts and the evaluation are computed again).
 """
 
 from __future__ import annotations
@@ -69,8 +71,8 @@ def report(rows: list[tuple[str, BigramConfig, dict, pd.DataFrame, str, float]])
               "| model | masked weights | kept | kept fraction | share in layer 0 MLP | largest part | corr. subnetwork | "
               "corr. full | loss full | loss, subnetwork ablated | loss, random ablated (mean +- sd) | loss, subnetwork alone | "
               "undecided |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for spec, _, s, _, run_id, _ in rows:
-        lines.append(f"| {spec} | {s['n_masked']:,} | {s['n_kept']:,} | {_pct(s['kept_fraction'], 4)} | "
+    for spec, cfg, s, _, _run, _ in rows:
+        lines.append(f"| {spec}, lambda {cfg.l0_lambda:g} | {s['n_masked']:,} | {s['n_kept']:,} | {_pct(s['kept_fraction'], 4)} | "
                      f"{_pct(s['first_mlp_share'], 1)} | {s['top_sublayer']} | {_num(s['corr_subnetwork'])} | "
                      f"{_num(s['corr_full'])} | {_num(s['lm_loss_full'])} | {_num(s['lm_loss_ablated'])} | "
                      f"{_num(s['lm_loss_random'])} +- {_num(s['lm_loss_random_sd'])} | {_num(s['lm_loss_subnetwork'])} | "
@@ -78,12 +80,12 @@ def report(rows: list[tuple[str, BigramConfig, dict, pd.DataFrame, str, float]])
     lines += ["", "Correlation: Pearson r between the model's log-probability of each held-out next token and the bigram "
               "log-probability (the paper's surprisal correlation). Losses: next-token cross-entropy in nats on the "
               "held-out text. Random control: the same number of kept weights in every matrix, drawn uniformly.", ""]
-    for spec, _, s, _, run_id, _ in rows:
+    for spec, cfg, s, _, _run, _ in rows:
         for w in s.get("warnings", []):
-            lines.append(f"- warning ({spec}): {w}")
+            lines.append(f"- warning ({spec}, lambda {cfg.l0_lambda:g}): {w}")
     lines += ["", "## Where the kept weights sit", ""]
-    for spec, _, s, layers, run_id, _ in rows:
-        lines += [f"### {spec} (run `bigram/{run_id}`)", "", "| layer | sublayer | kept | fraction |", "|---|---|---|---|"]
+    for spec, cfg, _s, layers, run_id, _ in rows:
+        lines += [f"### {spec}, lambda {cfg.l0_lambda:g} (run `bigram/{run_id}`)", "", "| layer | sublayer | kept | fraction |", "|---|---|---|---|"]
         nonzero = layers[layers["kept"] > 0]
         shown = nonzero.sort_values("kept", ascending=False).head(12).sort_values(["layer"], kind="stable")
         for r in shown.itertuples():
@@ -92,8 +94,8 @@ def report(rows: list[tuple[str, BigramConfig, dict, pd.DataFrame, str, float]])
         lines += ["", f"{len(nonzero)} of {len(layers)} matrices keep any weight (the 12 largest shown). Kept per "
                   "layer: " + ", ".join(f"L{int(i)} {int(r.kept):,}" for i, r in by_layer.iterrows()) + ".", ""]
     lines += ["## Against the paper", "", FINDINGS, ""]
-    for spec, _, s, _, _, _ in rows:
-        lines.append(f"- {spec}: kept {_pct(s['kept_fraction'], 4)} of the masked weights (paper: under 0.2%), "
+    for spec, cfg, s, _, _, _ in rows:
+        lines.append(f"- {spec}, lambda {cfg.l0_lambda:g}: kept {_pct(s['kept_fraction'], 4)} of the masked weights (paper: under 0.2%), "
                      f"{_pct(s['first_mlp_share'], 1)} of them in layer 0's MLP (largest part {s['top_sublayer']}); "
                      f"ablating them raises the held-out loss from {_num(s['lm_loss_full'])} to "
                      f"{_num(s['lm_loss_ablated'])} nats against {_num(s['lm_loss_random'])} for a random same-size "
@@ -108,14 +110,17 @@ def main() -> None:
     parser.add_argument("--zoo-steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--smollm2-lambda", type=float, nargs="+", default=[10.0, 10_000.0],
+                        help="one SmolLM2 run per value (10: the zoo's lambda; 10,000: the zoo's penalty per weight, "
+                             "lambda / masked weights, at SmolLM2's size)")
     parser.add_argument("--skip-smollm2", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".md")))
     args = parser.parse_args()
     store = Store()
     plans = [(args.zoo, BigramConfig(steps=args.zoo_steps, eval_tokens=4096, control_draws=3))]
-    if not args.skip_smollm2:
+    for lam in [] if args.skip_smollm2 else args.smollm2_lambda:
         plans.append(("smollm2-135m", BigramConfig(steps=args.smollm2_steps, batch_size=args.batch_size,
-                                                   seq_len=args.seq_len, lr=0.2, beta_final=30.0,
+                                                   seq_len=args.seq_len, lr=0.2, beta_final=30.0, l0_lambda=lam,
                                                    bigram_tokens=300_000, eval_tokens=1024, control_draws=2)))
     rows = []
     for spec, cfg in plans:
