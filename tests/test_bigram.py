@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from circuits.bigram.analysis import BigramConfig
 from circuits.bigram.counts import BigramCounter, count_bigrams
-from circuits.bigram.evaluate import evaluate_masks, random_like
+from circuits.bigram.evaluate import evaluate_masks, pack_masks, random_like, unpack_masks
 from circuits.bigram.masks import find_groups, masked_logits
 from circuits.bigram.train import hard_masks, train_masks
 from workbench.analysis import ConfigError
@@ -123,6 +123,11 @@ def test_hard_masks_respect_the_budget():
     assert sum(int(m.sum()) for m in hard_masks(logits).values()) == 5
     capped = hard_masks(logits, budget=3 / 7)
     assert capped["a"].tolist() == [[1.0, 0.0], [1.0, 0.0]] and capped["b"].tolist() == [0.0, 0.0, 1.0]
+    masks = {"a": (torch.rand(5, 7) > 0.5).float(), "b": (torch.rand(3, 8) > 0.3).float()}
+    packed = pack_masks(masks)
+    assert packed["a"].dtype == torch.uint8 and packed["a"].numel() == 5 and packed["b"].numel() == 3
+    back = unpack_masks(packed, {"a": (5, 7), "b": (3, 8)})
+    assert all(torch.equal(back[n], masks[n]) for n in masks)
 
 
 def _markov_stream(seed: int = 0):
@@ -221,5 +226,13 @@ def test_the_verb_prints_strict_json(tiny_llama, tmp_path, monkeypatch, capsys):
     assert (s["budget_cut"] > 0) == any("budget" in w for w in s.get("warnings", []))
     assert s["lm_loss_full"] > 0 and s["n_masked"] == sum(g.size for g in find_groups(tiny_llama))
     assert payload["run"]["kind"] == "bigram"
+    from circuits.bigram.analysis import load_subnetwork
+    from workbench.store import Store
+
+    run = Store(tmp_path / "runs").load("bigram", payload["run"]["run_id"])
+    stored = load_subnetwork(run)
+    kept = run.table("kept")
+    assert {n: int(m.sum()) for n, m in stored.items()} == dict(zip(kept["name"], kept["kept"], strict=True))
+    assert sum(int(m.sum()) for m in stored.values()) == s["n_kept"]
     assert main([*argv[:-2], "--budget", "0", "--json"]) == 2
     assert "--budget" in capsys.readouterr().err

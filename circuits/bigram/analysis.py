@@ -15,12 +15,13 @@ it on full text contexts (:mod:`circuits.bigram.train`), and measures the hard s
 
 Layout of one run ``runs/bigram/<run_id>/``:
 
-- ``kept.parquet``: one row per masked matrix: name, label, layer, kind, sublayer, size, kept, fraction;
+- ``kept.parquet``: one row per masked matrix: name, label, layer, kind, sublayer, shape, size, kept, fraction;
 - ``layers.parquet``: kept and fraction per (layer, kind, sublayer);
 - ``metrics.parquet``: one row per condition (full, subnetwork, empty, ablated, random-i: the random control
   ablated): bigram_ce, bigram_kl, corr, lm_loss;
 - ``history.parquet``: step, loss, kept_soft, beta, lambda;
-- ``subnetwork.safetensors``: per masked matrix, the flat indices of its kept weights (int64);
+- ``subnetwork.safetensors``: per masked matrix, its hard mask packed 8 weights a byte (uint8; read back with
+  :func:`load_subnetwork`);
 - summary: n_masked, n_kept, kept_fraction, first_mlp_share (share of the kept weights in layer 0's MLP),
   top_sublayer, corr_full, corr_subnetwork, bigram_kl_full / _subnetwork / _empty, lm_loss_full, lm_loss_ablated,
   lm_loss_random (mean over draws) and lm_loss_random_sd, undecided (share of logits with 0.1 < m < 0.9 at the
@@ -38,7 +39,7 @@ from typing import Any, Literal
 
 from workbench.analysis import Analysis, Config, ConfigError, Result, model_spec, option
 
-__all__ = ["BIGRAM", "BigramConfig"]
+__all__ = ["BIGRAM", "BigramConfig", "load_subnetwork"]
 
 #: settings that change the trained masks (the resume key)
 _TRAINING_FIELDS = ("corpus", "bigram_tokens", "min_count", "smoothing", "parts", "steps", "batch_size", "seq_len",
@@ -111,7 +112,7 @@ def _compute(model: Any, cfg: BigramConfig, progress: bool) -> Result:
     import torch
 
     from circuits.bigram.counts import BigramCounter
-    from circuits.bigram.evaluate import complement, evaluate_masks, kept_rows, random_like
+    from circuits.bigram.evaluate import complement, evaluate_masks, kept_rows, pack_masks, random_like
     from circuits.bigram.masks import find_groups
     from circuits.bigram.train import hard_masks, train_masks
     from workbench.data import token_batches
@@ -170,8 +171,7 @@ def _compute(model: Any, cfg: BigramConfig, progress: bool) -> Result:
     first_mlp = int(kept[(kept["layer"] == 0) & (kept["kind"] == "mlp")]["kept"].sum())
     out = Result(tables={"kept": kept, "layers": layers, "metrics": pd.DataFrame(metrics),
                          "history": pd.DataFrame(training.history)},
-                 tensors={"subnetwork": {n: torch.nonzero(m.reshape(-1)).reshape(-1).cpu()
-                                         for n, m in masks.items()}},
+                 tensors={"subnetwork": pack_masks(masks)},
                  objects={"masks": masks, "logits": training.logits, "table": table, "groups": groups})
     out.summary.update({
         "n_masked": n_masked, "n_kept": n_kept, "kept_fraction": n_kept / n_masked,
@@ -211,6 +211,15 @@ def _compute(model: Any, cfg: BigramConfig, progress: bool) -> Result:
         out.warnings.append("the subnetwork predicts the bigrams no better than the empty one (every masked weight "
                             "zero): raise --steps or lower --l0-lambda")
     return out
+
+
+def load_subnetwork(run: Any) -> dict[str, Any]:
+    """The hard masks {parameter name: float 0/1 tensor of the weight's shape} of a stored ``bigram`` run."""
+    from circuits.bigram.evaluate import unpack_masks
+
+    kept = run.table("kept")
+    shapes = {r.name: tuple(int(x) for x in r.shape.split("x")) for r in kept.itertuples()}
+    return unpack_masks(run.tensors("subnetwork"), shapes)
 
 
 def _fmt(x: float | None) -> str:

@@ -23,7 +23,7 @@ import torch
 from circuits.bigram.counts import BigramTable
 from circuits.bigram.masks import MaskGroup, masked_logits
 
-__all__ = ["complement", "evaluate_masks", "kept_rows", "random_like"]
+__all__ = ["complement", "evaluate_masks", "kept_rows", "pack_masks", "random_like", "unpack_masks"]
 
 
 def _pearson(s: dict[str, float]) -> float | None:
@@ -92,10 +92,33 @@ def random_like(masks: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Te
 
 
 def kept_rows(groups: list[MaskGroup], masks: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-    """One row per masked matrix: name, layer, kind, sublayer, size, kept, fraction."""
+    """One row per masked matrix: name, label, layer, kind, sublayer, shape ("576x1536"), size, kept, fraction."""
     rows = []
     for g in groups:
         kept = int(masks[g.name].sum())
         rows.append({"name": g.name, "label": g.label, "layer": g.layer, "kind": g.kind, "sublayer": g.sublayer,
-                     "size": g.size, "kept": kept, "fraction": kept / g.size})
+                     "shape": "x".join(map(str, g.shape)), "size": g.size, "kept": kept, "fraction": kept / g.size})
     return rows
+
+
+def pack_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each 0/1 mask as uint8 bytes of 8 flattened entries (first entry in the highest bit), on the CPU: one bit
+    per weight, whatever the kept fraction."""
+    out = {}
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+    for n, m in masks.items():
+        flat = (m.reshape(-1) > 0).to(torch.uint8).cpu()
+        flat = torch.cat([flat, torch.zeros((-len(flat)) % 8, dtype=torch.uint8)])
+        out[n] = (flat.reshape(-1, 8) * weights).sum(-1, dtype=torch.uint8)
+    return out
+
+
+def unpack_masks(packed: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """The float 0/1 masks of :func:`pack_masks`, reshaped to ``shapes`` (a run's ``kept`` table has them)."""
+    bits = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+    out = {}
+    for n, b in packed.items():
+        size = int(torch.Size(shapes[n]).numel())
+        flat = ((b[:, None] & bits) > 0).reshape(-1)[:size]
+        out[n] = flat.float().reshape(shapes[n])
+    return out
