@@ -145,20 +145,19 @@ def _compute(model: Any, cfg: BigramConfig, progress: bool) -> Result:
     n_masked = sum(g.size for g in groups)
     n_positive = sum(int((s > 0).sum()) for s in training.logits.values())
     n_kept = sum(int(m.sum()) for m in masks.values())
-    soft_last = {n: torch.sigmoid(cfg.beta_final * s) for n, s in training.logits.items()}
-    undecided = sum(int(((m > 0.1) & (m < 0.9)).sum()) for m in soft_last.values()) / n_masked
-
+    undecided = sum(int(((torch.sigmoid(cfg.beta_final * s) - 0.5).abs() < 0.4).sum())
+                    for s in training.logits.values()) / n_masked          # 0.1 < m < 0.9 at the last beta
     held = list(token_batches(cfg.corpus, tok, seq_len=cfg.seq_len, batch_size=cfg.batch_size, split="heldout",
                               max_tokens=cfg.eval_tokens, seed=1))
-    conditions: dict[str, dict | None] = {"full": None, "subnetwork": masks,
-                                          "empty": {n: torch.zeros_like(m) for n, m in masks.items()},
-                                          "ablated": complement(masks)}
+    conditions = {"full": lambda: None, "subnetwork": lambda: masks,
+                  "empty": lambda: {n: torch.zeros_like(m) for n, m in masks.items()},
+                  "ablated": lambda: complement(masks)}
     for i in range(cfg.control_draws):
-        conditions[f"random-{i}"] = complement(random_like(masks, cfg.seed * 1000 + i))
+        conditions[f"random-{i}"] = lambda i=i: complement(random_like(masks, cfg.seed * 1000 + i))
     bar = _progress(len(conditions), progress)
     metrics = []
-    for name, m in conditions.items():
-        metrics.append({"condition": name, **evaluate_masks(model, table, held, m)})
+    for name, make in conditions.items():   # one condition's masks in memory at a time
+        metrics.append({"condition": name, **evaluate_masks(model, table, held, make())})
         bar.update(1)
     bar.close()
     by = {row["condition"]: row for row in metrics}
