@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) bench/dictionaries.py
 	$(PY) bench/cdt.py
 	$(PY) bench/paths.py
+	$(PY) bench/bigram.py
 	$(PY) bench/app.py
 
 lint: $(STAMP)
