@@ -66,7 +66,8 @@ def report(rows: list[tuple[str, BigramConfig, dict, pd.DataFrame, str, float]])
         lines.append(f"| {spec} | {cfg.steps} x {cfg.batch_size} x {cfg.seq_len} | {cfg.lr:g} | {cfg.l0_lambda:g} | "
                      f"{cfg.beta_final:g} | {s['bigram_pairs']:,} | {cfg.eval_tokens:,} | {sec:.0f} |")
     lines += ["", "Two CPU cores shared with other jobs (run under `nice -n 10`); the paper's budget is 15,000 steps of "
-              "32 x 128 tokens on a GPU, so these masks are far less trained (see the undecided share below).", "",
+              "32 x 128 tokens on a GPU, so these masks are far less trained. Seconds: this invocation's (a run whose "
+              "training had finished before resumes it from its checkpoint and only counts and evaluates again).", "",
               "## Results", "",
               "| model | masked weights | kept | kept fraction | share in layer 0 MLP | largest part | corr. subnetwork | "
               "corr. full | loss full | loss, subnetwork ablated | loss, random ablated (mean +- sd) | loss, subnetwork alone | "
