@@ -63,7 +63,9 @@ class BigramConfig(Config):
     batch_size: int = option(8, "text rows per step", minimum=1)
     seq_len: int = option(64, "tokens per row (BOS included)", minimum=2)
     lr: float = option(0.05, "Adam learning rate of the mask logits", minimum=0.0, exclusive_minimum=True)
-    l0_lambda: float = option(10.0, "weight of the expected kept fraction in the loss", minimum=0.0)
+    l0_lambda: float = option(10.0, "weight of the expected kept fraction in the loss (per weight: lambda / masked "
+                              "weights; about 1e-4 per weight gave sparse subnetworks here, e.g. 1e4 for SmolLM2)",
+                              minimum=0.0)
     beta_final: float = option(100.0, "beta of mask = sigmoid(beta * s) at the last step (from 1, geometric)",
                                minimum=1.0)
     init: float = option(0.0, "initial mask logit (0: every mask 0.5, as the paper)")
@@ -204,6 +206,11 @@ def _compute(model: Any, cfg: BigramConfig, progress: bool) -> Result:
     if undecided > 0.01:
         out.warnings.append(f"{100 * undecided:.1f}% of the masks were still undecided (0.1 < m < 0.9) at the last "
                             "step: raise --steps or --beta-final")
+    if n_kept > 0.2 * n_masked:
+        out.warnings.append(f"the subnetwork keeps {100 * n_kept / n_masked:.1f}% of the masked weights: the penalty "
+                            f"per weight (--l0-lambda / {n_masked:,} masked weights = {cfg.l0_lambda / n_masked:.1e}) "
+                            f"is weak against the gradient noise of {cfg.steps} steps; raise --l0-lambda (about "
+                            f"{1e-4 * n_masked:.0e} gives 1e-4 per weight) or --steps")
     if n_kept == 0:
         out.warnings.append("the subnetwork is empty: lower --l0-lambda")
     elif (by["subnetwork"]["bigram_kl"] or 0) >= (by["empty"]["bigram_kl"] or 0):
