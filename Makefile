@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/paths.py
 	$(PY) bench/ssa.py
 	$(PY) bench/feature_cards.py
+	$(PY) bench/bigram.py
 	$(PY) bench/app.py
 
 lint: $(STAMP)

@@ -44,6 +44,7 @@ MODEL_VERBS = {  # verb -> the smallest valid arguments besides the model
     "intervene": ["--prompt", "t3 t5 t7 t3", "--transcoder", "{tc0}", "{tc1}", "--sample", "2"],
     "vit": ["--n", "16"],
     "train-clt": ["--seq-len", "32", "--tokens", "512", "--batch-size", "64", "--eval-tokens", "64", "--k", "4"],
+    "bigram": ["--corpus", "news", "--steps", "2", "--bigram-tokens", "512", "--seq-len", "16", "--eval-tokens", "64"],
 }
 
 CASES: list[tuple[str, list[str], list[str]]] = []
@@ -130,6 +131,14 @@ for flag, value in [("--n", "0"), ("--prune", "-1"), ("--scale-steps", "0"), ("-
     case("count", ["vit", *GPT, flag, value], flag)
 case("argparse", ["vit", *GPT, "--split", "validation"], "--split")
 case("options", ["vit", *MODEL_VERBS["vit"], *GPT], "vision transformer", "language model")
+# --- bigram subnetworks --------------------------------------------------------------------------------------------
+for flag, value in [("--budget", "0"), ("--budget", "1.5"), ("--budget", "-0.2"), ("--steps", "0"), ("--lr", "0"),
+                    ("--smoothing", "0"), ("--min-count", "0"), ("--beta-final", "0.5"), ("--control-draws", "0")]:
+    case("count", ["bigram", *MODEL_VERBS["bigram"], *GPT, flag, value], flag)
+case("non-finite", ["bigram", *MODEL_VERBS["bigram"], *GPT, "--budget", NAN], "--budget", "finite")
+case("corpus-size", ["bigram", *MODEL_VERBS["bigram"], *GPT, "--eval-tokens", "10000000000000"], "--eval-tokens",
+     "corpus")
+case("file-as-folder", ["bigram", *MODEL_VERBS["bigram"], *GPT, "--workdir", "{file}"], "--workdir")
 
 # --- attribution graphs ---------------------------------------------------------------------------------------------
 for flag, value in [("--node-threshold", "1.5"), ("--edge-threshold", "-0.1"), ("--batch-size", "0"),

@@ -49,6 +49,8 @@ SHRUNK = {
     "formation": (None, dict(clamps=["none", "L1.H*.output=zero"], steps=10, evaluations=3, d_model=16, half_len=4,
                              vocab=16, batch=4, n_eval=8)),
     "ssa": (None, dict(steps=6, evaluations=2, ensemble=2, d_model=16, half_len=4, vocab=16, batch=4, n_eval=8)),
+    "bigram": ("tiny_llama", dict(corpus="news", steps=3, bigram_tokens=1024, seq_len=16, batch_size=2,
+                                  eval_tokens=64)),
 }
 
 

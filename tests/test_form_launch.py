@@ -65,6 +65,8 @@ REQUIRED = {
                          "half_len": "4", "vocab": "16", "batch": "4", "n_eval": "8"}),
     "ssa": (None, {"steps": "6", "evaluations": "2", "ensemble": "2", "d_model": "16", "half_len": "4", "vocab": "16",
                    "batch": "4", "n_eval": "8"}),
+    "bigram": ("tiny_llama", {"corpus": "news", "steps": "3", "bigram_tokens": "1024", "seq_len": "16",
+                              "eval_tokens": "64"}),
 }
 
 

@@ -32,6 +32,7 @@ ANALYSES: tuple[str, ...] = (
     "circuits.benchmark.analysis:BENCHMARK",
     "circuits.formation.analysis:FORMATION",
     "circuits.pathways.analysis:SSA",
+    "circuits.bigram.analysis:BIGRAM",
 )
 
 
