@@ -15,7 +15,10 @@ SHARED = ("circuits.discovery", "circuits.head_figures", "circuits.frozen")
 # (importer family, imported family): an analysis that builds on another one's public API
 ALLOWED = {("circuits.transcoder_paths", "circuits.dictionaries"), ("circuits.cdt", "circuits.patching"),
            ("circuits.benchmark", "circuits.edges"), ("circuits.benchmark", "circuits.patching"),
-           ("circuits.benchmark", "circuits.cdt"), ("circuits.attribution", "circuits.dictionaries")}
+           ("circuits.benchmark", "circuits.cdt"), ("circuits.attribution", "circuits.dictionaries"),
+           # the benchmark scores transcoder paths and attribution graphs over transcoders it trains
+           ("circuits.benchmark", "circuits.transcoder_paths"), ("circuits.benchmark", "circuits.attribution"),
+           ("circuits.benchmark", "circuits.dictionaries")}
 
 
 def _modules() -> dict[str, Path]:
