@@ -6,6 +6,10 @@ Usage (notebook)::
     from circuits.benchmark.analysis import BENCHMARK, BenchmarkConfig
     result = BENCHMARK.run(None, BenchmarkConfig(models=["gt-prev-token"], methods=["eap", "acdc"]))
     result.tables["scores"]      # node / edge ROC-AUC, CPR, CMD, top-k faithfulness, seconds per model and method
+
+The transcoder methods (``transcoder-paths``, ``attribution``) train per-layer transcoders on each model's task inputs
+first (``--transcoder-tokens``); on a model without MLPs they are not applicable: NaN in the tables, ``n/a`` in the
+text, counted in the summary's ``not_applicable``.
 """
 
 from __future__ import annotations
