@@ -17,8 +17,8 @@ Then, per task:
 - the top heads of each method (edge methods: the sum of |score| over a head's edges) and its seconds.
 
 Writes ``discovery_smollm2.md`` next to this script (its "Reading the result" section is kept) and prints one JSON
-object. Run: ``nice -n 10 .venv/bin/python case_studies/discovery_smollm2.py`` (about ten minutes on two shared
-CPU cores).
+object. Run: ``nice -n 10 .venv/bin/python case_studies/discovery_smollm2.py --n 8`` (about ten CPU minutes), or one
+task per process (``--tasks ioi --json-out a.json``, ...) and then ``--merge a.json b.json`` to write the report.
 """
 
 from __future__ import annotations
@@ -125,12 +125,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chunk", type=int, default=8, help="masks per edge-masked forward")
     parser.add_argument("--tasks", nargs="+", default=["ioi", "greater-than"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json-out", default=None, help="also write the results of these tasks to this JSON file")
+    parser.add_argument("--merge", nargs="+", default=None,
+                        help="write the report from JSON files of earlier runs (one task each) instead of running")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model = load_model("smollm2-135m", device="cpu")
-    results = [study(model, name, args.n, args.sizes, args.k, args.chunk) for name in args.tasks]
-    wall = time.perf_counter() - start
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        results = [r for part in parts for r in part["results"]]
+        wall = sum(part["wall_s"] for part in parts)
+    else:
+        model = load_model("smollm2-135m", device="cpu")
+        results = [study(model, name, args.n, args.sizes, args.k, args.chunk) for name in args.tasks]
+        wall = time.perf_counter() - start
     path = Path(__file__).with_suffix(".md")
     kept = ""
     if path.exists() and READING in path.read_text():
@@ -139,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     write_text(path, report(results, args, wall) + ("\n" + kept if kept else ""))
     out = {"study": "discovery_smollm2", "wall_s": wall, "results": results}
+    if args.json_out:
+        write_text(args.json_out, json.dumps(out))
     print(json.dumps(out))
     return out
 
