@@ -17,7 +17,8 @@ Then, per task:
 - the top heads of each method (edge methods: the sum of |score| over a head's edges) and its seconds.
 
 Writes ``discovery_smollm2.md`` next to this script (its "Reading the result" section is kept) and prints one JSON
-object. Run: ``nice -n 10 .venv/bin/python case_studies/discovery_smollm2.py --n 8`` (about ten CPU minutes), or one
+object. Run: ``nice -n 10 .venv/bin/python case_studies/discovery_smollm2.py --n 8`` (one torch thread: more threads
+than free cores slowed EAP fivefold here), or one
 task per process (``--tasks ioi --json-out a.json``, ...) and then ``--merge a.json b.json`` to write the report.
 """
 
@@ -40,7 +41,7 @@ from circuits.edges.methods import edge_faithfulness_many  # noqa: E402
 from workbench.data import make_task  # noqa: E402
 from workbench.models import load_model  # noqa: E402
 
-METHODS = ["eap", "eap-ig", "activation-patching", "path-patching", "cdt"]
+METHODS = ["eap", "eap-ig", "cdt", "activation-patching", "path-patching"]  # cheapest first
 READING = "## Reading the result"
 
 
@@ -49,30 +50,35 @@ def _heads(nodes: dict[str, float], k: int = 10) -> list[str]:
     return sorted(heads, key=lambda c: -abs(heads[c]))[:k]
 
 
-def study(model, name: str, n: int, sizes: list[int], k: int, chunk: int) -> dict:
-    """Every method on one task: seconds, top heads, faithfulness at each size, agreement, forward cost."""
+def study(model, name: str, n: int, sizes: list[int], k: int, chunk: int, budget_s: float) -> dict:
+    """Every method on one task: seconds, top heads, faithfulness at each size, agreement, forward cost. A method
+    not yet started when ``budget_s`` seconds have passed is skipped (listed under ``skipped``)."""
     task = make_task(name, model.tokenizer, n=n, seed=0)
     graph = EdgeGraph.of(model)
-    found = {}
+    found, skipped, start = {}, [], time.perf_counter()
     for method in METHODS:
+        if time.perf_counter() - start > budget_s:
+            skipped.append(method)
+            continue
         found[method] = score_method(model, task, method, graph)
         print(f"{name}: {method} {found[method].seconds:.1f} s", file=sys.stderr, flush=True)
+    methods = list(found)
     order = {m: ranked(s.edges) for m, s in found.items()}
     # the cost of the edge-masked forward: one mask, then `chunk` masks stacked along the batch dimension
     start = time.perf_counter()
     edge_faithfulness_many(model, task, [order["eap"][:sizes[0]]], chunk=1)
     one = time.perf_counter() - start
-    circuits = [order[m][:size] for m in METHODS for size in sizes]
+    circuits = [order[m][:size] for m in methods for size in sizes]
     start = time.perf_counter()
     f, m_clean, m_empty = edge_faithfulness_many(model, task, circuits, chunk=chunk)
     many = time.perf_counter() - start
     # every call also runs the clean and the all-ablated circuits (2 masks) for its normalisation
     faith = {m: dict(zip(sizes, f[i * len(sizes):(i + 1) * len(sizes)].tolist(), strict=True))
-             for i, m in enumerate(METHODS)}
-    agree = {a: {b: jaccard(order[a][:k], order[b][:k]) for b in METHODS} for a in METHODS}
+             for i, m in enumerate(methods)}
+    agree = {a: {b: jaccard(order[a][:k], order[b][:k]) for b in methods} for a in methods}
     heads = {m: _heads(s.nodes) for m, s in found.items()}
-    head_agree = {a: {b: jaccard(heads[a], heads[b]) for b in METHODS} for a in METHODS}
-    return {"task": name, "n": n, "edges": graph.n_edges, "metric_clean": m_clean, "metric_ablated": m_empty,
+    head_agree = {a: {b: jaccard(heads[a], heads[b]) for b in methods} for a in methods}
+    return {"task": name, "n": n, "edges": graph.n_edges, "methods": methods, "skipped": skipped, "metric_clean": m_clean, "metric_ablated": m_empty,
             "seconds": {m: s.seconds for m, s in found.items()}, "faithfulness": faith, "agreement_edges": agree,
             "agreement_heads": head_agree, "top_heads": heads,
             "top_mlps": {m: sorted((c for c in s.nodes if c.startswith("mlp")), key=lambda c: -abs(s.nodes[c]))[:3]
@@ -98,17 +104,21 @@ def report(results: list[dict], args: argparse.Namespace, wall: float) -> str:
              "layers). Faithfulness F = (m(C) - m(all ablated)) / (m(clean) - m(all ablated)), every edge outside "
              "the top k patched with the corrupted run.", ""]
     for r in results:
+        methods = r["methods"]
         lines += [f"## {r['task']} ({r['edges']} edges; m(clean) {r['metric_clean']:.3f}, m(all ablated) "
                   f"{r['metric_ablated']:.3f})", "", "Faithfulness of the top-k edges:", ""]
         lines += _table([[m, f"{r['seconds'][m]:.1f}"] + [f"{r['faithfulness'][m][s]:.3f}" for s in args.sizes]
-                         for m in METHODS], ["method", "seconds"] + [f"k={s}" for s in args.sizes])
+                         for m in methods], ["method", "seconds"] + [f"k={s}" for s in args.sizes])
         lines += ["", "Top heads (by |score|) and MLPs:", ""]
-        lines += _table([[m, ", ".join(r["top_heads"][m]), ", ".join(r["top_mlps"][m])] for m in METHODS],
+        lines += _table([[m, ", ".join(r["top_heads"][m]), ", ".join(r["top_mlps"][m])] for m in methods],
                         ["method", "top 10 heads", "top 3 MLPs"])
         lines += ["", f"Agreement, Jaccard of the top-{args.k} edges (upper) / of the top-10 heads (lower):", ""]
         lines += _table([[a] + [f"{(r['agreement_edges'] if i < j else r['agreement_heads'])[a][b]:.2f}"
-                                if i != j else "-" for j, b in enumerate(METHODS)] for i, a in enumerate(METHODS)],
-                        ["", *METHODS])
+                                if i != j else "-" for j, b in enumerate(methods)] for i, a in enumerate(methods)],
+                        ["", *methods])
+        if r["skipped"]:
+            lines += ["", f"**Not run** (the time budget of {args.budget_s:.0f} s for the methods was spent): "
+                      f"{', '.join(r['skipped'])}."]
         fw = r["forward"]
         lines += ["", f"Edge-masked forward ({r['n']} pairs): one mask {fw['one_s_per_mask']:.2f} s per mask "
                   f"({fw['one_mask_s']:.1f} s for the call with its 2 reference masks); {fw['stacked_masks']} masks "
@@ -125,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chunk", type=int, default=8, help="masks per edge-masked forward")
     parser.add_argument("--tasks", nargs="+", default=["ioi", "greater-than"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--budget-s", type=float, default=1800.0,
+                        help="per task: methods not started after this many seconds are skipped")
     parser.add_argument("--json-out", default=None, help="also write the results of these tasks to this JSON file")
     parser.add_argument("--merge", nargs="+", default=None,
                         help="write the report from JSON files of earlier runs (one task each) instead of running")
@@ -137,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         wall = sum(part["wall_s"] for part in parts)
     else:
         model = load_model("smollm2-135m", device="cpu")
-        results = [study(model, name, args.n, args.sizes, args.k, args.chunk) for name in args.tasks]
+        results = [study(model, name, args.n, args.sizes, args.k, args.chunk, args.budget_s) for name in args.tasks]
         wall = time.perf_counter() - start
     path = Path(__file__).with_suffix(".md")
     kept = ""
