@@ -81,8 +81,8 @@ def study(model, name: str, n: int, sizes: list[int], k: int, chunk: int, budget
     return {"task": name, "n": n, "edges": graph.n_edges, "methods": methods, "skipped": skipped, "metric_clean": m_clean, "metric_ablated": m_empty,
             "seconds": {m: s.seconds for m, s in found.items()}, "faithfulness": faith, "agreement_edges": agree,
             "agreement_heads": head_agree, "top_heads": heads,
-            "top_mlps": {m: sorted((c for c in s.nodes if c.startswith("mlp")), key=lambda c: -abs(s.nodes[c]))[:3]
-                         for m, s in found.items()},
+            "top_mlps": {m: sorted((c for c in s.nodes if c.startswith("mlp") and s.nodes[c]),
+                                   key=lambda c: -abs(s.nodes[c]))[:3] for m, s in found.items()},  # CD-T: none
             "forward": {"one_mask_s": one, "stacked_masks": len(circuits), "chunk": chunk, "stacked_s": many,
                         "stacked_s_per_mask": many / (len(circuits) + 2 * -(-len(circuits) // chunk)),
                         "one_s_per_mask": one / 3}}
@@ -95,7 +95,8 @@ def _table(rows: list[list], head: list[str]) -> list[str]:
 
 def report(results: list[dict], args: argparse.Namespace, wall: float) -> str:
     lines = ["# Circuit discovery on SmolLM2-135M (no ground truth)", "",
-             f"Reproduce: `nice -n 10 .venv/bin/python case_studies/discovery_smollm2.py` (n = {args.n} pairs per "
+             f"Reproduce: `nice -n 10 .venv/bin/python case_studies/discovery_smollm2.py --n {results[0]['n']}` "
+             f"(n = {results[0]['n']} pairs per "
              f"task, seed 0, sizes {', '.join(map(str, args.sizes))} edges, agreement at the top {args.k} edges; "
              f"{wall:.0f} s wall on this shared 2-core CPU, torch threads {torch.get_num_threads()}).", "",
              "Methods: EAP, EAP-IG (5 steps), activation patching, path patching to the logits, CD-T, through the "
@@ -110,7 +111,8 @@ def report(results: list[dict], args: argparse.Namespace, wall: float) -> str:
         lines += _table([[m, f"{r['seconds'][m]:.1f}"] + [f"{r['faithfulness'][m][s]:.3f}" for s in args.sizes]
                          for m in methods], ["method", "seconds"] + [f"k={s}" for s in args.sizes])
         lines += ["", "Top heads (by |score|) and MLPs:", ""]
-        lines += _table([[m, ", ".join(r["top_heads"][m]), ", ".join(r["top_mlps"][m])] for m in methods],
+        lines += _table([[m, ", ".join(r["top_heads"][m]), ", ".join(r["top_mlps"][m]) or "(not scored)"]
+                         for m in methods],
                         ["method", "top 10 heads", "top 3 MLPs"])
         lines += ["", f"Agreement, Jaccard of the top-{args.k} edges (upper) / of the top-10 heads (lower):", ""]
         lines += _table([[a] + [f"{(r['agreement_edges'] if i < j else r['agreement_heads'])[a][b]:.2f}"
@@ -146,7 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
         results = [r for part in parts for r in part["results"]]
-        wall = sum(part["wall_s"] for part in parts)
+        for r in results:  # JSON object keys are strings
+            r["faithfulness"] = {m: {int(k): v for k, v in f.items()} for m, f in r["faithfulness"].items()}
+        wall = max(part["wall_s"] for part in parts)  # the parts ran side by side
     else:
         model = load_model("smollm2-135m", device="cpu")
         results = [study(model, name, args.n, args.sizes, args.k, args.chunk, args.budget_s) for name in args.tasks]
