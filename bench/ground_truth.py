@@ -38,9 +38,10 @@ from workbench.ground_truth import GroundTruth, get, names  # noqa: E402
 
 
 def complement(gt: GroundTruth, n_layers: int, n_heads: int) -> list[str]:
-    """Every head outside the circuit, plus every MLP (all zero here): the node ids to ablate to keep the circuit."""
+    """Every head and MLP outside the circuit (an attention-only design's MLPs are all zero): the node ids to ablate
+    to keep the circuit."""
     heads = [f"L{layer}.H{h}" for layer in range(n_layers) for h in range(n_heads)]
-    return [h for h in heads if h not in gt.nodes] + [f"mlp{layer}" for layer in range(n_layers)]
+    return [c for c in heads + [f"mlp{layer}" for layer in range(n_layers)] if c not in gt.nodes]
 
 
 @torch.no_grad()

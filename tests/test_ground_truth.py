@@ -1,6 +1,7 @@
 """Ground truths: each circuit proven on its model's own task by interchange ablation; registry errors; determinism.
 
-Every designed model (five, about 35 s of training on one core in all) is built into the session cache; the observed
+Every designed model (six, about 45 s of training on one core in all; one of them, ``gt-mlp-lookup``, has an MLP in
+its circuit) is built into the session cache; the observed
 one is the session's ``toy/induction-2l``. ``bench/ground_truth.py`` prints the same numbers for all of them.
 """
 
@@ -29,20 +30,22 @@ DESIGNED = sorted(DESIGNS)
 def test_registry_lists_six_ground_truths_and_zoo_members():
     from workbench.models import available_specs
 
-    assert len(names()) >= 6 and "induction-2l" in names() and len(DESIGNED) >= 5
+    assert len(names()) >= 7 and "induction-2l" in names() and len(DESIGNED) >= 6
+    assert any(n.startswith("mlp") for name in DESIGNED for n in get(name).nodes)  # a circuit through an MLP
     for name in DESIGNED:
         gt = get(name)
         assert gt.how == "designed" and gt.spec == f"toy/{name}" and gt.spec in available_specs()
         for edge in gt.edges:
             sender, receiver = edge.split("->")
-            assert parse(sender).kind in ("emb", "head") and parse(receiver).kind in ("head", "logit")
+            assert parse(sender).kind in ("emb", "head", "mlp") and parse(receiver).kind in ("head", "mlp", "logit")
         assert gt.nodes == {n for e in gt.edges for n in e.split("->")} - {"emb", "logit"}
 
 
-def test_component_forward_is_the_model_and_strict_run_interchanges():
-    """The component-by-component forward equals transformers' own; the strict run of an input with itself as the
-    source is the plain run, and with no designed edge it is the plain run of the source."""
-    design = DESIGNS["gt-induction"]()
+@pytest.mark.parametrize("name", ["gt-induction", "gt-mlp-lookup"])
+def test_component_forward_is_the_model_and_strict_run_interchanges(name):
+    """The component-by-component forward equals transformers' own (MLPs included); the strict run of an input with
+    itself as the source is the plain run, and with no designed edge it is the plain run of the source."""
+    design = DESIGNS[name]()
     model = new_model(design).eval()
     gen = torch.Generator().manual_seed(3)
     tokens, _ = design.batch(gen, 8)
@@ -50,10 +53,12 @@ def test_component_forward_is_the_model_and_strict_run_interchanges():
     wiring = Wiring.from_edges(design.edges)
     with torch.no_grad():
         hf = model(input_ids=tokens).logits
-        _, heads, plain = components(model, tokens)
+        mlps: list[torch.Tensor] = []
+        _, heads, plain = components(model, tokens, mlps=mlps)
         assert torch.allclose(plain, hf, atol=1e-5)
+        assert (len(mlps) == design.n_layers and all(bool((m == 0).all()) != bool(design.d_mlp) for m in mlps))
         assert torch.allclose(strict_logits(model, wiring, tokens, tokens), hf, atol=1e-5)
-        empty = Wiring(wiring.circuit, {})
+        empty = Wiring(wiring.circuit, {}, wiring.mlps)
         assert torch.allclose(strict_logits(model, empty, tokens, source), model(input_ids=source).logits, atol=1e-5)
         assert not torch.allclose(strict_logits(model, wiring, tokens, source), hf, atol=1e-3)
 

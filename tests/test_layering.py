@@ -17,7 +17,10 @@ ALLOWED = {("circuits.transcoder_paths", "circuits.dictionaries"), ("circuits.cd
            ("circuits.benchmark", "circuits.edges"), ("circuits.benchmark", "circuits.patching"),
            ("circuits.benchmark", "circuits.cdt"), ("circuits.attribution", "circuits.dictionaries"),
            ("circuits.vision", "circuits.paths"),  # the ViT's frozen run goes through the paths' DP, no second one
-           ("circuits.vision", "probes")}  # the ViT's lazy-neuron counts are probes.sparsity's counters
+           ("circuits.vision", "probes"),  # the ViT's lazy-neuron counts are probes.sparsity's counters
+           # the benchmark scores transcoder paths and attribution graphs over transcoders it trains
+           ("circuits.benchmark", "circuits.transcoder_paths"), ("circuits.benchmark", "circuits.attribution"),
+           ("circuits.benchmark", "circuits.dictionaries")}
 
 
 def _modules() -> dict[str, Path]:

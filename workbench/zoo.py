@@ -99,9 +99,11 @@ def _ground_truth_spec(name: str) -> ZooSpec:
     return ZooSpec(
         name=name,
         description=f"ground truth (designed by strict interchange training): {design.description}",
-        architecture=(f"Llama-style, attention-only in function: {design.n_layers} layers, d_model {d}, "
-                      f"{design.n_heads} heads, RMSNorm, rotary; MLPs zeroed and frozen; vocabulary {len(design.names)}"),
-        parameters=f"{(2 * len(design.names) * d + design.n_layers * 4 * d * d) / 1000:.0f}k",
+        architecture=(f"Llama-style, {'attention-only in function' if not design.d_mlp else 'with MLPs'}: "
+                      f"{design.n_layers} layers, d_model {d}, {design.n_heads} heads, RMSNorm, rotary; "
+                      + (f"SwiGLU MLPs of width {design.d_mlp}" if design.d_mlp else "MLPs zeroed and frozen")
+                      + f"; vocabulary {len(design.names)}"),
+        parameters=f"{(2 * len(design.names) * d + design.n_layers * (4 * d * d + 3 * d * design.d_mlp)) / 1000:.0f}k",
         config=design.config(),
         train=lambda folder, progress: train_design(design, folder, progress=progress),
         report=report,

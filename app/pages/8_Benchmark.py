@@ -28,6 +28,11 @@ def _show(run: Run) -> None:
     st.dataframe(run.table("means"), hide_index=True, width="stretch")
     st.subheader("Every model and method")
     st.dataframe(scores, hide_index=True, width="stretch")
+    if "not_applicable" in scores:
+        skipped = scores[scores["not_applicable"].notna()]
+        if len(skipped):
+            st.info("Not applicable (empty rows, left out of the means): " + "; ".join(
+                f"{r.method} on {r.model}" for r in skipped.itertuples()) + ". The transcoder methods need MLPs.")
     model = st.selectbox("Ground-truth model", list(dict.fromkeys(scores["model"])), key=f"{run.info.run_id}-model")
     roc, curves = run.table("roc"), run.table("curves")
     left, right = st.columns(2)

@@ -216,6 +216,10 @@ class ReplacementModel:
         mlp_true = self.clean.stack("mlp_out")[:, 0]
         self.errors = mlp_true - self.transcoder_outputs()
         self.sources = Sources(self.activations[None], self.errors[None], self.embed[None])
+        #: [L, H] or None: a head with 0 here writes nothing through its frozen attention in :meth:`run` (the clean
+        #: run, the features and the error nodes stay as they are): the paths through one head are the difference of
+        #: the graph with and without it
+        self.head_mask: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ shape facts
     @property
@@ -304,6 +308,8 @@ class ReplacementModel:
             if constants:
                 v = v + w.b_V[layer]
             z = torch.einsum("hqk,bkhe->bqhe", lc.pattern[0], v.repeat_interleave(group, dim=-2))
+            if self.head_mask is not None:
+                z = z * self.head_mask[layer].to(z)[None, None, :, None]
             attn = torch.einsum("bthe,hed->btd", z, w.W_O[layer])
             if constants:
                 attn = attn + w.b_O[layer]

@@ -6,6 +6,10 @@ Usage (notebook)::
     from circuits.benchmark.analysis import BENCHMARK, BenchmarkConfig
     result = BENCHMARK.run(None, BenchmarkConfig(models=["gt-prev-token"], methods=["eap", "acdc"]))
     result.tables["scores"]      # node / edge ROC-AUC, CPR, CMD, top-k faithfulness, seconds per model and method
+
+The transcoder methods (``transcoder-paths``, ``attribution``) train per-layer transcoders on each model's task inputs
+first (``--transcoder-tokens``); on a model without MLPs they are not applicable: NaN in the tables, ``n/a`` in the
+text, counted in the summary's ``not_applicable``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ EDGE_AUROC_TARGET = 0.95
 #: a ground truth whose own circuit keeps less than this faithfulness on the benchmark's examples is flagged
 GROUND_TRUTH_MIN_F = 0.9
 
-_ALL_METHODS = ["eap", "eap-ig", "acdc", "activation-patching", "path-patching", "cdt", "cdt-published"]
+_ALL_METHODS = ["eap", "eap-ig", "acdc", "activation-patching", "path-patching", "cdt", "cdt-published",
+                "transcoder-paths", "attribution"]
 
 
 @dataclass
@@ -35,6 +40,8 @@ class BenchmarkConfig(Config):
     seed: int = option(0, "seed of the task's examples", minimum=0)
     steps: int = option(5, "EAP-IG integration steps", minimum=1, maximum=256)
     threshold: float = option(0.01, "ACDC's threshold on the KL change of removing an edge", minimum=0.0)
+    transcoder_tokens: int = option(65_536, "tokens of each task's own inputs the transcoder methods' transcoders "
+                                            "train on (not applicable to models without MLPs)", minimum=1)
 
     def validate(self) -> None:
         from circuits.benchmark.run import BenchmarkInputError, check_methods
@@ -58,15 +65,19 @@ def _compute(model: Any, cfg: BenchmarkConfig, progress: bool) -> Result:
 
     truths = cfg.models or ground_truth.names()
     out = benchmark(truths, cfg.methods, n=cfg.n, seed=cfg.seed, steps=cfg.steps, threshold=cfg.threshold,
-                    progress=progress)
+                    transcoder_tokens=cfg.transcoder_tokens, progress=progress)
     scores, means = out["scores"], out["means"]
     res = Result(tables={k: out[k] for k in ("scores", "means", "curves", "roc", "agreement", "top")},
                  json={"truths": out["truths"]})
-    best = means.sort_values("edge_auroc", ascending=False).iloc[0]
+    best = means.sort_values("edge_auroc", ascending=False, na_position="last").iloc[0]
+    if best["edge_auroc"] != best["edge_auroc"]:  # NaN: no method applies to any model
+        raise ConfigError(f"none of the methods {', '.join(cfg.methods)} applies to the models {', '.join(truths)} "
+                          "(the transcoder methods need a model with MLPs, e.g. gt-mlp-lookup)")
     res.summary.update(models=len(truths), methods=len(cfg.methods), best_method=str(best["method"]),
                        best_edge_auroc=float(best["edge_auroc"]), best_cpr=float(best["cpr"]),
                        edge_auroc_target=EDGE_AUROC_TARGET, target_met=bool(best["edge_auroc"] >= EDGE_AUROC_TARGET),
-                       seconds=float(scores["seconds"].sum()))
+                       seconds=float(scores["seconds"].sum(skipna=True)),
+                       not_applicable=int(scores["edge_auroc"].isna().sum()))
     if not res.summary["target_met"]:
         res.warnings.append(f"no method reaches the mean edge ROC-AUC target {EDGE_AUROC_TARGET}: the best, "
                             f"{best['method']}, has {best['edge_auroc']:.3f}")
@@ -75,11 +86,12 @@ def _compute(model: Any, cfg: BenchmarkConfig, progress: bool) -> Result:
             res.warnings.append(f"{name}: its true circuit keeps only faithfulness {facts['f_true']:.3f} on these "
                                 f"{cfg.n} examples (below {GROUND_TRUTH_MIN_F}); its scores say little")
     cols = ["node_auroc", "edge_auroc", "cpr", "cmd", "f_top_k", "seconds"]
+    cell = lambda v: f"{v:>10.3f}" if v == v else f"{'n/a':>10}"  # noqa: E731  (NaN: the method does not apply)
     res.lines = [f"{'model':<16} {'method':<20} " + " ".join(f"{c:>10}" for c in cols)]
-    res.lines += [f"{r['model']:<16} {r['method']:<20} " + " ".join(f"{r[c]:>10.3f}" for c in cols)
+    res.lines += [f"{r['model']:<16} {r['method']:<20} " + " ".join(cell(r[c]) for c in cols)
                   for _, r in scores.iterrows()]
-    res.lines += ["mean over models:"] + [f"  {r['method']:<20} " + " ".join(f"{r[c]:>10.3f}" for c in cols)
-                                          for _, r in means.iterrows()]
+    res.lines += ["mean over models (where applicable):"] + [
+        f"  {r['method']:<20} " + " ".join(cell(r[c]) for c in cols) for _, r in means.iterrows()]
     return res
 
 

@@ -46,7 +46,7 @@ def new_model(design: Design):
     teaches the circuit to ignore them); otherwise they would stand out by the smallness of their outputs alone.
     """
     model = make_llama(len(design.names), design.d_model, design.n_layers, design.n_heads, design.seq_len,
-                       design.bos, design.seed)
+                       design.bos, design.seed, design.d_mlp)
     dh = design.d_model // design.n_heads
     circuit = Wiring.from_edges(design.edges).circuit
     with torch.no_grad():
@@ -83,13 +83,17 @@ def train_design(design: Design, folder: Path, progress: bool = False) -> list[d
 @torch.no_grad()
 def evaluate(model, design: Design, n: int = 512, seed: int = 4242) -> dict[str, Any]:
     """Accuracy of the plain and of the strict run on ``n`` fresh training-distribution inputs (scored positions),
-    and the mean norm of each component's output (``emb``, ``L{l}.H{h}``) per position in the plain run."""
+    and the mean norm of each component's output (``emb``, ``L{l}.H{h}``, and ``mlp{l}`` in a design with MLPs) per
+    position in the plain run."""
     gen = torch.Generator().manual_seed(seed)
     tokens, targets = design.batch(gen, n)
     source, _ = design.batch(gen, n)
-    emb, heads, plain = components(model, tokens)
+    mlps: list[torch.Tensor] = []
+    emb, heads, plain = components(model, tokens, mlps=mlps)
     strict = strict_logits(model, Wiring.from_edges(design.edges), tokens, source)
     norms = {f"L{layer}.H{h}": float(out[:, h].norm(dim=-1).mean()) for layer, out in enumerate(heads)
              for h in range(out.shape[1])}
+    if design.d_mlp:
+        norms.update({f"mlp{layer}": float(out.norm(dim=-1).mean()) for layer, out in enumerate(mlps)})
     return {"plain_accuracy": accuracy(plain, targets), "strict_accuracy": accuracy(strict, targets),
             "output_norms": {"emb": float(emb.norm(dim=-1).mean()), **norms}}

@@ -40,6 +40,7 @@ class Design:
     seed: int = 0
     distractor_qk: float = 10.0
     distractor_vo: float = 6.0
+    d_mlp: int = 0  # 0: attention-only (MLPs zeroed and frozen); else SwiGLU MLPs of this width
 
     @property
     def bos(self) -> int:
@@ -48,14 +49,14 @@ class Design:
     @property
     def nodes(self) -> frozenset[str]:
         ends = {n for e in self.edges for n in e.split("->")}
-        return frozenset(n for n in ends if n.startswith("L"))
+        return frozenset(n for n in ends if n not in ("emb", "logit"))
 
     def config(self) -> dict:
         """What the zoo stores and compares to decide whether a built member is stale."""
         return {"design": self.name, "n_layers": self.n_layers, "n_heads": self.n_heads, "d_model": self.d_model,
                 "seq_len": self.seq_len, "vocab": list(self.names), "edges": sorted(self.edges), "steps": self.steps,
                 "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed, "distractor_qk": self.distractor_qk,
-                "distractor_vo": self.distractor_vo, "version": 2}
+                "distractor_vo": self.distractor_vo, "version": 2, **({"d_mlp": self.d_mlp} if self.d_mlp else {})}
 
 
 def _with_bos(body: torch.Tensor, bos: int) -> torch.Tensor:
@@ -234,6 +235,38 @@ def greater_than() -> Design:
         frozenset({"emb->L0.H1", "L0.H1->logit", "emb->logit"}), batch, pairs, steps=600)
 
 
+# ---- an MLP lookup: the class of the previous token, computed by an MLP from what a head moved ------------------------
+def mlp_lookup() -> Design:
+    vocab, length, n_classes = 16, 10, 4
+    bos = vocab + n_classes
+    # a fixed many-to-one map of the tokens to 4 classes, 4 tokens each, in no order the embeddings could follow
+    classes = torch.randperm(vocab, generator=torch.Generator().manual_seed(5)) % n_classes
+
+    def batch(gen: torch.Generator, n: int):
+        tokens = _with_bos(torch.randint(0, vocab, (n, length), generator=gen), bos)
+        targets = torch.full_like(tokens, -1)
+        targets[:, 2:] = vocab + classes[tokens[:, 1:-1]]
+        return tokens, targets
+
+    def pairs(gen: torch.Generator, n: int):
+        clean, _ = batch(gen, n)
+        corrupted = clean.clone()
+        old = classes[clean[:, -2]]
+        new_class = _other(old, n_classes, gen)
+        pick = torch.randint(0, vocab // n_classes, (n,), generator=gen)
+        members = torch.stack([torch.nonzero(classes == c).flatten() for c in range(n_classes)])  # [classes, 4]
+        corrupted[:, -2] = members[new_class, pick]
+        return clean, corrupted, vocab + old, vocab + new_class
+
+    return Design(
+        "gt-mlp-lookup", "1 layer, 2 heads and an MLP: at every position, the class (c0..c3) of the previous token "
+        "under a fixed many-to-one map; head L0.H1 moves the previous token forward and MLP mlp0, which reads only "
+        "L0.H1 (not the embeddings), looks its class up; the logits read only mlp0.", "mlp-lookup",
+        tuple(f"t{i}" for i in range(vocab)) + tuple(f"c{c}" for c in range(n_classes)) + (BOS,), 1, 2, 32,
+        1 + length, frozenset({"emb->L0.H1", "L0.H1->mlp0", "mlp0->logit"}), batch, pairs, steps=600, d_mlp=64,
+        distractor_vo=20.0)  # the circuit head grows to an output norm of about 17: the distractor as loud
+
+
 DESIGNS: dict[str, Callable[[], Design]] = {
-    d().name: d for d in (prev_token, prev2_token, induction, histogram, greater_than)
+    d().name: d for d in (prev_token, prev2_token, induction, histogram, greater_than, mlp_lookup)
 }

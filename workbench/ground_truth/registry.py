@@ -1,8 +1,9 @@
 """Ground truths: zoo models whose circuits are known independently of every discovery method.
 
 A :class:`GroundTruth` names its model (``spec``, loaded with :func:`workbench.models.load_model`), its circuit
-(``nodes``: heads ``L{l}.H{h}``; ``edges``: ``"{sender}->{receiver}"`` with senders ``emb`` / heads and receivers
-heads / ``logit``, a receiving head reading its senders through its queries, keys and values together) and its task
+(``nodes``: heads ``L{l}.H{h}`` and MLPs ``mlp{l}``; ``edges``: ``"{sender}->{receiver}"`` with senders ``emb`` /
+heads / MLPs and receivers heads / MLPs / ``logit``, a receiving head reading its senders through its queries, keys
+and values together) and its task
 (:meth:`GroundTruth.make_task`). ``how`` says where the circuit comes from:
 
 - ``"designed"``: strict interchange training (:mod:`workbench.ground_truth.strict`) fixes both nodes and edges;
