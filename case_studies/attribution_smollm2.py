@@ -73,21 +73,140 @@ def load_set(tokens: int, device: str = "cpu") -> dict[int, object]:
     return {layer: load_dictionary(folder / f"L{layer}", device=device) for layer in layers}
 
 
+@torch.no_grad()
+def fvu_l0(model, tcs: dict[int, object], n_tokens: int) -> list[dict]:
+    """Per layer on ``n_tokens`` held-out wiki tokens (the heldout split; padding and each sequence's BOS left out):
+    FVU = sum |y - tc(x)|^2 / sum |y - mean y|^2 (y the MLP output, x the MLP input), L0 = mean active features."""
+    from workbench.data import token_batches
+
+    names = [h for layer in tcs for h in (f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out")]
+    acc = {layer: [0.0, 0.0, 0.0, 0] for layer in tcs}  # sse, y sum of squares, active, tokens
+    sums = {layer: 0.0 for layer in tcs}
+    seen = 0
+    for batch in token_batches("wiki", model.tokenizer, seq_len=64, batch_size=8, split="heldout", max_tokens=n_tokens):
+        tokens, keep = batch.tokens, batch.attention_mask.bool()
+        keep[:, 0] = False
+        _, cache = model.run_with_cache(tokens, names_filter=names)
+        for layer, tc in tcs.items():
+            x = cache[f"blocks.{layer}.ln2.hook_normalized"][keep]
+            y = cache[f"blocks.{layer}.hook_mlp_out"][keep]
+            out, z = tc(x)
+            a = acc[layer]
+            a[0] += float((y - out).pow(2).sum())
+            a[1] += float(y.pow(2).sum())
+            a[2] += float((z != 0).sum())
+            a[3] += y.shape[0]
+            sums[layer] = sums[layer] + y.sum(0)
+        seen += int(keep.sum())
+        if seen >= n_tokens:
+            break
+    rows = []
+    for layer, (sse, sq, active, n) in acc.items():
+        total = sq - float(sums[layer].pow(2).sum()) / n  # sum |y - mean y|^2
+        rows.append({"layer": layer, "fvu": sse / total, "l0": active / n, "tokens": n})
+    return rows
+
+
+def top_features(graph, tcs, model, n: int = 8) -> list[dict]:
+    """The ``n`` features of most influence on the logits, each with the tokens its decoder row promotes most."""
+    from circuits.attribution.prune import node_influence
+
+    infl = node_influence(graph.adjacency.double(), graph.logit_weights().double())[:graph.n_features]
+    W_U = model.W_U.detach().float()
+    rows = []
+    for i in infl.argsort(descending=True)[:n].tolist():
+        layer, pos, feat = graph.features[i].tolist()
+        logits = tcs[layer].W_dec[feat].detach().float() @ W_U
+        top = logits.topk(5).indices.tolist()
+        rows.append({"node": f"tc{layer}.f{feat}@{pos}", "token": graph.token_strings[pos],
+                     "activation": float(graph.activations[i]), "influence": float(infl[i]),
+                     "top_logits": [model.tokenizer.decode([t]) for t in top]})
+    return rows
+
+
+def attribute_prompt(model, tcs, facts, prompt: str) -> dict:
+    """The attribution graph of ``prompt`` (BOS prepended): scores, node counts, top features, the prediction."""
+    from circuits.attribution.attribute import attribute
+    from circuits.attribution.prune import graph_scores, prune
+    from circuits.attribution.replacement import ReplacementModel, feature_sets_from_transcoders
+    from workbench.data.tokens import bos_id, encode
+
+    tok = model.tokenizer
+    bos = bos_id(tok)
+    tokens = torch.tensor(([bos] if bos is not None else []) + encode(tok, prompt))
+    start = time.perf_counter()
+    rm = ReplacementModel(model, tokens, feature_sets_from_transcoders(tcs, facts))
+    graph = attribute(rm, tokenizer=tok, batch_size=64, progress=True)
+    seconds = time.perf_counter() - start
+    replacement, completeness = graph_scores(graph)
+    pruned = prune(graph)
+    kept = pruned.node_mask[:graph.n_features].sum()
+    probs = torch.softmax(rm.logits[-1].float(), -1)
+    top_p, top_i = probs.topk(3)
+    return {"prompt": prompt, "tokens": len(tokens), "seconds": seconds, "replacement": replacement,
+            "completeness": completeness, "features": graph.n_features, "errors": graph.n_layers * graph.n_pos,
+            "token_nodes": graph.n_pos, "logits": graph.n_logits, "nodes": graph.n_nodes,
+            "pruned_features": int(kept),
+            "prediction": [(tok.decode([int(i)]), float(p)) for p, i in zip(top_p, top_i, strict=True)],
+            "top_features": top_features(graph, tcs, model)}
+
+
+def run(model, tcs, record: dict, md_path: Path, eval_tokens: int) -> None:
+    """FVU / L0 per layer, the three graphs, and the markdown report."""
+    from circuits.frozen.facts import ModelFacts
+
+    facts = ModelFacts.of(model)
+    quality = fvu_l0(model, tcs, eval_tokens)
+    graphs = [attribute_prompt(model, tcs, facts, prompt) for prompt, _ in PROMPTS.values()]
+    write_json(md_path.with_suffix(".json"), {"set": record, "quality": quality, "graphs": graphs})
+    old = md_path.read_text() if md_path.exists() else ""
+    reading = old[old.index(READING):] if READING in old else ""  # the written reading survives a rerun
+    md_path.write_text(report(record, quality, graphs) + ("\n" + reading if reading else ""))
+    print(md_path.read_text())
+
+
+def report(record: dict, quality: list[dict], graphs: list[dict]) -> str:
+    """The measured part of the markdown report."""
+    md = ["# Attribution graphs of SmolLM2-135M over transcoders trained here", "",
+          "Generated by `case_studies/attribution_smollm2.py` (numbers in `attribution_smollm2.json`).", "",
+          "## The transcoder set", "",
+          f"One {record['recipe']} transcoder per layer ({record['layers']} layers, `blocks.L.ln2.hook_normalized` -> "
+          f"`blocks.L.hook_mlp_out`), {record['tokens']:,} training tokens each (one pass harvests all layers): "
+          f"{record['cpu_seconds'] / 60:.1f} CPU minutes ({record['wall_seconds'] / 60:.1f} wall minutes, "
+          f"{record['torch_threads']} torch threads, `nice -n 10` on two shared cores).", "",
+          f"FVU and L0 on {quality[0]['tokens']:,} held-out wiki tokens (heldout split):", "",
+          "| layer | FVU | L0 |", "|---:|---:|---:|"]
+    md += [f"| {q['layer']} | {q['fvu']:.3f} | {q['l0']:.1f} |" for q in quality]
+    mean_fvu = sum(q["fvu"] for q in quality) / len(quality)
+    md += ["", f"Mean FVU over the layers: {mean_fvu:.3f}.", "", "## The graphs", "",
+           "| prompt | tokens | features | error nodes | logits | replacement | completeness | features kept "
+           "by pruning (0.8) | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    md += [f"| {g['prompt']} | {g['tokens']} | {g['features']} | {g['errors']} | {g['logits']} | "
+           f"{g['replacement']:.3f} | {g['completeness']:.3f} | {g['pruned_features']} | {g['seconds']:.0f} |"
+           for g in graphs]
+    for g in graphs:
+        pred = ", ".join(f"`{t!r}` {p:.2f}" for t, p in g["prediction"])
+        md += ["", f"### {g['prompt']!r}", "", f"The model's top predictions: {pred}.", "",
+               "| feature | at token | activation | influence | tokens its decoder promotes |", "|---|---|---:|---:|---|"]
+        md += [f"| {f['node']} | `{f['token']!r}` | {f['activation']:.2f} | {f['influence']:.4f} | "
+               f"{', '.join(repr(t) for t in f['top_logits'])} |" for f in g["top_features"]]
+    return "\n".join(md) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=["build", "run", "all"])
     parser.add_argument("--tokens", type=int, default=40_000, help="training tokens per transcoder (default 40000)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens for FVU / L0 (default 4096)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(MODEL, device="cpu")
     if args.step in ("build", "all"):
         print(json.dumps(build(model, args.tokens)))
     if args.step in ("run", "all"):
-        from case_studies.attribution_smollm2_run import run
-
-        run(model, load_set(args.tokens), json.loads((set_folder(args.tokens) / "set.json").read_text()),
-            Path(__file__).with_suffix(".md"))
+        record = json.loads((set_folder(args.tokens) / "set.json").read_text())
+        run(model, load_set(args.tokens), record, Path(__file__).with_suffix(".md"), args.eval_tokens)
 
 
 if __name__ == "__main__":
