@@ -13,7 +13,7 @@ Two steps (``all`` runs both):
   influence on the logits, each shown with the tokens its decoder promotes most (decoder row through the
   unembedding). Writes ``attribution_smollm2.md`` next to this script, keeping its "Reading the result" section.
 
-Run: ``nice -n 10 .venv/bin/python case_studies/attribution_smollm2.py all [--tokens 40000] [--threads 2]``.
+Run: ``nice -n 10 .venv/bin/python case_studies/attribution_smollm2.py all [--tokens 20000] [--threads 2]``.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def report(record: dict, quality: list[dict], graphs: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=["build", "run", "all"])
-    parser.add_argument("--tokens", type=int, default=40_000, help="training tokens per transcoder (default 40000)")
+    parser.add_argument("--tokens", type=int, default=20_000, help="training tokens per transcoder (default 20000)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens for FVU / L0 (default 4096)")
     args = parser.parse_args(argv)
