@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("step", choices=["build", "run", "all"])
     parser.add_argument("--tokens", type=int, default=20_000, help="training tokens per transcoder (default 20000)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens for FVU / L0 (default 4096)")
+    parser.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens for FVU / L0 (default 2048)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(MODEL, device="cpu")
