@@ -13,7 +13,8 @@ transcoder tensor in memory), driven from here so that its calls and ours altern
 
 - ``attribute``: the replacement model of the prompt built from the model, then
   :func:`circuits.attribution.attribute.attribute` over every active feature, ``--batch-size`` rows per backward pass;
-- ``circuit-tracer``: its ``attribute(tokens, model, attribution_targets=ids, batch_size, max_feature_nodes=None)``.
+- ``circuit-tracer``: its ``attribute(tokens, model, attribution_targets=ids, batch_size, max_feature_nodes=None)``
+  (its precomputation and forward passes included, as our mode includes building the replacement model).
 
 Conventions, and what is compared: circuit-tracer drops every feature at position 0 and zeroes the error vectors
 there (its BOS convention); our feature sets here zero position 0 the same way (so both have the same feature nodes,
