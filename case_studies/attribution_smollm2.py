@@ -66,6 +66,35 @@ def build(model, tokens: int) -> dict:
     return record
 
 
+def save_from_checkpoint(model, tokens: int, cpu_seconds: float | None, wall_seconds: float | None) -> dict:
+    """Save the set from the newest checkpoint of a build that was stopped before its budget (``set.json`` records
+    the steps and tokens actually trained, and that the schedule did not finish)."""
+    from safetensors.torch import load_file
+
+    from circuits.dictionaries.model import Dictionary
+
+    folder = set_folder(tokens)
+    steps = sorted((folder / "work" / "resume").glob("step-*"))
+    if not steps:
+        raise SystemExit(f"no checkpoint under {folder / 'work' / 'resume'}: run build first")
+    state = json.loads((steps[-1] / "state.json").read_text())
+    d = int(model.cfg.d_model)
+    for i, label in enumerate(state["labels"]):
+        layer = int(label[1:])
+        tc = Dictionary("transcoder", d, 4 * d, activation="topk", k=16, hook_in=f"blocks.{layer}.ln2.hook_normalized",
+                        hook_out=f"blocks.{layer}.hook_mlp_out")
+        tc.load_state_dict(load_file(str(steps[-1] / f"d{i}.safetensors")))
+        save_dictionary(tc.eval(), folder / f"L{layer}", model_name=MODEL, context_size=64)
+    batch = state["config"]["batch_size"]
+    record = {"model": MODEL, "tokens": state["step"] * batch, "layers": len(state["labels"]),
+              "recipe": "TopK-16, 4x, lr 2e-3, batch 256, wiki", "wall_seconds": wall_seconds, "cpu_seconds": cpu_seconds,
+              "torch_threads": torch.get_num_threads(), "stopped_at_step": state["step"],
+              "planned_tokens": tokens, "note": "saved from the newest checkpoint of a build stopped for time; the "
+              "learning-rate schedule did not finish"}
+    write_json(folder / "set.json", record)
+    return record
+
+
 def load_set(tokens: int, device: str = "cpu") -> dict[int, object]:
     """The saved set: layer -> transcoder Dictionary."""
     folder = set_folder(tokens)
@@ -172,8 +201,12 @@ def report(record: dict, quality: list[dict], graphs: list[dict]) -> str:
           "## The transcoder set", "",
           f"One {record['recipe']} transcoder per layer ({record['layers']} layers, `blocks.L.ln2.hook_normalized` -> "
           f"`blocks.L.hook_mlp_out`), {record['tokens']:,} training tokens each (one pass harvests all layers): "
-          f"{record['cpu_seconds'] / 60:.1f} CPU minutes ({record['wall_seconds'] / 60:.1f} wall minutes, "
-          f"{record['torch_threads']} torch threads, `nice -n 10` on two shared cores).", "",
+          + (f"{record['cpu_seconds'] / 60:.1f} CPU minutes ({record['wall_seconds'] / 60:.1f} wall minutes, "
+             f"{record['torch_threads']} torch threads, on two shared cores)." if record.get("cpu_seconds") else
+             "CPU time not recorded.")
+          + (f" **Stopped at step {record['stopped_at_step']} of the {record['planned_tokens']:,}-token schedule "
+             "for time** (saved from its checkpoint; the learning rate never decayed)."
+             if record.get("stopped_at_step") else ""), "",
           f"FVU and L0 on {quality[0]['tokens']:,} held-out wiki tokens (heldout split):", "",
           "| layer | FVU | L0 |", "|---:|---:|---:|"]
     md += [f"| {q['layer']} | {q['fvu']:.3f} | {q['l0']:.1f} |" for q in quality]
@@ -195,13 +228,17 @@ def report(record: dict, quality: list[dict], graphs: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["build", "run", "all"])
+    parser.add_argument("step", choices=["build", "run", "all", "save-checkpoint"])
     parser.add_argument("--tokens", type=int, default=20_000, help="training tokens per transcoder (default 20000)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cpu-seconds", type=float, default=None, help="save-checkpoint: the stopped build's CPU time")
+    parser.add_argument("--wall-seconds", type=float, default=None, help="save-checkpoint: its wall time")
     parser.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens for FVU / L0 (default 2048)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(MODEL, device="cpu")
+    if args.step == "save-checkpoint":
+        print(json.dumps(save_from_checkpoint(model, args.tokens, args.cpu_seconds, args.wall_seconds)))
     if args.step in ("build", "all"):
         print(json.dumps(build(model, args.tokens)))
     if args.step in ("run", "all"):
