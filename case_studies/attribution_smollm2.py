@@ -143,7 +143,9 @@ def top_features(graph, tcs, model, n: int = 8) -> list[dict]:
     infl = node_influence(graph.adjacency.double(), graph.logit_weights().double())[:graph.n_features]
     W_U = model.W_U.detach().float()
     rows = []
-    for i in infl.argsort(descending=True)[:n].tolist():
+    order = infl.argsort(descending=True)
+    order = order[graph.features[order, 1] > 0]  # the BOS position's features are counted apart (bos_in_top20)
+    for i in order[:n].tolist():
         layer, pos, feat = graph.features[i].tolist()
         logits = tcs[layer].W_dec[feat].detach().float() @ W_U
         top = logits.topk(5).indices.tolist()
@@ -177,7 +179,15 @@ def attribute_prompt(model, tcs, facts, prompt: str) -> dict:
             "token_nodes": graph.n_pos, "logits": graph.n_logits, "nodes": graph.n_nodes,
             "pruned_features": int(kept),
             "prediction": [(tok.decode([int(i)]), float(p)) for p, i in zip(top_p, top_i, strict=True)],
-            "top_features": top_features(graph, tcs, model)}
+            "top_features": top_features(graph, tcs, model), "bos_in_top20": bos_in_top(graph, 20)}
+
+
+def bos_in_top(graph, n: int) -> int:
+    """How many of the ``n`` features of most influence on the logits sit at the BOS position."""
+    from circuits.attribution.prune import node_influence
+
+    infl = node_influence(graph.adjacency.double(), graph.logit_weights().double())[:graph.n_features]
+    return int((graph.features[infl.argsort(descending=True)[:n], 1] == 0).sum())
 
 
 def run(model, tcs, record: dict, md_path: Path, eval_tokens: int) -> None:
@@ -211,7 +221,11 @@ def report(record: dict, quality: list[dict], graphs: list[dict]) -> str:
           "| layer | FVU | L0 |", "|---:|---:|---:|"]
     md += [f"| {q['layer']} | {q['fvu']:.3f} | {q['l0']:.1f} |" for q in quality]
     mean_fvu = sum(q["fvu"] for q in quality) / len(quality)
-    md += ["", f"Mean FVU over the layers: {mean_fvu:.3f}.", "", "## The graphs", "",
+    md += ["", f"Mean FVU over the layers: {mean_fvu:.3f}."]
+    if mean_fvu > 0.5:
+        md += ["", f"**warning: the transcoders reconstruct little of the MLP outputs (mean FVU {mean_fvu:.2f}); the "
+               "graphs below route most influence through error nodes.**"]
+    md += ["", "## The graphs", "",
            "| prompt | tokens | features | error nodes | logits | replacement | completeness | features kept "
            "by pruning (0.8) | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     md += [f"| {g['prompt']} | {g['tokens']} | {g['features']} | {g['errors']} | {g['logits']} | "
@@ -219,7 +233,8 @@ def report(record: dict, quality: list[dict], graphs: list[dict]) -> str:
            for g in graphs]
     for g in graphs:
         pred = ", ".join(f"`{t!r}` {p:.2f}" for t, p in g["prediction"])
-        md += ["", f"### {g['prompt']!r}", "", f"The model's top predictions: {pred}.", "",
+        md += ["", f"### {g['prompt']!r}", "", f"The model's top predictions: {pred}. Features at the BOS position among "
+               f"the 20 of most influence: {g['bos_in_top20']}; the table lists the 8 of most influence elsewhere.", "",
                "| feature | at token | activation | influence | tokens its decoder promotes |", "|---|---|---:|---:|---|"]
         md += [f"| {f['node']} | `{f['token']!r}` | {f['activation']:.2f} | {f['influence']:.4f} | "
                f"{', '.join(repr(t) for t in f['top_logits'])} |" for f in g["top_features"]]
