@@ -130,6 +130,14 @@ def logit_difference(rm: ReplacementModel, correct: int, incorrect: int, tokeniz
     return custom_target(rm, label, W_U[:, correct] - W_U[:, incorrect], float(b_U[correct] - b_U[incorrect]))
 
 
+def _as_slice(idx: torch.Tensor) -> torch.Tensor | slice:
+    """``idx`` as a slice when it is a run of consecutive increasing integers (then writes need no scatter)."""
+    n = idx.numel()
+    if n and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx.diff() == 1).all()):
+        return slice(int(idx[0]), int(idx[0]) + n)
+    return idx
+
+
 class _Jacobian:
     """Rows of the direct-effect Jacobian, ``batch`` targets per backward pass over one retained linear graph."""
 
@@ -155,9 +163,10 @@ class _Jacobian:
                 else:
                     pos = rm.active[sl, 1]
                 self.writes[m] = (idx, pos, vecs)
-        # the same writes grouped by position: layer m -> [(position, feature indices, a_s * W_dec rows [c, d])]
-        self.by_pos: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {
-            m: [(int(p), idx[pos == p], vecs[pos == p].T.contiguous()) for p in pos.unique().tolist()]
+        # the same writes grouped by position: layer m -> [(position, feature indices or their slice when they are
+        # consecutive, as for a per-layer transcoder, a_s * W_dec rows transposed [d, c])]
+        self.by_pos: dict[int, list[tuple[int, torch.Tensor | slice, torch.Tensor]]] = {
+            m: [(int(p), _as_slice(idx[pos == p]), vecs[pos == p].T.contiguous()) for p in pos.unique().tolist()]
             for m, (idx, pos, vecs) in self.writes.items()}
         self.n_cols = rm.n_features + (L + 1) * T
 
@@ -194,10 +203,9 @@ class _Jacobian:
             gm = g[f"mlp{m}"]
             for p, idx, vecs_t in groups:  # one matrix product per (layer, position): [b, d] @ [d, c]
                 out[:, idx] += gm[:, p] @ vecs_t
-        F, n = rm.n_features, min(top, L)
-        if n:
-            g_mlp = torch.stack([g[f"mlp{m}"] for m in range(n)], 1)  # [b, n, T, d]
-            out[:, F:F + n * T] = (g_mlp * rm.errors[None, :n]).sum(-1).reshape(b, n * T)
+        F = rm.n_features
+        for m in range(min(top, L)):
+            out[:, F + m * T:F + (m + 1) * T] = (g[f"mlp{m}"] * rm.errors[m]).sum(-1)
         out[:, F + L * T:] = (g["emb"] * rm.embed[None]).sum(-1)
         return out
 
