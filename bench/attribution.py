@@ -61,7 +61,8 @@ class CircuitTracer:
                  batch_size: int, out: Path, threads: int) -> None:
         if not Path(python).exists():
             raise RuntimeError(f"no circuit-tracer environment at {python} (make it: python3 -m venv "
-                               "/work/venvs/circuit-tracer, then pip install torch==2.13.0 circuit-tracer==0.5.0)")
+                               "/work/venvs/circuit-tracer, then pip install the CPU wheel of torch==2.13.0, then "
+                               "circuit-tracer==0.5.0 'transformer-lens<4' 'transformers<=4.57.3' nnsight==0.6.3 psutil)")
         self.out = out
         self.err = tempfile.TemporaryFile(mode="w+")
         cmd = [python, str(SIDE), "--model", str(model_dir), "--transcoders", str(set_dir), "--tokens",

@@ -16,6 +16,10 @@ and target token ids ``--rounds`` times on the CPU, and writes:
 With ``--serve`` the timed calls are driven from stdin (one per ``run`` line, each answered with its seconds as a JSON
 line), so that the caller can interleave them with its own rounds.
 
+The environment: ``python3 -m venv /work/venvs/circuit-tracer``, the CPU wheel of ``torch==2.13.0`` first, then
+``circuit-tracer==0.5.0 'transformer-lens<4' 'transformers<=4.57.3' nnsight==0.6.3`` (nnsight 0.8 lacks the
+``nnsight.intervention.tracing`` module circuit-tracer 0.5.0 imports).
+
 Run: ``/work/venvs/circuit-tracer/bin/python bench/circuit_tracer_side.py --model DIR --transcoders DIR
 --tokens 1,2,3 --targets 7,8 --out /tmp/ct``.
 """
