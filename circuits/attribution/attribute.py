@@ -130,6 +130,14 @@ def logit_difference(rm: ReplacementModel, correct: int, incorrect: int, tokeniz
     return custom_target(rm, label, W_U[:, correct] - W_U[:, incorrect], float(b_U[correct] - b_U[incorrect]))
 
 
+def _as_slice(idx: torch.Tensor) -> torch.Tensor | slice:
+    """``idx`` as a slice when it is a run of consecutive increasing integers (then writes need no scatter)."""
+    n = idx.numel()
+    if n and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx.diff() == 1).all()):
+        return slice(int(idx[0]), int(idx[0]) + n)
+    return idx
+
+
 class _Jacobian:
     """Rows of the direct-effect Jacobian, ``batch`` targets per backward pass over one retained linear graph."""
 
@@ -142,7 +150,7 @@ class _Jacobian:
         self.probes = {name: torch.zeros(batch, T, d, **kw, requires_grad=True)
                        for name in ["emb", *(f"mlp{m}" for m in range(L))]}
         with torch.enable_grad():
-            self.mlp_in, self.final = rm.run(zero, constants=False, writes=self.probes)
+            self.mlp_in, self.final = rm.run(zero, constants=False, writes=self.probes, stacked=False)
         # what each feature writes into each MLP output: layer m -> (feature indices, positions, a_s * W_dec rows)
         self.writes: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for layer, sl in rm.set_slices().items():
@@ -155,6 +163,11 @@ class _Jacobian:
                 else:
                     pos = rm.active[sl, 1]
                 self.writes[m] = (idx, pos, vecs)
+        # the same writes grouped by position: layer m -> [(position, feature indices or their slice when they are
+        # consecutive, as for a per-layer transcoder, a_s * W_dec rows transposed [d, c])]
+        self.by_pos: dict[int, list[tuple[int, torch.Tensor | slice, torch.Tensor]]] = {
+            m: [(int(p), _as_slice(idx[pos == p]), vecs[pos == p].T.contiguous()) for p in pos.unique().tolist()]
+            for m, (idx, pos, vecs) in self.writes.items()}
         self.n_cols = rm.n_features + (L + 1) * T
 
     def rows(self, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -162,25 +175,37 @@ class _Jacobian:
         reading ``vectors[i]`` [d] at (``layers[i]``, ``positions[i]``) (layer L: the final norm's output)."""
         rm, b = self.rm, int(vectors.shape[0])
         L, T = rm.n_layers, rm.n_pos
-        g_in, g_final = torch.zeros_like(self.mlp_in), torch.zeros_like(self.final)
+        top = int(layers.max())  # the backward pass starts at the highest layer read (as circuit-tracer's does)
         rows = torch.arange(b, device=rm.device)
         final = layers == L
-        g_final[rows[final], positions[final]] = vectors[final]
-        g_in[rows[~final], layers[~final], positions[~final]] = vectors[~final]
-        names = list(self.probes)
-        grads = torch.autograd.grad((self.mlp_in, self.final), [self.probes[n] for n in names], (g_in, g_final),
-                                    retain_graph=True, allow_unused=True)
-        g = {n: (torch.zeros_like(self.probes[n]) if gr is None else gr)[:b] for n, gr in zip(names, grads, strict=True)}
+        outputs, grad_outputs = [], []
+        for m in range(min(top + 1, L)):
+            g = torch.zeros_like(self.mlp_in[m])
+            sel = layers == m
+            g[rows[sel], positions[sel]] = vectors[sel]
+            outputs.append(self.mlp_in[m])
+            grad_outputs.append(g)
+        if top == L:
+            g = torch.zeros_like(self.final)
+            g[rows[final], positions[final]] = vectors[final]
+            outputs.append(self.final)
+            grad_outputs.append(g)
+        names = ["emb", *(f"mlp{m}" for m in range(min(top, L)))]  # writes at or above layer top reach no read
+        grads = torch.autograd.grad(outputs, [self.probes[n] for n in names], grad_outputs, retain_graph=True,
+                                    allow_unused=True)
+        zero = torch.zeros_like(self.probes["emb"][:b])
+        g = {n: zero for n in self.probes}
+        g.update({n: (zero if gr is None else gr[:b]) for n, gr in zip(names, grads, strict=True)})
         out = torch.zeros(b, self.n_cols, dtype=rm.dtype, device=rm.device)
-        d = vectors.shape[1]
-        for m, (idx, pos, vecs) in self.writes.items():
-            chunk = max(1, 2 ** 23 // max(1, b * d))
-            for start in range(0, idx.numel(), chunk):
-                sl = slice(start, start + chunk)
-                out[:, idx[sl]] += torch.einsum("bcd,cd->bc", g[f"mlp{m}"][:, pos[sl]], vecs[sl])
-        g_mlp = torch.stack([g[f"mlp{m}"] for m in range(L)], 1)  # [b, L, T, d]
+        for m, groups in self.by_pos.items():
+            if m >= top:
+                continue
+            gm = g[f"mlp{m}"]
+            for p, idx, vecs_t in groups:  # one matrix product per (layer, position): [b, d] @ [d, c]
+                out[:, idx] += gm[:, p] @ vecs_t
         F = rm.n_features
-        out[:, F:F + L * T] = (g_mlp * rm.errors[None]).sum(-1).reshape(b, L * T)
+        for m in range(min(top, L)):
+            out[:, F + m * T:F + (m + 1) * T] = (g[f"mlp{m}"] * rm.errors[m]).sum(-1)
         out[:, F + L * T:] = (g["emb"] * rm.embed[None]).sum(-1)
         return out
 
@@ -241,6 +266,7 @@ def attribute(rm: ReplacementModel, targets: LogitTargets | None = None, *, max_
             influence = _partial_influence(rows[:done], row_nodes[:done], targets.probabilities, n_cols)
             rank = influence[:F].argsort(descending=True)
             pending = rank[~visited[rank]][:min(update_interval * batch_size, K + n_sel - done)]
+            pending = pending[rm.active[pending, 0].argsort(stable=True)]  # batches of nearby layers: shorter passes
         for start in range(0, pending.numel(), batch_size):
             idx = pending[start:start + batch_size]
             n = idx.numel()

@@ -265,16 +265,19 @@ class ReplacementModel:
             out = out.index_add(1, pos, acts[:, sl, None] * W[feat][None])
         return out
 
-    def run(self, src: Sources, *, constants: bool = True, writes: Mapping[str, torch.Tensor] | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, src: Sources, *, constants: bool = True, writes: Mapping[str, torch.Tensor] | None = None,
+            stacked: bool = True) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
         """Evaluate the affine map: (MLP inputs [B, L, T, d], final norm output [B, T, d]).
 
         ``constants``: include the constant terms (learned positions, norm biases, attention and MLP output biases,
         decoder biases); with every source zero and ``constants`` True the outputs are the bias shares.
         ``writes``: extra [B, T, d] tensors added to the residual stream, keyed ``"emb"`` (after the embedding) or
         ``"mlp<l>"`` (after MLP ``l``'s output): the points where the sources write (used for gradients).
+        ``stacked`` False: the MLP inputs as a list of L tensors [B, T, d] (a backward pass from the first l of them
+        then stops at layer l).
         """
-        return self._forward(src, constants, writes or {})
+        mlp_in, final = self._forward(src, constants, writes or {})
+        return (torch.stack(mlp_in, 1) if stacked else mlp_in), final
 
     def transcoder_outputs(self) -> torch.Tensor:
         """What the feature sets write into each MLP output on the clean run [L, T, d] (features, decoder biases,
@@ -327,7 +330,7 @@ class ReplacementModel:
             if f"mlp{layer}" in writes:
                 x = x + writes[f"mlp{layer}"]
         final = self._norm(x, self.clean.final_scale[0], w.lnf_w, w.lnf_b, constants)
-        return torch.stack(mlp_in, 1), final
+        return mlp_in, final
 
     def replacement_logits(self) -> torch.Tensor:
         """The replacement model's logits [T, V] at the clean source values (equal to the clean logits)."""

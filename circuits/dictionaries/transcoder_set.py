@@ -15,13 +15,13 @@ __all__ = ["transcoders_by_layer"]
 
 
 def transcoders_by_layer(model: Any, folders: list[str] | None, train_tokens: int, *, progress: bool = False,
-                         source: Any = None) -> tuple[dict[int, Any], int]:
+                         source: Any = None, workdir: str | None = None) -> tuple[dict[int, Any], int]:
     """``(layer -> transcoder Dictionary, tokens trained on)``: the transcoders in ``folders`` (one per layer,
     each on ``blocks.L.ln2.hook_normalized`` -> ``blocks.L.hook_mlp_out``), or, without folders, transcoders for
     every layer trained on ``train_tokens`` tokens: wiki tokens, or those of ``source`` (a
-    :data:`circuits.dictionaries.buffer.TokenSource`, e.g. a synthetic task's own inputs). Raises
-    DictionaryFileError for a corrupt folder, DictionaryMismatchError for one made for another model, ConfigError for
-    a repeated layer or another hook."""
+    :data:`circuits.dictionaries.buffer.TokenSource`, e.g. a synthetic task's own inputs). ``workdir``: training
+    checkpoints there, and a killed run resumes from them. Raises DictionaryFileError for a corrupt folder,
+    DictionaryMismatchError for one made for another model, ConfigError for a repeated layer or another hook."""
     if folders:
         from circuits.dictionaries.saelens_io import check_fits, hook_layer, load_dictionary
 
@@ -47,5 +47,6 @@ def transcoders_by_layer(model: Any, folders: list[str] | None, train_tokens: in
     train = TrainDictConfig(tokens=train_tokens, batch_size=256, lr=2e-3, warmup_steps=10, block_batches=8)
     if source is None:
         source = corpus_source(model.tokenizer, "wiki", seq_len=64, batch_size=16, max_tokens=int(train_tokens * 1.05))
-    trained = train_dictionaries(model, source, specs, train, progress=progress, device=str(model.W_E.device))
+    trained = train_dictionaries(model, source, specs, train, progress=progress, device=str(model.W_E.device),
+                                 workdir=workdir)
     return {layer: trained.dictionaries[f"L{layer}"] for layer in range(n_layers)}, trained.tokens
