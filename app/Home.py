@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from page_helpers import fetch_list, pick_run, readable, stored_runs
+from page_helpers import fetch_list, pick_run, readable, run_verb_with_progress, stored_runs
 
 from workbench.store import RunInfo, Store
 
@@ -152,14 +152,9 @@ def _launch_section() -> None:
         st.error(str(exc))
         return
     st.code(launch.shell_command(argv), language="bash")
-    bar = st.progress(0.0, text="starting ...")
-    try:
-        result = launch.run_verb(argv, on_progress=lambda f, line: bar.progress(f, text=line[-120:] or "running"))
-    except Exception as exc:
-        bar.empty()
-        st.error(str(exc))
+    result = run_verb_with_progress(argv)
+    if result is None:
         return
-    bar.progress(1.0, text="done")
     st.success(f"Stored run: {result.get('run', {}).get('path', '(no run folder reported)')}")
     st.json(result, expanded=False)
 

@@ -95,3 +95,19 @@ def browse_runs(store: Store, *kinds: str, show: Callable[[Run], None], empty: s
     infos = stored_runs(store, *kinds, empty=empty, only_ok=only_ok)
     if infos:
         show_run(store, pick_run(infos, label_of, key=key, label=label), show)
+
+
+def run_verb_with_progress(argv: list[str]) -> dict[str, Any] | None:
+    """Run ``workbench <argv>`` (``workbench.ui.launch.run_verb``) under a progress bar; its ``--json`` object, or
+    None after showing its error in a box."""
+    from workbench.ui import launch
+
+    bar = st.progress(0.0, text="starting ...")
+    try:
+        result = launch.run_verb(argv, on_progress=lambda f, line: bar.progress(f, text=line[-120:] or "running"))
+    except Exception as exc:  # the verb's own message, whatever failed
+        bar.empty()
+        st.error(str(exc))
+        return None
+    bar.progress(1.0, text="done")
+    return result

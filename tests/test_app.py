@@ -154,3 +154,24 @@ def test_launch_form_leaves_choices_without_a_default_to_the_verb(tmp_path, monk
     assert at.selectbox(key="launch-cdt-bias_split").value == "proportional"  # a default among them is selected
     argv = launch.build_argv("cdt", {"attention": attention.value, "metric": at.selectbox(key="launch-cdt-metric").value})
     assert "--attention" not in argv and "--metric" not in argv
+
+
+def test_home_form_runs_the_verb_and_reports_its_run(monkeypatch, tmp_path):
+    """Submitting the launch form runs the verb's command line (here a stand-in for ``run_verb``) under a progress
+    bar and shows the stored run."""
+    from workbench.ui import launch
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    calls = []
+
+    def fake_run_verb(argv, on_progress=None, env=None):
+        calls.append(argv)
+        on_progress(0.5, "half way")
+        return {"summary": {}, "run": {"kind": "probe", "run_id": "r1", "path": "/somewhere/probe/r1"}}
+
+    monkeypatch.setattr(launch, "run_verb", fake_run_verb)
+    at = _run(AppTest.from_file(HOME, default_timeout=TIMEOUT))
+    at = _run(at.selectbox(key="launch_verb").set_value("probe"))
+    at = _run(at.button[-1].click())
+    assert calls and calls[-1][0] == "probe" and calls[-1][-1] == "--json"
+    assert any("/somewhere/probe/r1" in s.value for s in at.success), ([s.value for s in at.success], [e.value for e in at.error])

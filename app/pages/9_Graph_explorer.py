@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from page_helpers import metric_grid, pick_run, show_run, stored_runs
+from page_helpers import metric_grid, pick_run, run_verb_with_progress, show_run, stored_runs
 
 from circuits.attribution.cards import card_for, cards_by_feature, context_html, histogram_figure
 from circuits.attribution.explore import GraphView, graph_figure, group, layout, reprune, selected_ids
@@ -172,14 +172,9 @@ def _interventions(run: Run, graph: AttributionGraph, node_id: str, pinned: list
     st.code(launch.shell_command(argv), language="bash")
     if not st.button(f"Run the intervention on {len(nodes)} feature(s)", key=f"iv-run-{run.run_id}"):
         return
-    bar = st.progress(0.0, text="starting ...")
-    try:
-        result = launch.run_verb(argv, on_progress=lambda f, line: bar.progress(f, text=line[-120:] or "running"))
-    except RuntimeError as exc:
-        bar.empty()
-        st.error(str(exc))
+    result = run_verb_with_progress(argv)
+    if result is None:
         return
-    bar.empty()
     stored = Store().load("intervention", result["run"]["run_id"])
     for w in stored.summary.get("warnings", []):
         st.warning(w)
