@@ -278,13 +278,7 @@ def train_clt(model: Any, source: TokenSource | None, spec: CltSpec, cfg: TrainD
         if step >= total or (stop_after is not None and step >= stop_after):
             break
     bar.close()
-    finished = step >= total or stop_after is None
-    if step < total and stop_after is None:
-        warnings.append(f"the token source ran out after {step * cfg.batch_size} training tokens ({step} steps) of "
-                        f"the {total * cfg.batch_size} planned; the schedule did not finish")
-    if step == 0 and finished:
-        raise TrainingConfigError(f"no training step was made: the token source gave no batch of {cfg.batch_size} "
-                                  "rows; lower batch_size or give more text")
+    finished = _t._schedule_end(step, total, stop_after, cfg.batch_size, warnings)
     bad = [n for n, p in clt.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         raise TrainingDivergedError(f"the CLT's weights {bad} became NaN or Inf by step {step}; lower lr "

@@ -523,6 +523,19 @@ def _load(workdir: Path, dicts, optims, since, settings=None):
         state.get("fingerprint")
 
 
+def _schedule_end(step: int, total: int, stop_after: int | None, batch_size: int, warnings: list[str]) -> bool:
+    """Whether a training loop that stopped at ``step`` of ``total`` finished its call (False only when stopped by
+    ``stop_after``); a warning when the token source ran out first; TrainingConfigError when no step was made."""
+    finished = step >= total or stop_after is None
+    if step < total and stop_after is None:
+        warnings.append(f"the token source ran out after {step * batch_size} training tokens ({step} steps) of "
+                        f"the {total * batch_size} planned ({total} steps); the schedule did not finish")
+    if step == 0 and finished:
+        raise TrainingConfigError(f"no training step was made: the token source gave no batch of {batch_size} "
+                                  "rows; lower batch_size or give more text")
+    return finished
+
+
 def train_dictionaries(
     model, source: TokenSource, specs: Sequence[DictSpec], cfg: TrainDictConfig, *, workdir: Path | str | None = None,
     progress: bool = True, device: str | None = None, stop_after: int | None = None, buffer=None,
@@ -628,13 +641,7 @@ def train_dictionaries(
         if step >= total or (stop_after is not None and step >= stop_after):
             break
     bar.close()
-    finished = step >= total or stop_after is None
-    if step < total and stop_after is None:
-        warnings.append(f"the token source ran out after {step * cfg.batch_size} training tokens ({step} steps) of "
-                        f"the {total * cfg.batch_size} planned ({total} steps); the schedule did not finish")
-    if step == 0 and finished:
-        raise TrainingConfigError(f"no training step was made: the token source gave no batch of {cfg.batch_size} "
-                                  "rows; lower batch_size or give more text")
+    finished = _schedule_end(step, total, stop_after, cfg.batch_size, warnings)
     for lab, d in dicts.items():
         bad = [n for n, p in d.named_parameters() if not bool(torch.isfinite(p).all())]
         if bad:
