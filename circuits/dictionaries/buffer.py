@@ -28,14 +28,33 @@ from workbench.harvest import harvest
 TokenSource = Callable[[], Iterable[Any]]
 
 
+def check_part(part: tuple[int, int] | None, batch_size: int) -> tuple[int, int] | None:
+    """``part`` = (rank, world) checked against the global ``batch_size``: ValueError unless 0 <= rank < world and
+    world divides batch_size (every rank trains on the same number of rows of each global batch)."""
+    if part is None:
+        return None
+    rank, world = part
+    if not (isinstance(world, int) and isinstance(rank, int) and world >= 1 and 0 <= rank < world):
+        raise ValueError(f"part must be (rank, world) with 0 <= rank < world, got {part!r}")
+    if batch_size % world:
+        raise ValueError(f"the global batch_size ({batch_size}) is not divisible by the world size ({world}): every "
+                         f"rank trains on batch_size / world rows; use a batch_size that is a multiple of {world}")
+    return rank, world
+
+
 @dataclass
 class Block:
-    """One harvested block: ``rows[hook]`` [n_rows, width] and the visiting order ``perm`` [n_rows]."""
+    """One harvested block: ``rows[hook]`` [n_rows, width] and the visiting order ``perm`` [n_rows].
+
+    ``part`` = (rank, world): data-parallel rank ``rank`` of ``world`` takes rows ``[rank * B / world,
+    (rank + 1) * B / world)`` of every global batch of ``batch_size`` = B rows (``rows`` and ``perm`` still
+    describe the whole block, so batch counts and positions are the same under any world size)."""
 
     index: int
     rows: dict[str, torch.Tensor]
     perm: torch.Tensor
     batch_size: int
+    part: tuple[int, int] | None = None
 
     @property
     def n_rows(self) -> int:
@@ -47,8 +66,14 @@ class Block:
         return self.n_rows // self.batch_size
 
     def batch(self, i: int) -> dict[str, torch.Tensor]:
-        """Training batch ``i``: ``{hook: [batch_size, width]}``, the same rows for every hook."""
-        idx = self.perm[i * self.batch_size : (i + 1) * self.batch_size]
+        """Training batch ``i``: ``{hook: [batch_size, width]}``, the same rows for every hook; with ``part``
+        (rank, world) only this rank's slice ``{hook: [batch_size // world, width]}``."""
+        lo, hi = i * self.batch_size, (i + 1) * self.batch_size
+        if self.part is not None:
+            rank, world = self.part
+            share = self.batch_size // world
+            lo, hi = lo + rank * share, lo + (rank + 1) * share
+        idx = self.perm[lo:hi]
         return {h: r.index_select(0, idx) for h, r in self.rows.items()}
 
 
@@ -88,15 +113,20 @@ class ActivationBuffer:
 
     model: a hooked bridge; source: :data:`TokenSource`; hooks: hook names (all harvested in the same forwards);
     block_batches: token batches per block; batch_size: rows per training batch; seed: permutation seed;
-    spill_dir: keep blocks in memory-mapped files there instead of RAM.
+    spill_dir: keep blocks in memory-mapped files there instead of RAM; part: (rank, world) of data-parallel
+    training (:class:`Block`); every rank harvests the whole block (one forward pass per token batch: a rank's rows
+    are spread over every sequence of the block, so no forward pass could be skipped) and takes its slice of each
+    global batch.
     """
 
     def __init__(
         self, model, source: TokenSource, hooks: Sequence[str], *, block_batches: int = 16, batch_size: int = 4096,
         seed: int = 0, spill_dir: Path | str | None = None, device: str | None = None,
+        part: tuple[int, int] | None = None,
     ) -> None:
         if block_batches < 1 or batch_size < 1:
             raise ValueError(f"block_batches and batch_size must be positive, got {block_batches}, {batch_size}")
+        self.part = check_part(part, batch_size)
         if not hooks:
             raise ValueError("the activation buffer needs at least one hook")
         self.model, self.source, self.hooks = model, source, list(dict.fromkeys(hooks))
@@ -128,15 +158,17 @@ class ActivationBuffer:
         harvest(self.model, chunk, [collector], progress=False, device=self.device)
         n = min(collector.filled.values())
         rows = {h: collector.store[h][:n] for h in self.hooks}
-        return Block(index=index, rows=rows, perm=self.permutation(index, n), batch_size=self.batch_size)
+        return Block(index=index, rows=rows, perm=self.permutation(index, n), batch_size=self.batch_size,
+                     part=self.part)
 
 
 class TensorBuffer:
     """Activations already in memory, served like :class:`ActivationBuffer`: ``rows`` {hook: [N, width]} cut into
-    blocks of ``block_rows`` rows, each visited in its seeded random order (for benchmarks and notebooks)."""
+    blocks of ``block_rows`` rows, each visited in its seeded random order (for benchmarks and notebooks);
+    ``part`` (rank, world): this rank's slice of every global batch (:class:`Block`)."""
 
     def __init__(self, rows: dict[str, torch.Tensor], *, batch_size: int = 4096, block_rows: int | None = None,
-                 seed: int = 0, epochs: int = 1) -> None:
+                 seed: int = 0, epochs: int = 1, part: tuple[int, int] | None = None) -> None:
         sizes = {int(r.shape[0]) for r in rows.values()}
         if len(sizes) != 1:
             raise ValueError(f"every hook needs the same number of rows, got {sorted(sizes)}")
@@ -144,6 +176,7 @@ class TensorBuffer:
         self.n = sizes.pop()
         self.block_rows = block_rows or self.n
         self.hooks = list(rows)
+        self.part = check_part(part, batch_size)
 
     def widths(self) -> dict[str, int]:
         return {h: int(r.shape[-1]) for h, r in self.rows.items()}
@@ -155,7 +188,8 @@ class TensorBuffer:
             chunk = {h: r[lo : lo + self.block_rows] for h, r in self.rows.items()}
             n = next(iter(chunk.values())).shape[0]
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-            yield Block(index=index, rows=chunk, perm=torch.randperm(n, generator=gen), batch_size=self.batch_size)
+            yield Block(index=index, rows=chunk, perm=torch.randperm(n, generator=gen), batch_size=self.batch_size,
+                        part=self.part)
 
 
 def corpus_source(

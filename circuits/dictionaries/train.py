@@ -8,8 +8,8 @@ Losses (METHODS.md section 1), per token, averaged over the batch:
   variance (as in Gao et al. 2024). Decoder rows are kept at unit norm (the gradient's component along each row is
   removed before the step, the rows renormalised after it). TopK runs the sparse path: only the k chosen decoder
   rows and encoder columns get gradients.
-``b_dec`` starts at the mean of the target over the first buffer block and the encoder is scaled so the first
-reconstructions are small (:func:`init_from_data`). Adam with linear warm-up (``warmup_steps``, cut to
+``b_dec`` starts at the mean of the target over the first global batches (at least 4096 rows where the first
+block holds them) and the encoder is scaled so the first reconstructions are small (:func:`init_from_data`). Adam with linear warm-up (``warmup_steps``, cut to
 ``max_warmup_fraction`` of the steps for short budgets), then a constant learning rate, then a linear decay to zero
 over the last ``decay_fraction`` of the steps.
 
@@ -23,6 +23,10 @@ weights, Adam state and dead-latent counters of every dictionary and the buffer 
 atomically to ``workdir/resume/step-<N>/``, with the settings of the run. Starting again with the same settings
 continues from there and ends with the same weights as an uninterrupted run; other settings are refused
 (:class:`ResumeMismatchError` names them).
+
+Several processes: a :class:`Communicator` says which rank this process is and reduces across ranks (this module's
+one does nothing; :mod:`circuits.dictionaries.distributed` gives the torch.distributed ones, data parallel and layer
+parallel). Under data parallelism the global batch, its rows and the checkpoints are those of one process.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -355,24 +359,54 @@ def constant_warning(hook: str, rows: torch.Tensor) -> str | None:
             "model's tokenizer read this text? (a corpus whose every token is unknown gives a constant input)")
 
 
+#: rows :func:`init_from_data` reads at the start of training (whole global batches, at least this many when the
+#: first block holds them)
+INIT_ROWS = 4096
+
+#: sums a tensor over the ranks of data-parallel training, in place, and returns it (None: one process)
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
 @torch.no_grad()
-def init_from_data(d: Dictionary, x: torch.Tensor, y: torch.Tensor, ratio: float = 0.1, rows: int = 4096) -> None:
+def init_from_data(d: Dictionary, x: torch.Tensor, y: torch.Tensor, ratio: float = 0.1, rows: int | None = 4096,
+                   reduce: Reduce | None = None) -> None:
     """Data-dependent start: ``b_dec`` = mean of the target y [N, d_out]; the encoder scaled so that the initial
-    reconstruction's centred RMS norm is ``ratio`` times the target's (a small start whatever the activations' scale)."""
-    x, y = x[:rows], y[:rows]
-    d.b_dec.copy_(y.mean(0))
-    got = (d.decode(d.encode(x), x) - d.b_dec).pow(2).sum(-1).mean().sqrt()
-    want = (y - d.b_dec).pow(2).sum(-1).mean().sqrt()
+    reconstruction's centred RMS norm is ``ratio`` times the target's (a small start whatever the activations' scale).
+    ``rows``: read the first rows only (None: all). ``reduce``: the rows are this rank's part of the data-parallel
+    rows; means are taken over every rank's rows (the same start on every rank, and as one process would make)."""
+    x, y = (x, y) if rows is None else (x[:rows], y[:rows])
+    if reduce is None:
+        d.b_dec.copy_(y.mean(0))
+        got = (d.decode(d.encode(x), x) - d.b_dec).pow(2).sum(-1).mean().sqrt()
+        want = (y - d.b_dec).pow(2).sum(-1).mean().sqrt()
+    else:
+        total = reduce(torch.cat([y.sum(0), y.new_tensor([float(y.shape[0])])]))
+        d.b_dec.copy_(total[:-1] / total[-1])
+        sums = reduce(torch.stack([(d.decode(d.encode(x), x) - d.b_dec).pow(2).sum(),
+                                   (y - d.b_dec).pow(2).sum()]))
+        got, want = (sums / total[-1]).sqrt().unbind()
     if float(got) > 0 and float(want) > 0:
         scale = ratio * want / got
         d.W_enc.mul_(scale)
         d.b_enc.mul_(scale)
 
 
+def _centred_power(r: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
+    """Mean over rows of ``||r - mean(r)||^2`` for r [B, w]; with ``reduce``, over the rows of every rank (r is this
+    rank's part of the global batch)."""
+    if reduce is None:
+        return r.sub(r.mean(0)).pow(2).sum(-1).mean()
+    total = reduce(torch.cat([r.sum(0), r.new_tensor([float(r.shape[0])])]))
+    mean = total[:-1] / total[-1]
+    return reduce(r.sub(mean).pow(2).sum()) / total[-1]
+
+
 def _step_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec, dead: torch.Tensor,
-                 auxk_coef: float, log: bool = True) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+                 auxk_coef: float, log: bool = True,
+                 reduce: Reduce | None = None) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """Loss of one batch (x [B, d_in], y [B, d_out]); returns (loss, numbers to log, latents fired [d_sae] bool).
-    The logged numbers (L0, MSE, penalty or AuxK) are computed only when ``log`` is true."""
+    The logged numbers (L0, MSE, penalty or AuxK) are computed only when ``log`` is true. ``reduce``: x and y are
+    this rank's part of a data-parallel batch; AuxK's normaliser (a batch statistic) is then the global batch's."""
     logs: dict[str, float] = {}
     if d.activation == "relu":
         recon, penalty, z_sum, z = relu_code(x, d.b_dec if d.apply_b_dec_to_input else None, d.W_enc, d.b_enc,
@@ -406,7 +440,7 @@ def _step_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec
             a_acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, a_idx, a_vals, a_plan))
             resid = (y - out).detach()
             e_hat = _SparseDecode.apply(a_acts, a_idx, d.W_dec, a_plan)
-            aux = (e_hat - resid).pow(2).sum(-1).mean() / resid.sub(resid.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+            aux = (e_hat - resid).pow(2).sum(-1).mean() / _centred_power(resid, reduce).clamp_min(1e-12)
             loss = loss + auxk_coef * torch.nan_to_num(aux, 0.0)
             if log:
                 logs["auxk"] = float(aux.detach())
@@ -536,9 +570,50 @@ def _schedule_end(step: int, total: int, stop_after: int | None, batch_size: int
     return finished
 
 
+class Communicator:
+    """What one training process knows of the others. This one is a single process (rank 0 of 1): it reduces
+    nothing, and wraps nothing. :mod:`circuits.dictionaries.distributed` subclasses it for torch.distributed.
+
+    rank, world: this process and the process count; part: (rank, world) when each rank trains on its part of every
+    global batch (data parallel), else None; first_index: the index among all specs of this process's first
+    dictionary (its initialisation seed is ``seed + index``); saves: whether this process writes checkpoints."""
+
+    rank: int = 0
+    world: int = 1
+    part: tuple[int, int] | None = None
+    first_index: int = 0
+    saves: bool = True
+
+    def reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over the ranks of data-parallel training, in place (one process: ``t`` itself)."""
+        return t
+
+    @property
+    def reducer(self) -> Reduce | None:
+        """The reduction the losses use (None: one process, the batch is the whole global batch)."""
+        return None
+
+    def losses(self, label: str, d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec,
+               dead: torch.Tensor, auxk_coef: float, log: bool) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """One batch's (loss, logged numbers, latents fired [d_sae] bool) of dictionary ``label``; the gradient of
+        ``loss.backward()`` is that of the global batch, the logged numbers and fired latents the global batch's."""
+        return _step_losses(d, x, y, spec, dead, auxk_coef, log=log)
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+
+
+def _init_batches(block) -> dict[str, torch.Tensor]:
+    """This rank's rows of the first global batches of ``block`` (at least INIT_ROWS rows where it holds them)."""
+    m = max(1, min(block.n_batches, -(-INIT_ROWS // block.batch_size)))
+    parts = [block.batch(j) for j in range(m)]
+    return {h: torch.cat([p[h] for p in parts]) for h in parts[0]}
+
+
 def train_dictionaries(
     model, source: TokenSource, specs: Sequence[DictSpec], cfg: TrainDictConfig, *, workdir: Path | str | None = None,
     progress: bool = True, device: str | None = None, stop_after: int | None = None, buffer=None,
+    comm: Communicator | None = None,
 ) -> TrainResult:
     """Train one dictionary per spec on activations harvested from ``model`` over ``source`` (one pass for all).
 
@@ -546,12 +621,15 @@ def train_dictionaries(
     :class:`circuits.dictionaries.buffer.TensorBuffer` (activations already in memory).
     ``stop_after`` ends the call after that many steps in total (used to test resumption); the run then continues
     from ``workdir`` when called again. Returns :class:`TrainResult` (dictionaries on the CPU, in eval form).
+    ``comm``: this process's :class:`Communicator` among several (default: one process); a data-parallel buffer
+    must be built with ``part=comm.part``.
 
     Raises TrainingConfigError (a setting out of range, sizes that cannot fit in memory, a batch larger than a
     buffer block), NonFiniteActivationError (NaN/Inf activations, naming the hook), ResumeMismatchError (a
     workdir checkpoint made under other settings) and TrainingDivergedError.
     """
     specs = list(specs)
+    comm = comm if comm is not None else Communicator()
     cfg.check()
     for s in specs:
         s.check()
@@ -562,7 +640,7 @@ def train_dictionaries(
         raise TrainingConfigError(f"workdir {workdir} is a file; give a folder for resume checkpoints")
     if stop_after is not None:
         _int("train_dictionaries", "stop_after", stop_after, 0)
-    dicts = build_dictionaries(model, specs, seed=cfg.seed, widths=buffer.widths() if buffer is not None else None,
+    dicts = build_dictionaries(model, specs, seed=cfg.seed + comm.first_index, widths=buffer.widths() if buffer is not None else None,
                                batch_size=cfg.batch_size)
     spec_of = dict(zip(dicts, specs, strict=True))
     widths = {}
@@ -574,15 +652,16 @@ def train_dictionaries(
     hooks = sorted({d.hook_in for d in dicts.values()} | {d.hook_out for d in dicts.values()})
     if buffer is None:
         buffer = ActivationBuffer(model, source, hooks, block_batches=cfg.block_batches, batch_size=cfg.batch_size,
-                                  seed=cfg.seed, spill_dir=cfg.spill_dir, device=device)
+                                  seed=cfg.seed, spill_dir=cfg.spill_dir, device=device, part=comm.part)
     step, start_block, start_batch, history, saved_print = 0, 0, 0, [], None
     if workdir is not None:
         loaded = _load(workdir, dicts, optims, since, settings)
         if loaded:
             step, start_block, start_batch, history, saved_print = loaded
+        comm.barrier()  # every rank has read the checkpoint before one writes the next
     total, dead_after, t0 = cfg.steps, cfg.dead_after(), time.perf_counter()
     warnings = cfg.budget_warnings()
-    bar = tqdm(total=total, initial=step, desc="train-dict", unit="step", disable=not progress)
+    bar = tqdm(total=total, initial=step, desc="train-dict", unit="step", disable=not progress or comm.rank != 0)
     last_save, first = _clock(), True
     for block in buffer.blocks(start_block) if step < total else ():
         _check_block(block, hooks)
@@ -595,11 +674,12 @@ def train_dictionaries(
             _check_fingerprint(saved_print, block, workdir / "resume" if workdir else Path("."))
             first = False
         if step == 0 and start_batch == 0:
+            first_rows = _init_batches(block)
             for d in dicts.values():
                 flat = constant_warning(d.hook_out, block.rows[d.hook_out])
                 if flat and flat not in warnings:
                     warnings.append(flat)
-                init_from_data(d, block.rows[d.hook_in], block.rows[d.hook_out])
+                init_from_data(d, first_rows[d.hook_in], first_rows[d.hook_out], rows=None, reduce=comm.reducer)
         fingerprint = None
         for i in range(start_batch, block.n_batches):
             if step >= total or (stop_after is not None and step >= stop_after):
@@ -610,8 +690,8 @@ def train_dictionaries(
             for lab, d in dicts.items():
                 for group in optims[lab].param_groups:
                     group["lr"] = cfg.lr_at(step)
-                loss, logs, fired = _step_losses(d, batch[d.hook_in], batch[d.hook_out], spec_of[lab],
-                                                 since[lab] >= dead_after, cfg.auxk_coef, log=log)
+                loss, logs, fired = comm.losses(lab, d, batch[d.hook_in], batch[d.hook_out], spec_of[lab],
+                                                since[lab] >= dead_after, cfg.auxk_coef, log)
                 if log and not math.isfinite(logs["mse"]):
                     raise TrainingDivergedError(f"{lab}: the reconstruction loss became {logs['mse']} at step {step}; "
                                                 f"lower lr (now {cfg.lr:g})")
@@ -632,7 +712,7 @@ def train_dictionaries(
             step += 1
             bar.update(1)
             timed = cfg.checkpoint_seconds is not None and _clock() - last_save >= cfg.checkpoint_seconds
-            if workdir is not None and (step % cfg.checkpoint_every == 0 or step == total or timed):
+            if workdir is not None and comm.saves and (step % cfg.checkpoint_every == 0 or step == total or timed):
                 nxt = (block.index, i + 1) if i + 1 < block.n_batches else (block.index + 1, 0)
                 fingerprint = fingerprint or _fingerprint(block)
                 _save(workdir, step, nxt, dicts, optims, since, history, settings, fingerprint)

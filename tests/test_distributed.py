@@ -1,0 +1,203 @@
+"""Data-parallel and layer-parallel dictionary training on 2 gloo processes, checked against one process.
+
+Two spawns of 2 ranks (rendezvous through the environment torchrun sets: MASTER_ADDR/PORT, RANK, WORLD_SIZE):
+one runs the data-parallel run, the refusals and the layer-parallel run; the other is a data-parallel run whose
+rank 1 dies (``os._exit``) after a checkpoint. The references are one-process runs of the same global batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from circuits.dictionaries.buffer import TensorBuffer
+from circuits.dictionaries.train import DictSpec, TrainDictConfig, train_dictionaries
+from workbench.train import saved_steps
+
+pytestmark = pytest.mark.distributed
+
+D_IN, D_SAE, BATCH, ROWS, BLOCK = 16, 64, 32, 512, 256
+KILL_AT = 10  # the killed rank dies at this step, after the checkpoint of step 8
+
+
+def _rows() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.relu(torch.randn(ROWS, 48, generator=gen) - 1.0)
+    a = codes @ torch.randn(48, D_IN, generator=gen) + 0.1 * torch.randn(ROWS, D_IN, generator=gen)
+    return {"a": a, "b": torch.tanh(a @ torch.randn(D_IN, D_IN, generator=gen))}
+
+
+def _cfg(**kw) -> TrainDictConfig:
+    base = dict(tokens=ROWS, batch_size=BATCH, lr=1e-2, warmup_steps=2, seed=0, dead_tokens=2 * BATCH,
+                checkpoint_every=4, checkpoint_seconds=None, log_every=1)
+    return TrainDictConfig(**{**base, **kw})
+
+
+def _dp_specs() -> list[DictSpec]:
+    return [DictSpec("a", activation="relu", d_sae=D_SAE, l1=3e-3, name="relu"),
+            DictSpec("a", kind="transcoder", hook_out="b", activation="topk", k=4, d_sae=D_SAE, name="topk")]
+
+
+def _layer_specs() -> list[DictSpec]:
+    return [*_dp_specs(), DictSpec("b", activation="relu", d_sae=D_SAE, l1=1e-3, name="relu-b"),
+            DictSpec("b", activation="topk", k=3, d_sae=D_SAE, name="topk-b")]
+
+
+def _buffer(part=None) -> TensorBuffer:
+    return TensorBuffer(_rows(), batch_size=BATCH, block_rows=BLOCK, seed=0, part=part)
+
+
+def _save(result, path: Path) -> None:
+    tensors = {f"{lab}.{n}": p.detach().contiguous() for lab, d in result.dictionaries.items()
+               for n, p in d.named_parameters()}
+    save_file(tensors, str(path.with_suffix(".safetensors")))
+    path.with_suffix(".json").write_text(json.dumps({"history": result.history, "steps": result.steps,
+                                                     "warnings": result.warnings}))
+
+
+def _weights(result) -> dict[str, torch.Tensor]:
+    return {f"{lab}.{n}": p.detach() for lab, d in result.dictionaries.items() for n, p in d.named_parameters()}
+
+
+def _environ(rank: int, world: int, port: int) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+
+
+def _scenarios(rank: int, world: int, port: int, out: str) -> None:
+    """Rank ``rank``: data parallel, the refusals, layer parallel; results under ``out``."""
+    import torch.distributed as dist
+
+    from circuits.dictionaries.distributed import train_distributed
+    from circuits.dictionaries.train import TrainingConfigError
+
+    _environ(rank, world, port)
+    out = Path(out)
+    dp = train_distributed(None, None, _dp_specs(), _cfg(), mode="data", buffer=_buffer((rank, world)),
+                           progress=False)
+    _save(dp, out / f"dp-rank{rank}")
+    errors = {}
+    for name, call in [("batch", lambda: train_distributed(None, None, _dp_specs(), _cfg(batch_size=33), mode="data",
+                                                           buffer=TensorBuffer(_rows(), batch_size=33))),
+                       ("layer", lambda: train_distributed(None, None, _layer_specs()[:3], _cfg(), mode="layer",
+                                                           buffer=_buffer()))]:
+        try:
+            call()
+        except TrainingConfigError as exc:
+            errors[name] = str(exc)
+    (out / f"errors-rank{rank}.json").write_text(json.dumps(errors))
+    lp = train_distributed(None, None, _layer_specs(), _cfg(), mode="layer", buffer=_buffer(), progress=False)
+    _save(lp, out / f"layer-rank{rank}")
+    dist.destroy_process_group()
+
+
+def _killed(rank: int, world: int, port: int, workdir: str) -> None:
+    """A data-parallel run whose rank 1 dies at step KILL_AT, after the checkpoint of step 8."""
+    from circuits.dictionaries import distributed as D
+
+    _environ(rank, world, port)
+
+    class Dying(D.DataParallel):
+        calls = 0
+
+        def losses(self, *args):
+            self.calls += 1
+            if self.rank == 1 and self.calls > KILL_AT * len(_dp_specs()):
+                os._exit(3)
+            return super().losses(*args)
+
+    D.setup()
+    torch.distributed.barrier()
+    from circuits.dictionaries.train import train_dictionaries as train
+
+    train(None, None, _dp_specs(), _cfg(), workdir=workdir, progress=False, buffer=_buffer((rank, world)),
+          comm=Dying())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    mp.start_processes(_scenarios, args=(2, _free_port(), str(out)), nprocs=2, start_method="spawn")
+    return out
+
+
+def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    return load_file(str(path.with_suffix(".safetensors"))), json.loads(path.with_suffix(".json").read_text())
+
+
+def _close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], atol: float = 2e-5) -> None:
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert torch.allclose(got[k], want[k], rtol=1e-4, atol=atol), (k, float((got[k] - want[k]).abs().max()))
+
+
+def test_data_parallel_equals_one_process(runs):
+    single = train_dictionaries(None, None, _dp_specs(), _cfg(), buffer=_buffer(), progress=False)
+    w0, meta0 = _load(runs / "dp-rank0")
+    w1, _ = _load(runs / "dp-rank1")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # DDP keeps the ranks identical
+    _close(w0, _weights(single))
+    assert meta0["steps"] == single.steps == ROWS // BATCH
+    # the logged numbers are the global batch's (reduced over ranks), AuxK ran on dead latents
+    for got, want in zip(meta0["history"], single.history, strict=True):
+        for lab in ("relu", "topk"):
+            assert got[lab]["dead"] == want[lab]["dead"]
+            assert got[lab]["mse"] == pytest.approx(want[lab]["mse"], rel=1e-4, abs=1e-6)
+            assert got[lab]["l0"] == pytest.approx(want[lab]["l0"], rel=1e-4)
+    assert any(r["topk"].get("auxk", 0) > 0 and r["topk"]["dead"] > 0 for r in single.history)
+    # the global batch is what matters: a one-process run with half the batch differs
+    half = train_dictionaries(None, None, _dp_specs(), _cfg(batch_size=BATCH // 2, tokens=ROWS // 2),
+                              buffer=TensorBuffer(_rows(), batch_size=BATCH // 2, block_rows=BLOCK), progress=False)
+    assert not torch.allclose(_weights(half)["relu.W_enc"], w0["relu.W_enc"], atol=1e-3)
+
+
+def test_layer_parallel_equals_one_process(runs):
+    single = train_dictionaries(None, None, _layer_specs(), _cfg(), buffer=_buffer(), progress=False)
+    w0, meta = _load(runs / "layer-rank0")
+    w1, _ = _load(runs / "layer-rank1")
+    _close(w0, _weights(single), atol=1e-6)  # the same computation per dictionary, on the same batches
+    assert sorted({k.split(".")[0] for k in w1}) == ["relu-b", "topk-b"]  # rank 1 trained the second half
+    assert [r["step"] for r in meta["history"]] == [r["step"] for r in single.history]
+    assert all(set(r) == set(s) for r, s in zip(meta["history"], single.history, strict=True))
+
+
+def test_refusals_name_both_numbers(runs):
+    for rank in (0, 1):
+        errors = json.loads((runs / f"errors-rank{rank}.json").read_text())
+        assert "33" in errors["batch"] and "world size (2)" in errors["batch"]
+        assert "world size 2" in errors["layer"] and "3 dictionaries" in errors["layer"]
+
+
+def test_outside_torchrun_is_refused(monkeypatch):
+    from circuits.dictionaries.distributed import train_distributed
+    from circuits.dictionaries.train import TrainingConfigError
+
+    for var in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(TrainingConfigError, match="torchrun"):
+        train_distributed(None, None, _dp_specs(), _cfg(), buffer=_buffer((0, 1)))
+
+
+def test_killed_rank_resumes_under_another_world_size(tmp_path):
+    workdir = tmp_path / "work"
+    with pytest.raises(mp.ProcessExitedException):
+        mp.start_processes(_killed, args=(2, _free_port(), str(workdir)), nprocs=2, start_method="spawn")
+    assert saved_steps(workdir / "resume") == [8]  # the run was cut short after the checkpoint of step 8
+    resumed = train_dictionaries(None, None, _dp_specs(), _cfg(), workdir=workdir, buffer=_buffer(), progress=False)
+    single = train_dictionaries(None, None, _dp_specs(), _cfg(), buffer=_buffer(), progress=False)
+    _close(_weights(resumed), _weights(single))
+    assert resumed.steps == single.steps
