@@ -1,8 +1,8 @@
 """Data-parallel and layer-parallel dictionary training on 2 gloo processes, checked against one process.
 
-Two spawns of 2 ranks (rendezvous through the environment torchrun sets: MASTER_ADDR/PORT, RANK, WORLD_SIZE):
-one runs the data-parallel run, the refusals and the layer-parallel run; the other is a data-parallel run whose
-rank 1 dies (``os._exit``) after a checkpoint. The references are one-process runs of the same global batches.
+One spawn of 2 ranks (rendezvous through the environment torchrun sets: MASTER_ADDR/PORT, RANK, WORLD_SIZE) runs
+the data-parallel run, the refusals, the layer-parallel run, and last a data-parallel run whose rank 1 dies
+(``os._exit``) after a checkpoint. The references are one-process runs of the same global batches.
 """
 
 from __future__ import annotations
@@ -96,14 +96,12 @@ def _scenarios(rank: int, world: int, port: int, out: str) -> None:
     (out / f"errors-rank{rank}.json").write_text(json.dumps(errors))
     lp = train_distributed(None, None, _layer_specs(), _cfg(), mode="layer", buffer=_buffer(), progress=False)
     _save(lp, out / f"layer-rank{rank}")
-    dist.destroy_process_group()
+    _killed(rank, world, str(out / "work"))
 
 
-def _killed(rank: int, world: int, port: int, workdir: str) -> None:
+def _killed(rank: int, world: int, workdir: str) -> None:
     """A data-parallel run whose rank 1 dies at step KILL_AT, after the checkpoint of step 8."""
     from circuits.dictionaries import distributed as D
-
-    _environ(rank, world, port)
 
     class Dying(D.DataParallel):
         calls = 0
@@ -114,11 +112,7 @@ def _killed(rank: int, world: int, port: int, workdir: str) -> None:
                 os._exit(3)
             return super().losses(*args)
 
-    D.setup()
-    torch.distributed.barrier()
-    from circuits.dictionaries.train import train_dictionaries as train
-
-    train(None, None, _dp_specs(), _cfg(), workdir=workdir, progress=False, buffer=_buffer((rank, world)),
+    train_dictionaries(None, None, _dp_specs(), _cfg(), workdir=workdir, progress=False, buffer=_buffer((rank, world)),
           comm=Dying())
 
 
@@ -131,7 +125,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    mp.start_processes(_scenarios, args=(2, _free_port(), str(out)), nprocs=2, start_method="spawn")
+    with pytest.raises(mp.ProcessExitedException) as dead:  # the last scenario kills rank 1
+        mp.start_processes(_scenarios, args=(2, _free_port(), str(out)), nprocs=2, start_method="spawn")
+    assert (dead.value.error_index, dead.value.exit_code) == (1, 3), dead.value
     return out
 
 
@@ -192,10 +188,8 @@ def test_outside_torchrun_is_refused(monkeypatch):
         train_distributed(None, None, _dp_specs(), _cfg(), buffer=_buffer((0, 1)))
 
 
-def test_killed_rank_resumes_under_another_world_size(tmp_path):
-    workdir = tmp_path / "work"
-    with pytest.raises(mp.ProcessExitedException):
-        mp.start_processes(_killed, args=(2, _free_port(), str(workdir)), nprocs=2, start_method="spawn")
+def test_killed_rank_resumes_under_another_world_size(runs):
+    workdir = runs / "work"
     assert saved_steps(workdir / "resume") == [8]  # the run was cut short after the checkpoint of step 8
     resumed = train_dictionaries(None, None, _dp_specs(), _cfg(), workdir=workdir, buffer=_buffer(), progress=False)
     single = train_dictionaries(None, None, _dp_specs(), _cfg(), buffer=_buffer(), progress=False)
