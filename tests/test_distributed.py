@@ -74,7 +74,6 @@ def _environ(rank: int, world: int, port: int) -> None:
 
 def _scenarios(rank: int, world: int, port: int, out: str) -> None:
     """Rank ``rank``: data parallel, the refusals, layer parallel; results under ``out``."""
-    import torch.distributed as dist
 
     from circuits.dictionaries.distributed import train_distributed
     from circuits.dictionaries.train import TrainingConfigError

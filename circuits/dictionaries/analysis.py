@@ -114,10 +114,20 @@ class TrainDictionaryConfig(HeldOutOptions):
     checkpoint_seconds: float | None = option(60.0, "with --workdir: also checkpoint after this much wall time",
                                               minimum=0.0, exclusive_minimum=True)
     spill_dir: str | None = option(None, "keep the activation buffer in memory-mapped files there", path=True)
+    parallel: Literal["none", "data", "layer"] = option(
+        "none", "under torchrun: data (each rank trains on its part of every batch, DDP) or layer (the dictionaries "
+                "split over the ranks); rank 0 writes the run")
 
     def validate(self) -> None:
         super().validate()
         _check_corpus(self.corpus, self.seq_len, [("train", self.tokens, "--tokens")])
+        if self.parallel != "none":
+            import os
+
+            if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+                raise ConfigError(f"--parallel {self.parallel} runs under torchrun (RANK and WORLD_SIZE are not set): "
+                                  "torchrun --nproc_per_node N -m workbench.ui.cli train-dict ... --parallel "
+                                  f"{self.parallel}; without torchrun use --parallel none")
         if self.batch_size > self.tokens:
             raise ConfigError(f"--batch-size {self.batch_size} exceeds --tokens {self.tokens}: the budget holds no "
                               "optimiser step; lower --batch-size or raise --tokens")
@@ -263,7 +273,11 @@ def _train_specs(model: Any, cfg: TrainDictionaryConfig, progress: bool, hook_in
     device = str(model.W_E.device)
     source = corpus_source(model.tokenizer, cfg.corpus, seq_len=cfg.seq_len, batch_size=8, seed=cfg.seed)
     eval_source = corpus_source(model.tokenizer, cfg.corpus, seq_len=cfg.seq_len, batch_size=8, split="heldout", seed=0)
-    trained = train_dictionaries(model, source, specs, train, workdir=cfg.workdir, progress=progress, device=device)
+    if cfg.parallel == "none":
+        trained = train_dictionaries(model, source, specs, train, workdir=cfg.workdir, progress=progress, device=device)
+    else:
+        trained, world = _train_parallel(model, cfg, source, specs, train, progress)
+        device = str(model.W_E.device)
     evaluation = evaluate_dictionaries(model, trained.dictionaries, eval_source, max_tokens=cfg.eval_tokens,
                                        progress=progress, device=device)
     with torch.no_grad():
@@ -273,8 +287,33 @@ def _train_specs(model: Any, cfg: TrainDictionaryConfig, progress: bool, hook_in
                                 progress=progress, exclude_tokens=_bos(model, cfg))
     out.params = {"specs": [s.__dict__ for s in specs], "train": dict(train.__dict__),
                   "seconds_training": trained.seconds, "steps": trained.steps, "tokens_trained": trained.tokens}
+    if cfg.parallel != "none":
+        out.params["world_size"] = world
     out.warnings = list(trained.warnings) + out.warnings
     return out
+
+
+def _train_parallel(model: Any, cfg: TrainDictionaryConfig, source: Any, specs: list, train: Any,
+                    progress: bool) -> tuple[Any, int]:
+    """Train on every rank torchrun started; rank 0 returns (result, world size) and goes on to evaluate and write
+    the run, the other ranks exit here (status 0) once their part is done."""
+    import sys
+
+    import torch.distributed as dist
+
+    from circuits.dictionaries.distributed import setup, train_distributed
+
+    device = setup(str(model.W_E.device))
+    if device != str(model.W_E.device):
+        model.to(device)  # rank r on cuda:LOCAL_RANK
+    trained = train_distributed(model, source, specs, train, mode=cfg.parallel, workdir=cfg.workdir,
+                                progress=progress, device=device)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dist.destroy_process_group()
+    if rank != 0:
+        print(f"train-dict: rank {rank} of {world} done; rank 0 writes the run", file=sys.stderr)
+        raise SystemExit(0)
+    return trained, world
 
 
 def _evaluate(model: Any, cfg: EvalDictionaryConfig, progress: bool) -> Result:

@@ -106,8 +106,7 @@ class DataParallel(Communicator):
         if label not in self._ddp:  # made at the first step, after the start (or the resume) every rank shares
             p = d.W_dec
             self._ddp[label] = torch.nn.parallel.DistributedDataParallel(
-                _Step(d, spec, self.reduce), device_ids=[p.device.index] if p.is_cuda else None,
-                broadcast_buffers=False)
+                _Step(d, spec, self.reduce), device_ids=[p.device.index] if p.is_cuda else None)
         loss, logs, fired = self._ddp[label](x, y, dead, auxk_coef, log)
         flags = fired.to(x.device, torch.uint8)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)

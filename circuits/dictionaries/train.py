@@ -603,9 +603,10 @@ class Communicator:
         """Wait for every rank."""
 
 
-def _init_batches(block) -> dict[str, torch.Tensor]:
-    """This rank's rows of the first global batches of ``block`` (at least INIT_ROWS rows where it holds them)."""
-    m = max(1, min(block.n_batches, -(-INIT_ROWS // block.batch_size)))
+def _init_batches(block, batch_size: int) -> dict[str, torch.Tensor]:
+    """This rank's rows of the first global batches (of ``batch_size`` rows) of ``block``: at least INIT_ROWS rows
+    in all where the block holds them (a data-parallel block's own batches may be the rank's B / W rows)."""
+    m = max(1, min(block.n_batches, -(-INIT_ROWS // batch_size)))
     parts = [block.batch(j) for j in range(m)]
     return {h: torch.cat([p[h] for p in parts]) for h in parts[0]}
 
@@ -674,7 +675,7 @@ def train_dictionaries(
             _check_fingerprint(saved_print, block, workdir / "resume" if workdir else Path("."))
             first = False
         if step == 0 and start_batch == 0:
-            first_rows = _init_batches(block)
+            first_rows = _init_batches(block, cfg.batch_size)
             for d in dicts.values():
                 flat = constant_warning(d.hook_out, block.rows[d.hook_out])
                 if flat and flat not in warnings:
