@@ -194,3 +194,13 @@ def test_killed_rank_resumes_under_another_world_size(runs):
     single = train_dictionaries(None, None, _dp_specs(), _cfg(), buffer=_buffer(), progress=False)
     _close(_weights(resumed), _weights(single))
     assert resumed.steps == single.steps
+
+
+def test_cli_parallel_outside_torchrun_exits_2(monkeypatch, capsys):
+    from workbench.ui.cli import main
+
+    for var in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["train-dict", "--layer", "0", "--parallel", "data", "--tokens", "4096", "--batch-size", "512"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--parallel data runs under torchrun" in err[0]
