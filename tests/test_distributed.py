@@ -196,11 +196,11 @@ def test_killed_rank_resumes_under_another_world_size(runs):
     assert resumed.steps == single.steps
 
 
-def test_cli_parallel_outside_torchrun_exits_2(monkeypatch, capsys):
-    from workbench.ui.cli import main
+def test_train_dict_parallel_outside_torchrun_is_refused(monkeypatch):
+    from circuits.dictionaries.analysis import TrainDictionaryConfig
+    from workbench.analysis import ConfigError
 
     for var in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
-    assert main(["train-dict", "--layer", "0", "--parallel", "data", "--tokens", "4096", "--batch-size", "512"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--parallel data runs under torchrun" in err[0]
+    with pytest.raises(ConfigError, match="--parallel data runs under torchrun"):
+        TrainDictionaryConfig(layer=0, tokens=4096, batch_size=512, parallel="data").check()

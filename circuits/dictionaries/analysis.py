@@ -119,8 +119,6 @@ class TrainDictionaryConfig(HeldOutOptions):
                 "split over the ranks); rank 0 writes the run")
 
     def validate(self) -> None:
-        super().validate()
-        _check_corpus(self.corpus, self.seq_len, [("train", self.tokens, "--tokens")])
         if self.parallel != "none":
             import os
 
@@ -128,6 +126,8 @@ class TrainDictionaryConfig(HeldOutOptions):
                 raise ConfigError(f"--parallel {self.parallel} runs under torchrun (RANK and WORLD_SIZE are not set): "
                                   "torchrun --nproc_per_node N -m workbench.ui.cli train-dict ... --parallel "
                                   f"{self.parallel}; without torchrun use --parallel none")
+        super().validate()
+        _check_corpus(self.corpus, self.seq_len, [("train", self.tokens, "--tokens")])
         if self.batch_size > self.tokens:
             raise ConfigError(f"--batch-size {self.batch_size} exceeds --tokens {self.tokens}: the budget holds no "
                               "optimiser step; lower --batch-size or raise --tokens")
