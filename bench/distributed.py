@@ -7,6 +7,7 @@ Run: ``.venv/bin/python bench/distributed.py [--d-in 256] [--expansion 8] [--bat
 Rows (ReLU + L1, and TopK k = 32 + AuxK), the same random activations, global batch and token count in each:
 
 - ``1 proc x 2 threads``: :func:`circuits.dictionaries.train.train_dictionaries` in this process with 2 torch threads;
+- ``1 proc x 1 thread``: the same with 1 thread (the work of one rank, twice over: the ideal 2-rank ratio to it is 0.5);
 - ``2 ranks x 1 thread``: :func:`circuits.dictionaries.distributed.train_distributed` (``mode="data"``): this process
   is rank 0 and a spawned process rank 1 (gloo over loopback), each with 1 thread and half of every global batch,
   gradients averaged by DistributedDataParallel.
@@ -114,9 +115,9 @@ def main() -> None:
     tokens = a.batch * a.steps
     d_sae = a.d_in * a.expansion
 
-    def single(kind: str):
+    def single(kind: str, threads: int):
         def run() -> None:
-            torch.set_num_threads(2)
+            torch.set_num_threads(threads)
             train_dictionaries(None, None, [_spec(kind, d_sae)], _cfg(a),
                                buffer=TensorBuffer(rows, batch_size=a.batch), progress=False)
         return run
@@ -132,10 +133,12 @@ def main() -> None:
     try:
         for kind in KINDS:
             base = f"{kind} 1 proc x 2 threads"
-            cmp = compare({base: single(kind), f"{kind} 2 ranks x 1 thread": ranks(kind)}, rounds=a.rounds,
+            one, dp = f"{kind} 1 proc x 1 thread", f"{kind} 2 ranks x 1 thread"
+            cmp = compare({base: single(kind, 2), one: single(kind, 1), dp: ranks(kind)}, rounds=a.rounds,
                           load=watch)
             print(table(cmp, base, work=tokens))
-            out[kind] = {**cmp.to_json(base), "ratio_2ranks_over_1proc": cmp.ratio(f"{kind} 2 ranks x 1 thread", base),
+            out[kind] = {**cmp.to_json(base), "ratio_2ranks_over_1proc_2threads": cmp.ratio(dp, base),
+                         "ratio_2ranks_over_1proc_1thread": cmp.ratio(dp, one),
                          "tokens_per_s": {lab: tokens / t.median for lab, t in cmp.timings.items()}}
         modes, note = shard_modes(a, rows)
         if note:
