@@ -204,3 +204,26 @@ def test_train_dict_parallel_outside_torchrun_is_refused(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ConfigError, match="--parallel data runs under torchrun"):
         TrainDictionaryConfig(layer=0, tokens=4096, batch_size=512, parallel="data").check()
+
+
+def test_parts_of_a_live_harvest_make_the_global_batches(tiny_llama):
+    """Each rank's slice of global batch i, from its own ActivationBuffer(part=...), is rows [r*B/W, (r+1)*B/W) of
+    the one-process batch i, for every block and batch; a world size not dividing the batch is refused."""
+    from circuits.dictionaries.buffer import ActivationBuffer, random_source
+
+    source = random_source(64, seq_len=8, batch_size=4, n_batches=6, bos_id=64)
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
+
+    def blocks(part):
+        return list(ActivationBuffer(tiny_llama, source, hooks, block_batches=3, batch_size=24, part=part,
+                                     device="cpu").blocks())
+
+    whole, parts = blocks(None), [blocks((r, 3)) for r in range(3)]
+    assert len(whole) == 2 and all(b.n_batches == 4 for b in whole)
+    for j, block in enumerate(whole):
+        for i in range(block.n_batches):
+            for h in hooks:
+                glued = torch.cat([parts[r][j].batch(i)[h] for r in range(3)])
+                assert torch.equal(glued, block.batch(i)[h])
+    with pytest.raises(ValueError, match=r"batch_size \(24\) is not divisible by the world size \(5\)"):
+        ActivationBuffer(tiny_llama, source, hooks, batch_size=24, part=(0, 5))
