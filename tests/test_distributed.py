@@ -227,3 +227,14 @@ def test_parts_of_a_live_harvest_make_the_global_batches(tiny_llama):
                 assert torch.equal(glued, block.batch(i)[h])
     with pytest.raises(ValueError, match=r"batch_size \(24\) is not divisible by the world size \(5\)"):
         ActivationBuffer(tiny_llama, source, hooks, batch_size=24, part=(0, 5))
+
+
+def test_layer_workdir_of_another_world_size_is_refused(tmp_path):
+    from circuits.dictionaries.distributed import check_layer_workdir
+    from circuits.dictionaries.train import ResumeMismatchError
+
+    check_layer_workdir(tmp_path, 2)  # nothing there yet
+    (tmp_path / "layer-0-of-4" / "resume" / "step-0000008").mkdir(parents=True)
+    check_layer_workdir(tmp_path, 4)
+    with pytest.raises(ResumeMismatchError, match="made on 4 ranks, this run has 2"):
+        check_layer_workdir(tmp_path, 2)

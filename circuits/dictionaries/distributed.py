@@ -38,6 +38,7 @@ from circuits.dictionaries.model import Dictionary
 from circuits.dictionaries.train import (
     Communicator,
     DictSpec,
+    ResumeMismatchError,
     TrainDictConfig,
     TrainingConfigError,
     TrainResult,
@@ -95,6 +96,7 @@ class DataParallel(Communicator):
         self._ddp: dict[str, torch.nn.parallel.DistributedDataParallel] = {}
 
     def reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over the ranks, in place."""
         dist.all_reduce(t)
         return t
 
@@ -139,6 +141,18 @@ def layer_groups(n_dicts: int, world: int) -> list[range]:
     return [range(r * per, (r + 1) * per) for r in range(world)]
 
 
+def check_layer_workdir(workdir: Path, world: int) -> None:
+    """ResumeMismatchError when ``workdir`` holds layer-parallel checkpoints of another world size (their groups of
+    dictionaries differ: a resume needs the same world size)."""
+    other = sorted({p.name.rsplit("-of-", 1)[1] for p in workdir.glob("layer-*-of-*")
+                    if (p / "resume").is_dir() and any((p / "resume").iterdir())} - {str(world)})
+    if other:
+        raise ResumeMismatchError(
+            f"{workdir} holds layer-parallel checkpoints made on {' and '.join(other)} ranks, this run has {world}: "
+            f"each rank resumes its own group of dictionaries, so resume with the same world size (torchrun "
+            f"--nproc_per_node {other[0]}) or use another workdir")
+
+
 def train_distributed(
     model, source, specs: Sequence[DictSpec], cfg: TrainDictConfig, *, mode: Literal["data", "layer"] = "data",
     buffer=None, workdir: Path | str | None = None, progress: bool = True, device: str | None = None,
@@ -150,7 +164,8 @@ def train_distributed(
     ``mode="data"``: returns the same result on every rank (``buffer``, when given, built with ``part=(rank,
     world)``). ``mode="layer"``: rank 0 returns every dictionary in ``specs`` order, the others their own group.
     Raises TrainingConfigError outside torchrun, for an unknown mode, a world size that does not divide the global
-    batch (data) or the number of dictionaries (layer), and whatever training raises.
+    batch (data) or the number of dictionaries (layer), ResumeMismatchError for a layer-parallel workdir of another
+    world size, and whatever training raises.
     """
     if mode not in MODES:
         raise TrainingConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -171,6 +186,8 @@ def train_distributed(
         return T.train_dictionaries(model, source, specs, cfg, workdir=workdir, progress=progress, device=device,
                                     stop_after=stop_after, buffer=buffer, comm=DataParallel())
     groups = layer_groups(len(specs), world)
+    if workdir is not None:
+        check_layer_workdir(Path(workdir), world)
     if buffer is not None and getattr(buffer, "part", None) is not None:
         raise TrainingConfigError("layer-parallel training reads whole batches: build the buffer without part")
     mine = groups[rank]

@@ -605,13 +605,10 @@ class Communicator:
     first_index: int = 0
     saves: bool = True
 
-    def reduce(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum ``t`` over the ranks of data-parallel training, in place (one process: ``t`` itself)."""
-        return t
-
     @property
     def reducer(self) -> Reduce | None:
-        """The reduction the losses use (None: one process, the batch is the whole global batch)."""
+        """Sums a tensor over the ranks that share each global batch, in place (None: this process holds the whole
+        global batch)."""
         return None
 
     def losses(self, label: str, d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec,
