@@ -17,7 +17,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from circuits.dictionaries.buffer import TensorBuffer
+from circuits.dictionaries.buffer import TensorBuffer, random_source
 from circuits.dictionaries.train import DictSpec, TrainDictConfig, train_dictionaries
 from workbench.train import saved_steps
 
@@ -25,6 +25,7 @@ pytestmark = pytest.mark.distributed
 
 D_IN, D_SAE, BATCH, ROWS, BLOCK = 16, 64, 32, 512, 256
 KILL_AT = 10  # the killed rank dies at this step, after the checkpoint of step 8
+SHARD_HOOK = "blocks.0.hook_resid_post"
 
 
 def _rows() -> dict[str, torch.Tensor]:
@@ -72,9 +73,20 @@ def _environ(rank: int, world: int, port: int) -> None:
                       LOCAL_RANK=str(rank))
 
 
-def _scenarios(rank: int, world: int, port: int, out: str) -> None:
-    """Rank ``rank``: data parallel, the refusals, layer parallel; results under ``out``."""
+def _shard_specs() -> list[DictSpec]:
+    return [DictSpec(SHARD_HOOK, activation="relu", d_sae=D_SAE, l1=3e-3, name="relu"),
+            DictSpec(SHARD_HOOK, activation="topk", k=4, d_sae=D_SAE, name="topk")]
 
+
+def _shard_buffer(folder: Path, part=None):
+    from circuits.dictionaries.shard_buffer import ShardBuffer
+
+    return ShardBuffer(folder, batch_size=2 * BATCH, seed=0, shards_per_block=2, part=part)
+
+
+def _scenarios(rank: int, world: int, port: int, out: str) -> None:
+    """Rank ``rank``: data parallel (from memory, and from shards when written), the refusals, layer parallel, a
+    killed run; results under ``out``."""
     from circuits.dictionaries.distributed import train_distributed
     from circuits.dictionaries.train import TrainingConfigError
 
@@ -83,6 +95,10 @@ def _scenarios(rank: int, world: int, port: int, out: str) -> None:
     dp = train_distributed(None, None, _dp_specs(), _cfg(), mode="data", buffer=_buffer((rank, world)),
                            progress=False)
     _save(dp, out / f"dp-rank{rank}")
+    if (out / "shards").is_dir():  # each rank reads its part of every global batch from the shards
+        sharded = train_distributed(None, None, _shard_specs(), _cfg(batch_size=2 * BATCH, tokens=2 * ROWS),
+                                    mode="data", buffer=_shard_buffer(out / "shards", (rank, world)), progress=False)
+        _save(sharded, out / f"shards-rank{rank}")
     errors = {}
     for name, call in [("batch", lambda: train_distributed(None, None, _dp_specs(), _cfg(batch_size=33), mode="data",
                                                            buffer=TensorBuffer(_rows(), batch_size=33))),
@@ -122,8 +138,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, request):
     out = tmp_path_factory.mktemp("dist")
+    try:  # activation shards of a tiny model, where the shard writer is part of the package
+        from circuits.dictionaries.shards import write_shards
+    except ImportError:
+        pass
+    else:
+        write_shards(request.getfixturevalue("tiny_llama"), random_source(64, seq_len=16, batch_size=8, n_batches=20,
+                     bos_id=64), [SHARD_HOOK], out / "shards", shard_rows=256, progress=False)
     with pytest.raises(mp.ProcessExitedException) as dead:  # the last scenario kills rank 1
         mp.start_processes(_scenarios, args=(2, _free_port(), str(out)), nprocs=2, start_method="spawn")
     assert (dead.value.error_index, dead.value.exit_code) == (1, 3), dead.value
@@ -209,7 +232,7 @@ def test_train_dict_parallel_outside_torchrun_is_refused(monkeypatch):
 def test_parts_of_a_live_harvest_make_the_global_batches(tiny_llama):
     """Each rank's slice of global batch i, from its own ActivationBuffer(part=...), is rows [r*B/W, (r+1)*B/W) of
     the one-process batch i, for every block and batch; a world size not dividing the batch is refused."""
-    from circuits.dictionaries.buffer import ActivationBuffer, random_source
+    from circuits.dictionaries.buffer import ActivationBuffer
 
     source = random_source(64, seq_len=8, batch_size=4, n_batches=6, bos_id=64)
     hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
@@ -238,3 +261,17 @@ def test_layer_workdir_of_another_world_size_is_refused(tmp_path):
     check_layer_workdir(tmp_path, 4)
     with pytest.raises(ResumeMismatchError, match="made on 4 ranks, this run has 2"):
         check_layer_workdir(tmp_path, 2)
+
+
+def test_data_parallel_from_shards_equals_one_process(runs):
+    """Each rank reads only its part of every global batch from the shards (ShardBuffer(part=...)); the result is
+    the one-process run over the same shards (16 steps of 64 rows over 2 blocks of 2 shards)."""
+    if not (runs / "shards").is_dir():
+        pytest.skip("no activation-shard writer in this checkout (circuits.dictionaries.shards)")
+    single = train_dictionaries(None, None, _shard_specs(), _cfg(batch_size=2 * BATCH, tokens=2 * ROWS),
+                                buffer=_shard_buffer(runs / "shards"), progress=False)
+    w0, meta = _load(runs / "shards-rank0")
+    w1, _ = _load(runs / "shards-rank1")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    _close(w0, _weights(single))
+    assert meta["steps"] == single.steps == 2 * ROWS // (2 * BATCH)
