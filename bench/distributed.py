@@ -18,8 +18,11 @@ median per-round ratio of seconds to the one-process row, with the load average 
 above the core count is flagged unreliable). On two cores the point is the overhead of the all-reduces and the
 reduced statistics: a ratio near 1 means data parallelism costs little beyond the split itself.
 
-Sharded against in-memory training: :func:`shard_modes` is the hook for the activation-shard reader
-(``circuits.dictionaries.shard_buffer.ShardBuffer``); where that module is absent the rows are skipped with a note.
+Sharded against in-memory data parallelism (where the activation-shard writer and reader,
+``circuits.dictionaries.shards`` / ``shard_buffer``, are part of the checkout; otherwise skipped with a note): one
+hook of a random one-layer Llama of width ``--d-in`` is written to shards (:func:`write_shard_folder`), then TopK
+trains on 2 ranks x 1 thread from the shards (each rank reads its part of every global batch from the memory-mapped
+files, ``ShardBuffer(part=...)``) and from the same rows held in memory (``TensorBuffer(part=...)``).
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ import argparse
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,6 +46,9 @@ from circuits.dictionaries.buffer import TensorBuffer  # noqa: E402
 from circuits.dictionaries.train import DictSpec, TrainDictConfig, train_dictionaries  # noqa: E402
 
 KINDS = ("relu", "topk")
+SHARD_HOOK = "blocks.0.hook_resid_post"
+#: rank-0 commands to rank 1: stop, train from memory, from the shards, from the shards' rows held in memory
+STOP, MEMORY, SHARDS, SHARD_ROWS = 0, 1, 2, 3
 
 
 def _rows(n: int, d_in: int) -> dict[str, torch.Tensor]:
@@ -49,10 +57,10 @@ def _rows(n: int, d_in: int) -> dict[str, torch.Tensor]:
     return {"x": codes @ torch.randn(4 * d_in, d_in, generator=gen) / d_in ** 0.5}
 
 
-def _spec(kind: str, d_sae: int) -> DictSpec:
+def _spec(kind: str, d_sae: int, hook: str = "x") -> DictSpec:
     if kind == "relu":
-        return DictSpec("x", activation="relu", d_sae=d_sae, l1=1e-3, name="relu")
-    return DictSpec("x", activation="topk", k=32, d_sae=d_sae, name="topk")
+        return DictSpec(hook, activation="relu", d_sae=d_sae, l1=1e-3, name="relu")
+    return DictSpec(hook, activation="topk", k=32, d_sae=d_sae, name="topk")
 
 
 def _cfg(a: argparse.Namespace) -> TrainDictConfig:
@@ -60,37 +68,72 @@ def _cfg(a: argparse.Namespace) -> TrainDictConfig:
                            checkpoint_seconds=None, dead_tokens=2 * a.batch)
 
 
-def _train_dp(kind: str, a: argparse.Namespace, rows, part) -> None:
+def _train_dp(kind: str, a: argparse.Namespace, rows, part, shards: str | None = None) -> None:
+    """One data-parallel run of this rank: from ``rows`` in memory, or from the shard folder ``shards``."""
     from circuits.dictionaries.distributed import train_distributed
 
-    buffer = TensorBuffer(rows, batch_size=a.batch, part=part)
-    train_distributed(None, None, [_spec(kind, a.d_in * a.expansion)], _cfg(a), mode="data", buffer=buffer,
+    if shards is None:
+        buffer, hook = TensorBuffer(rows, batch_size=a.batch, part=part), next(iter(rows))
+    else:
+        from circuits.dictionaries.shard_buffer import ShardBuffer
+
+        buffer, hook = ShardBuffer(shards, batch_size=a.batch, seed=0, part=part), SHARD_HOOK
+    train_distributed(None, None, [_spec(kind, a.d_in * a.expansion, hook)], _cfg(a), mode="data", buffer=buffer,
                       progress=False)
 
 
-def _rank1(port: int, a: argparse.Namespace) -> None:
-    """Rank 1: one thread, waits for (run?, kind) broadcast by rank 0, trains its half of each global batch."""
+def _rank1(port: int, a: argparse.Namespace, shards: str | None) -> None:
+    """Rank 1: one thread, waits for (command, kind) broadcast by rank 0, trains its half of each global batch."""
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")
     dist.init_process_group("gloo")
     rows = _rows(a.batch * a.steps, a.d_in)
+    held = shard_rows(shards) if shards else None
     cmd = torch.zeros(2, dtype=torch.int64)
     while True:
         dist.broadcast(cmd, 0)
-        if int(cmd[0]) == 0:
+        what, kind = int(cmd[0]), KINDS[int(cmd[1])]
+        if what == STOP:
             break
-        _train_dp(KINDS[int(cmd[1])], a, rows, (1, 2))
+        if what == SHARDS:
+            _train_dp(kind, a, None, (1, 2), shards)
+        else:
+            _train_dp(kind, a, held if what == SHARD_ROWS else rows, (1, 2))
     dist.destroy_process_group()
 
 
-def shard_modes(a: argparse.Namespace, rows) -> tuple[dict, str | None]:
-    """Rows training from activation shards against the same rows in memory (hook for the shard reader): (modes,
-    note). Returns no modes and a note where ``circuits.dictionaries.shard_buffer`` is absent."""
+def write_shard_folder(root: Path, a: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(shard folder, note): ``SHARD_HOOK`` of a random one-layer Llama of width ``--d-in`` over random tokens, at
+    least the benchmark's token count, in shards of 2 global batches; (None, why) without the shard writer."""
     try:
-        from circuits.dictionaries.shard_buffer import ShardBuffer  # noqa: F401
+        from circuits.dictionaries.shards import write_shards
     except ImportError:
-        return {}, "sharded rows skipped: circuits.dictionaries.shard_buffer (ShardBuffer) is not on this branch"
-    return {}, "sharded rows: the shard reader is present but this benchmark does not write shards yet"
+        return None, "sharded rows skipped: circuits.dictionaries.shards (the shard writer) is not in this checkout"
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from circuits.dictionaries.buffer import random_source
+    from workbench.induction_toy import make_tokenizer
+    from workbench.models import load_model
+
+    config = LlamaConfig(vocab_size=65, hidden_size=a.d_in, intermediate_size=2 * a.d_in, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128, bos_token_id=64,
+                         eos_token_id=64, pad_token_id=64)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).eval().save_pretrained(root / "model")
+    make_tokenizer(64).save_pretrained(root / "model")
+    model = load_model(str(root / "model"), device="cpu")
+    batches = -(-a.batch * a.steps // (16 * 64)) + 1
+    write_shards(model, random_source(64, seq_len=64, batch_size=16, n_batches=batches, bos_id=64), [SHARD_HOOK],
+                 root / "shards", shard_rows=2 * a.batch, progress=False)
+    return str(root / "shards"), None
+
+
+def shard_rows(folder: str) -> dict[str, torch.Tensor]:
+    """Every row of the shard folder, in memory ``{SHARD_HOOK: [N, d_in]}`` (float32)."""
+    from circuits.dictionaries.shard_format import read_manifest
+
+    files = [Path(folder) / s["file"] for s in read_manifest(folder)["shards"]]
+    return {SHARD_HOOK: torch.cat([load_file(str(f))[SHARD_HOOK].float() for f in files])}
 
 
 def main() -> None:
@@ -107,11 +150,13 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    child = mp.get_context("spawn").Process(target=_rank1, args=(port, a))
+    tmp = tempfile.TemporaryDirectory()
+    shards, note = write_shard_folder(Path(tmp.name), a)
+    child = mp.get_context("spawn").Process(target=_rank1, args=(port, a, shards))
     child.start()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="2", LOCAL_RANK="0")
     dist.init_process_group("gloo")
-    rows = _rows(a.batch * a.steps, a.d_in)
+    rows, held = _rows(a.batch * a.steps, a.d_in), None
     tokens = a.batch * a.steps
     d_sae = a.d_in * a.expansion
 
@@ -122,11 +167,14 @@ def main() -> None:
                                buffer=TensorBuffer(rows, batch_size=a.batch), progress=False)
         return run
 
-    def ranks(kind: str):
+    def ranks(kind: str, what: int = MEMORY):
         def run() -> None:
             torch.set_num_threads(1)
-            dist.broadcast(torch.tensor([1, KINDS.index(kind)], dtype=torch.int64), 0)
-            _train_dp(kind, a, rows, (0, 2))
+            dist.broadcast(torch.tensor([what, KINDS.index(kind)], dtype=torch.int64), 0)
+            if what == SHARDS:
+                _train_dp(kind, a, None, (0, 2), shards)
+            else:
+                _train_dp(kind, a, held if what == SHARD_ROWS else rows, (0, 2))
         return run
 
     watch, out = LoadWatch(), {}
@@ -140,13 +188,19 @@ def main() -> None:
             out[kind] = {**cmp.to_json(base), "ratio_2ranks_over_1proc_2threads": cmp.ratio(dp, base),
                          "ratio_2ranks_over_1proc_1thread": cmp.ratio(dp, one),
                          "tokens_per_s": {lab: tokens / t.median for lab, t in cmp.timings.items()}}
-        modes, note = shard_modes(a, rows)
-        if note:
+        if shards is not None:
+            held = shard_rows(shards)
+            mem, disk = "topk 2 ranks, rows in memory", "topk 2 ranks, rows from shards"
+            cmp = compare({mem: ranks("topk", SHARD_ROWS), disk: ranks("topk", SHARDS)}, rounds=a.rounds, load=watch)
+            print(table(cmp, mem, work=tokens))
+            out["shards"] = {**cmp.to_json(mem), "ratio_shards_over_memory": cmp.ratio(disk, mem)}
+        else:
             print(note)
     finally:
-        dist.broadcast(torch.tensor([0, 0], dtype=torch.int64), 0)
+        dist.broadcast(torch.tensor([STOP, 0], dtype=torch.int64), 0)
         dist.destroy_process_group()
         child.join()
+        tmp.cleanup()
     emit({"bench": "distributed", "d_in": a.d_in, "d_sae": d_sae, "batch": a.batch, "steps": a.steps,
           "tokens": tokens, "results": out, "shards": note, "load": watch.to_json(),
           "unreliable": watch.unreliable})
