@@ -293,10 +293,11 @@ def _train_specs(model: Any, cfg: TrainDictionaryConfig, progress: bool, hook_in
     return out
 
 
-def _train_parallel(model: Any, cfg: TrainDictionaryConfig, source: Any, specs: list, train: Any,
-                    progress: bool) -> tuple[Any, int]:
+def _train_parallel(model: Any, cfg: TrainDictionaryConfig, source: Any, specs: list, train: Any, progress: bool,
+                    buffer_for: Any = None) -> tuple[Any, int]:
     """Train on every rank torchrun started; rank 0 returns (result, world size) and goes on to evaluate and write
-    the run, the other ranks exit here (status 0) once their part is done."""
+    the run, the other ranks exit here (status 0) once their part is done. ``buffer_for(part)``: the buffer to read
+    instead of harvesting ``source``, built with ``part`` ((rank, world) for data parallel, None for layer)."""
     import sys
 
     import torch.distributed as dist
@@ -306,9 +307,10 @@ def _train_parallel(model: Any, cfg: TrainDictionaryConfig, source: Any, specs: 
     device = setup(str(model.W_E.device))
     if device != str(model.W_E.device):
         model.to(device)  # rank r on cuda:LOCAL_RANK
-    trained = train_distributed(model, source, specs, train, mode=cfg.parallel, workdir=cfg.workdir,
-                                progress=progress, device=device)
     rank, world = dist.get_rank(), dist.get_world_size()
+    buffer = None if buffer_for is None else buffer_for((rank, world) if cfg.parallel == "data" else None)
+    trained = train_distributed(model, source, specs, train, mode=cfg.parallel, workdir=cfg.workdir,
+                                progress=progress, device=device, buffer=buffer)
     dist.destroy_process_group()
     if rank != 0:
         print(f"train-dict: rank {rank} of {world} done; rank 0 writes the run", file=sys.stderr)
