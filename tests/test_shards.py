@@ -244,3 +244,31 @@ def test_evaluation_over_shards_matches_a_float64_reference(shards):
         assert m["tokens"] == 384 and m["l0"] == pytest.approx(float((z > 0).sum()) / 384, rel=1e-9)
         assert m["fvu"] == pytest.approx(fvu, rel=1e-6)
         assert m["dead_fraction"] == pytest.approx(float(((z > 0).sum(0) == 0).double().mean()))
+
+
+def test_the_command_line_writes_shards_trains_and_evaluates_on_them(tiny_llama, tmp_path, monkeypatch, capsys):
+    from circuits.dictionaries.saelens_io import load_dictionary
+    from workbench.ui.cli import main
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    spec, out = tiny_llama.workbench_spec, str(tmp_path / "acts")
+    common = ["--model", spec, "--seq-len", "16", "--quiet", "--json"]
+    assert main(["harvest-shards", *common, "--hooks", f"{H0},{H1}", "--out", out, "--tokens", "600",
+                 "--shard-rows", "256", "--device", "cpu"]) == 0
+    written = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert written["tokens"] == 600 and written["shards"] == 3 and written["hooks"] == [H0, H1]
+    train = ["train-dict", *common, "--shards", out, "--activation", "topk", "--k", "4", "--expansion", "1",
+             "--batch-size", "64", "--eval-tokens", "64", "--warmup", "2"]
+    assert main([*train, "--hook", H0, "--tokens", "1024"]) == 0
+    run = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run"]
+    folder = f"{run['path']}/dictionaries/0"
+    assert main(["eval-dict", folder, "--model", spec, "--seq-len", "16", "--eval-tokens", "64", "--shards", out,
+                 "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["summary"]
+    label = next(k for k in summary if k != "eval_tokens")
+    want = evaluate_on_shards({"d": load_dictionary(folder)}, out, progress=False)["d"]
+    assert summary[label]["shards_fvu"] == pytest.approx(want["fvu"]) and want["tokens"] == 600
+    assert main([*train, "--hook", "blocks.1.hook_resid_post", "--tokens", "512"]) == 2
+    assert "holds no activations of ['blocks.1.hook_resid_post']" in capsys.readouterr().err
+    assert main(["harvest-shards", "--hooks", H0, "--out", out, "--tokens", "0"]) == 2
+    assert "--tokens: expected an integer >= 1, got 0" in capsys.readouterr().err
