@@ -147,7 +147,7 @@ class ShardBuffer:
         n = sum(self.rows_of[s] for s in shards)
         perm = self.permutation(index, n)
         if self.part is None:
-            rows = {h: torch.cat([self.read_shard(s, h) for s in shards]) for h in self.hooks}
+            rows = {h: self._read_block(shards, h, n) for h in self.hooks}
             return Block(index=index, rows=rows, perm=perm, batch_size=self.batch_size)
         rank, world = self.part
         local = self.batch_size // world
@@ -173,13 +173,29 @@ class ShardBuffer:
             t = t.view(torch.bfloat16)
         return t.float() if t.dtype != torch.float32 else t
 
-    def read_shard(self, shard: int, hook: str) -> torch.Tensor:
-        """All rows of one hook of one shard [rows, width] float32 (the map is closed before returning)."""
+    def read_shard(self, shard: int, hook: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """All rows of one hook of one shard [rows, width] float32, read into ``out`` when given (the map is closed
+        before returning)."""
         mm = self._map(shard, hook)
         try:
-            return self._tensor(np.array(mm))
+            if out is None:
+                return self._tensor(np.array(mm))
+            if self.manifest["dtype"] == "float32":
+                np.copyto(out.numpy(), mm)
+            else:
+                out.copy_(self._tensor(np.array(mm)))
+            return out
         finally:
             mm._mmap.close()
+
+    def _read_block(self, shards: list[int], hook: str, n: int) -> torch.Tensor:
+        """The block's rows of one hook [n, width] float32: its shards read one after the other into one tensor."""
+        out = torch.empty(n, self.widths()[hook], dtype=torch.float32)
+        lo = 0
+        for s in shards:
+            self.read_shard(s, hook, out[lo : lo + self.rows_of[s]])
+            lo += self.rows_of[s]
+        return out
 
     def _gather(self, shards: list[int], hook: str, wanted: torch.Tensor) -> torch.Tensor:
         """Rows ``wanted`` (indices into the block's concatenated shards) of one hook [len(wanted), width] float32,

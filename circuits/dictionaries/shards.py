@@ -145,7 +145,12 @@ def write_shards(
         return ShardManifest(folder, man, resumed=True)
     folder.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(folder)
-    man["shards"] = [s for s in man["shards"] if (folder / s["file"]).is_file()]
+    if not resumed:
+        write_json(folder / MANIFEST, man)  # a write killed before its first shard resumes too
+    lost = [s["file"] for s in man["shards"] if not (folder / s["file"]).is_file()]
+    if lost:
+        raise ShardError(f"{folder}: shards listed in the manifest are missing ({', '.join(lost[:3])}); the write "
+                         "cannot resume: write into a new folder")
     writer = _Writer(folder, man, DTYPES[name][0], shard_rows, max_tokens, progress)
     stream = iter(source())
     for _ in islice(stream, man["next"][0]):
