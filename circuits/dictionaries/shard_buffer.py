@@ -63,7 +63,7 @@ class ShardBuffer:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ShardError(f"ShardBuffer {name} must be an integer >= 1, got {value!r}")
         if part is not None:
-            rank, world = part
+            rank, world = part if isinstance(part, (tuple, list)) and len(part) == 2 else (-1, 0)
             if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
                 raise ShardError(f"part must be (rank, world) with 0 <= rank < world, got {part!r}")
             if batch_size % world:

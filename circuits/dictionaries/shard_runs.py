@@ -24,15 +24,14 @@ def training_buffer(model: Any, folder: str, hooks: Sequence[str], *, batch_size
     from circuits.dictionaries.shard_format import ShardError
 
     try:
-        probe = ShardBuffer(folder, batch_size=batch_size, seed=seed, hooks=hooks, expect_model=model)
-        epochs = max(1, math.ceil(tokens / probe.tokens))
-        buffer = ShardBuffer(folder, batch_size=batch_size, seed=seed, hooks=hooks, epochs=epochs)
+        buffer = ShardBuffer(folder, batch_size=batch_size, seed=seed, hooks=hooks, expect_model=model)
     except ShardError as exc:
         raise ConfigError(f"--shards {folder}: {exc}") from exc
+    buffer.epochs = max(1, math.ceil(tokens / buffer.tokens))
     warnings = []
-    if epochs > 1:
-        warnings.append(f"--tokens {tokens} exceeds the {probe.tokens} tokens of the shards in {folder}: training "
-                        f"reads them {epochs} times (epochs), each in another order")
+    if buffer.epochs > 1:
+        warnings.append(f"--tokens {tokens} exceeds the {buffer.tokens} tokens of the shards in {folder}: training "
+                        f"reads them {buffer.epochs} times (epochs), each in another order")
     return buffer, warnings
 
 
