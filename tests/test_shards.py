@@ -4,7 +4,14 @@ training and evaluating from shards."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +113,41 @@ def test_a_killed_write_resumes_to_byte_identical_shards(tiny_llama, shards, tmp
         assert (folder / s["file"]).read_bytes() == (shards / s["file"]).read_bytes()
     with pytest.raises(ShardMismatchError, match="shard_rows: folder 40, now 32"):
         write_shards(tiny_llama, _source(), [H0, H1], folder, shard_rows=32, progress=False)
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    from circuits.dictionaries.buffer import random_source
+    from circuits.dictionaries.shards import write_shards
+    from workbench.models import load_model
+
+    def slow():
+        for batch in random_source(65, seq_len=8, batch_size=4, n_batches=12, seed=3)():
+            time.sleep(0.1)
+            yield batch
+
+    write_shards(load_model(sys.argv[1], device="cpu"), slow, [sys.argv[3], sys.argv[4]], sys.argv[2],
+                 shard_rows=40, progress=False)
+""")
+
+
+@pytest.mark.slow
+def test_a_process_killed_mid_write_resumes_to_the_same_shards(tiny_llama, shards, tmp_path):
+    folder = tmp_path / "sigkill"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, tiny_llama.workbench_spec, str(folder), H0, H1], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(folder.glob("shard-*"))) < 3:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    man = read_manifest(folder)
+    assert not man["complete"] and 2 <= len(man["shards"]) < 9
+    write_shards(tiny_llama, _source(), [H0, H1], folder, shard_rows=40, progress=False)
+    for s in read_manifest(shards)["shards"]:
+        assert (folder / s["file"]).read_bytes() == (shards / s["file"]).read_bytes()
 
 
 def _lex(rows):
