@@ -117,8 +117,12 @@ class TrainDictionaryConfig(HeldOutOptions):
     parallel: Literal["none", "data", "layer"] = option(
         "none", "under torchrun: data (each rank trains on its part of every batch, DDP) or layer (the dictionaries "
                 "split over the ranks); rank 0 writes the run")
+    shards: str | None = option(None, "train from this activation shard folder (`workbench harvest-shards`) instead "
+                                      "of harvesting the corpus", path=True)
 
     def validate(self) -> None:
+        from circuits.dictionaries.shard_runs import check_shard_folder
+
         if self.parallel != "none":
             import os
 
@@ -127,7 +131,9 @@ class TrainDictionaryConfig(HeldOutOptions):
                                   "torchrun --nproc_per_node N -m workbench.ui.cli train-dict ... --parallel "
                                   f"{self.parallel}; without torchrun use --parallel none")
         super().validate()
-        _check_corpus(self.corpus, self.seq_len, [("train", self.tokens, "--tokens")])
+        check_shard_folder(self.shards)
+        if self.shards is None:
+            _check_corpus(self.corpus, self.seq_len, [("train", self.tokens, "--tokens")])
         if self.batch_size > self.tokens:
             raise ConfigError(f"--batch-size {self.batch_size} exceeds --tokens {self.tokens}: the budget holds no "
                               "optimiser step; lower --batch-size or raise --tokens")
@@ -157,9 +163,14 @@ class EvalDictionaryConfig(HeldOutOptions):
     """Options of ``workbench eval-dict``."""
 
     path: list[str] = option(help="folders holding cfg.json and sae_weights.safetensors", positional=True, path=True)
+    shards: str | None = option(None, "also measure L0, FVU and dead fraction over this activation shard folder",
+                                path=True)
 
     def validate(self) -> None:
+        from circuits.dictionaries.shard_runs import check_shard_folder
+
         super().validate()
+        check_shard_folder(self.shards)
         for folder in self.path:
             if not Path(folder).exists():
                 raise ConfigError(f"PATH {folder} does not exist; give SAELens dictionary folders (cfg.json and "
@@ -273,10 +284,23 @@ def _train_specs(model: Any, cfg: TrainDictionaryConfig, progress: bool, hook_in
     device = str(model.W_E.device)
     source = corpus_source(model.tokenizer, cfg.corpus, seq_len=cfg.seq_len, batch_size=8, seed=cfg.seed)
     eval_source = corpus_source(model.tokenizer, cfg.corpus, seq_len=cfg.seq_len, batch_size=8, split="heldout", seed=0)
+    shard_warnings: list[str] = []
+
+    def shard_buffer(part: tuple[int, int] | None = None) -> Any:
+        """The shard folder's buffer (``part``: this rank's of data-parallel training); its warnings kept."""
+        from circuits.dictionaries.shard_runs import training_buffer
+
+        buffer, warned = training_buffer(model, cfg.shards, sorted({hook_in, hook_out or hook_in}),
+                                         batch_size=cfg.batch_size, seed=cfg.seed, tokens=cfg.tokens, part=part)
+        shard_warnings[:] = warned
+        return buffer
+
+    buffer_for = shard_buffer if cfg.shards is not None else None
     if cfg.parallel == "none":
-        trained = train_dictionaries(model, source, specs, train, workdir=cfg.workdir, progress=progress, device=device)
+        trained = train_dictionaries(model, source, specs, train, workdir=cfg.workdir, progress=progress, device=device,
+                                     buffer=buffer_for() if buffer_for else None)
     else:
-        trained, world = _train_parallel(model, cfg, source, specs, train, progress)
+        trained, world = _train_parallel(model, cfg, source, specs, train, progress, buffer_for)
         device = str(model.W_E.device)
     evaluation = evaluate_dictionaries(model, trained.dictionaries, eval_source, max_tokens=cfg.eval_tokens,
                                        progress=progress, device=device)
@@ -289,7 +313,9 @@ def _train_specs(model: Any, cfg: TrainDictionaryConfig, progress: bool, hook_in
                   "seconds_training": trained.seconds, "steps": trained.steps, "tokens_trained": trained.tokens}
     if cfg.parallel != "none":
         out.params["world_size"] = world
-    out.warnings = list(trained.warnings) + out.warnings
+    if cfg.shards is not None:
+        out.params["shards"] = str(Path(cfg.shards).resolve())
+    out.warnings = shard_warnings + list(trained.warnings) + out.warnings
     return out
 
 
@@ -340,6 +366,11 @@ def _evaluate(model: Any, cfg: EvalDictionaryConfig, progress: bool) -> Result:
                                 tokenizer=model.tokenizer, context_size=cfg.seq_len, progress=progress,
                                 exclude_tokens=_bos(model, cfg))
     out.params = {"sources": [str(Path(f).resolve()) for f in cfg.path]}
+    if cfg.shards is not None:
+        from circuits.dictionaries.shard_runs import add_shard_metrics
+
+        add_shard_metrics(out, dicts, cfg.shards, model, progress=progress)
+        out.params["shards"] = str(Path(cfg.shards).resolve())
     return out
 
 
