@@ -10,6 +10,8 @@ feature views.
   (circuit-tracer's layout, also :func:`save_transcoder_set`); :data:`TRAIN_CLT` (verb ``train-clt``).
 - :func:`write_shards` (activations to safetensors shards on disk, resumable), :class:`ShardBuffer` (train from them:
   ``train_dictionaries(..., buffer=ShardBuffer(folder, batch_size=...))``), :func:`evaluate_on_shards`.
+- :func:`train_distributed` (``circuits.dictionaries.distributed``): data-parallel or layer-parallel training on every
+  rank ``torchrun`` starts (``torch.distributed``: gloo on the CPU, nccl on CUDA).
 
 Names are imported on first use (importing the package costs nothing).
 """
@@ -48,4 +50,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "write_shards": "circuits.dictionaries.shards",
     "ShardBuffer": "circuits.dictionaries.shard_buffer",
     "evaluate_on_shards": "circuits.dictionaries.shard_eval",
+    "train_distributed": "circuits.dictionaries.distributed",
 })

@@ -7,7 +7,12 @@ backward averages the gradients over the ranks: with each rank's loss the mean o
 gradient of the global batch's mean loss, as one process computes it. The batch statistics reduce too: the latents
 fired (so the dead-latent counters and AuxK's dead mask agree on every rank), AuxK's normaliser, the logged L0 / MSE
 and the data-dependent start. Rank 0 alone writes the checkpoints (the one-process layout); every rank resumes from
-them, under any world size (the global batch and its rows do not depend on W).
+them, under any world size (the global batch and its rows do not depend on W). Buffers: a
+:class:`~circuits.dictionaries.buffer.TensorBuffer` or :class:`~circuits.dictionaries.shard_buffer.ShardBuffer` built
+with ``part=(rank, world)`` hands each rank only its rows (the shard reader reads only those from disk); the live
+harvest (:class:`~circuits.dictionaries.buffer.ActivationBuffer`, made by the trainer when no buffer is given) runs the
+model over the whole block on every rank, since a rank's rows are spread over every sequence of the block (no forward
+pass could be skipped), and then takes its slice of each global batch.
 
 Layer parallel (``mode="layer"``): the dictionaries are split into W equal, contiguous groups (W must divide their
 number); rank r trains group r with its own optimisers, on the same blocks (every rank harvests the same blocks
