@@ -103,7 +103,8 @@ def _scenarios(rank: int, world: int, port: int, out: str) -> None:
     for name, call in [("batch", lambda: train_distributed(None, None, _dp_specs(), _cfg(batch_size=33), mode="data",
                                                            buffer=TensorBuffer(_rows(), batch_size=33))),
                        ("layer", lambda: train_distributed(None, None, _layer_specs()[:3], _cfg(), mode="layer",
-                                                           buffer=_buffer()))]:
+                                                           buffer=_buffer())),
+                       ("part", lambda: train_distributed(None, None, _dp_specs(), _cfg(), buffer=_buffer()))]:
         try:
             call()
         except TrainingConfigError as exc:
@@ -198,6 +199,7 @@ def test_refusals_name_both_numbers(runs):
         errors = json.loads((runs / f"errors-rank{rank}.json").read_text())
         assert "33" in errors["batch"] and "world size (2)" in errors["batch"]
         assert "world size 2" in errors["layer"] and "3 dictionaries" in errors["layer"]
+        assert f"part=({rank}, 2)" in errors["part"]  # a buffer without this rank's part would train on every row
 
 
 def test_outside_torchrun_is_refused(monkeypatch):
@@ -208,6 +210,8 @@ def test_outside_torchrun_is_refused(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(TrainingConfigError, match="torchrun"):
         train_distributed(None, None, _dp_specs(), _cfg(), buffer=_buffer((0, 1)))
+    with pytest.raises(TrainingConfigError, match="mode must be one of data, layer"):
+        train_distributed(None, None, _dp_specs(), _cfg(), mode="model")
 
 
 def test_killed_rank_resumes_under_another_world_size(runs):
