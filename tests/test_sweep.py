@@ -203,8 +203,12 @@ def test_four_task_sweep_on_two_workers_equals_direct_runs_then_skips(local_ray,
         assert run.model == row["model"] and run.params["layers"] == row["values"]["layers"]
         assert row["headline"]["n_tokens"] == run.summary["n_tokens"] == 256
         _same_run(run, models[row["model"]], MassiveConfig(**{**run.params, "layers": row["values"]["layers"]}))
-    summary = json.loads((store.root / ".sweeps" / out["sweep"]["id"] / "summary.json").read_text())
-    assert summary["tasks"] == rows
+    log = store.root / ".sweeps" / out["sweep"]["id"]
+    assert json.loads((log / "summary.json").read_text())["tasks"] == rows
+    attempts = [json.loads(f.read_text()) for f in log.glob("task-*.json")]
+    assert sorted(a["task"] for a in attempts) == [0, 1, 2, 3] and {a["status"] for a in attempts} == {"done"}
+    assert {a["threads"] for a in attempts} == {1}  # torch limited to the task's one CPU
+    assert len({a["pid"] for a in attempts}) == 2  # two Ray workers shared the four tasks
 
     assert main(["sweep", str(path), "--workers", "2"]) == 0  # resumed: every run is stored, nothing reruns
     text = capsys.readouterr().out

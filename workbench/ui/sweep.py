@@ -91,6 +91,7 @@ def run_task(task: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
         from workbench.ui.registry import get
 
         torch.set_num_threads(int(env["threads"]))
+        record["threads"] = torch.get_num_threads()
         analysis = get(task["verb"])
         config = analysis.config(**task["params"])
         model = task["model"] if analysis.needs_model else None
