@@ -146,6 +146,17 @@ def test_runs_of_the_verb_itself_count_as_done(tmp_path, store, tiny_gpt2, capsy
     assert [(r["status"], r["run_id"]) for r in rows] == [("to run", None), ("skipped", run_id)]
 
 
+def test_a_model_less_analysis_is_matched_by_its_model_of(tmp_path, store, capsys):
+    with store.create("zoo-training", model="toy/gt-induction", params={"name": "gt-induction", "config": {}}) as w:
+        w.summary["final_loss"] = 0.5  # a stored run as ZOO_TRAINING.save writes it (its result adds "config")
+    path = _write(tmp_path, 'analysis = "zoo-training"\n[grid]\nname = ["induction-2l", "gt-induction"]\n')
+    assert main(["sweep", str(path), "--dry-run", "--json"]) == 0
+    rows = _last_json(capsys)["tasks"]
+    assert [(r["model"], r["status"], r["run_id"]) for r in rows] == [
+        ("toy/induction-2l", "to run", None), ("toy/gt-induction", "skipped", w.info.run_id)]
+    assert rows[1]["headline"] == {"final_loss": 0.5}
+
+
 # --- on Ray --------------------------------------------------------------------------------------------------------
 
 

@@ -58,7 +58,12 @@ def start_ray(ray: Any, *, address: str | None = None, workers: int | None = Non
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline first: no usage report
     if address:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as exc:
+            raise ConnectionError(f"cannot join the Ray cluster at {address}: {exc} (is it up? a cluster with token "
+                                  "authentication also needs RAY_AUTH_MODE=token and its token in ~/.ray/auth_token "
+                                  "here)") from exc
     else:
         ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
                  _node_ip_address="127.0.0.1", log_to_driver=False)
@@ -110,16 +115,19 @@ def run_task(task: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
 
 
 def _error_text(exc: BaseException) -> str:
+    """One line: the task's own exception (Ray wraps it) or Ray's error (a worker that died, ...)."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}".strip()
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".strip()
+        text = " ".join(str(cause).split())
+        return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
 
 
 def _headline(summary: dict[str, Any]) -> dict[str, Any]:
-    """The summary's scalar numbers (not booleans)."""
-    return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """The summary's scalar numbers (not booleans), measurements (floats) before counts (integers)."""
+    numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return dict(sorted(numbers.items(), key=lambda kv: not isinstance(kv[1], float)))
 
 
 def _attempts(log: Path, index: int) -> int:
