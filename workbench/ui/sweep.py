@@ -7,10 +7,12 @@ through the contract (:meth:`workbench.analysis.Analysis.launch`) and writes its
 the summary with its error, and the exit status is 1.
 
 Locally (the default) the sweep starts its own Ray instance on this machine (``--workers`` CPUs, one per task by
-default, bound to 127.0.0.1, no dashboard) and stops it at the end; ``--address`` joins a running cluster (started with
+default, no dashboard) and stops it at the end; ``--address`` joins a running cluster (started with
 ``ray start``), whose nodes need the project installed and the store on a shared filesystem: each task is told the
-store's folder and ``WORKBENCH_HOME`` explicitly. Every attempt of every task leaves a small JSON record (host, pid,
-seconds, error) in ``<store>/.sweeps/<sweep id>/``, beside the sweep's summary.
+store's folder and ``WORKBENCH_HOME`` explicitly. A task takes ``--cpus-per-task`` CPUs (torch runs that many threads)
+and ``--gpus-per-task`` GPUs (fractions share one); it runs on its GPU when it has one, else on the CPU. Every
+attempt of every task leaves a small JSON record (host, pid, threads, seconds, error) in ``<store>/.sweeps/<sweep
+id>/``, beside the sweep's summary.
 
 Ray is an optional dependency (``pip install 'interp-workbench[sweep]'``); it is imported only when tasks run.
 """
@@ -28,8 +30,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from workbench.atomic import write_json
 from workbench.errors import ConfigError
-from workbench.sweep_file import show_value
+from workbench.sweep_file import find_done, plan_sweep, read_sweep, show_value
 from workbench.ui.output import emit, strict_json
 
 INSTALL_HINT = "pip install 'interp-workbench[sweep]'"
@@ -65,14 +68,11 @@ def start_ray(ray: Any, *, address: str | None = None, workers: int | None = Non
                                   "authentication also needs RAY_AUTH_MODE=token and its token in ~/.ray/auth_token "
                                   "here)") from exc
     else:
-        ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", log_to_driver=False)
+        ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
     return True
 
 
 def _write_attempt(log: Path, index: int, record: dict[str, Any]) -> Path:
-    from workbench.atomic import write_json
-
     path = log / f"task-{index:05d}-{uuid.uuid4().hex[:8]}.json"
     write_json(path, record)
     return path
@@ -102,14 +102,10 @@ def run_task(task: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
         model = task["model"] if analysis.needs_model else None
         info, _ = analysis.launch(model, config, store=Store(env["store"]), device=env.get("device"), progress=False)
     except BaseException as exc:
-        from workbench.atomic import write_json
-
         write_json(attempt, {**record, "status": "failed", "seconds": time.perf_counter() - t0,
                              "error": f"{type(exc).__name__}: {exc}"})
         raise
     seconds = time.perf_counter() - t0
-    from workbench.atomic import write_json
-
     write_json(attempt, {**record, "status": "done", "seconds": seconds, "run_id": info.run_id})
     return {"run_id": info.run_id, "path": str(info.path), "seconds": seconds, "summary": strict_json(info.summary)}
 
@@ -189,8 +185,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.address and args.workers is not None:
         raise ConfigError("--workers sets the CPUs of a local Ray instance; a cluster (--address) brings its own")
     if args.device and args.device.startswith("cuda") and not args.gpus_per_task:
-        raise ConfigError(f"--device {args.device} needs --gpus-per-task > 0 (Ray hides the GPUs from tasks that do "
-                          "not ask for one)")
+        raise ConfigError(f"--device {args.device} needs --gpus-per-task > 0 (Ray schedules a GPU only for the tasks "
+                          "that ask for one)")
     if args.device and not args.address:
         from workbench.ui.device import check_device
 
@@ -201,7 +197,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """Run the sweep ``args.file``: check it, skip stored runs, run the rest on Ray, print the summary table."""
     from workbench.paths import workbench_home
     from workbench.store import Store
-    from workbench.sweep_file import find_done, plan_sweep, read_sweep
     from workbench.ui.registry import get
 
     _check_args(args)
@@ -220,7 +215,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         ray = import_ray()
         log.mkdir(parents=True, exist_ok=True)
         env = {"home": str(workbench_home()), "store": str(store.root.resolve()), "log": str(log.resolve()),
-               "threads": args.cpus_per_task, "device": args.device}
+               "threads": args.cpus_per_task, "device": args.device or (None if args.gpus_per_task else "cpu")}
         started = start_ray(ray, address=args.address, workers=args.workers)
         try:
             outcomes.update(run_remote(ray, plan, todo, env, cpus=args.cpus_per_task, gpus=args.gpus_per_task,
@@ -234,8 +229,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             "tasks": len(rows), **counts, "store": str(store.root), "log": str(log) if log.is_dir() else None}
     payload = {"sweep": info, "tasks": rows}
     if log.is_dir():
-        from workbench.atomic import write_json
-
         with contextlib.suppress(OSError):
             write_json(log / "summary.json", strict_json(payload))
     lines = _table(rows)
@@ -259,7 +252,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="CPUs of the local Ray instance (default: every core)")
     p.add_argument("--cpus-per-task", type=int, default=1, help="CPUs (and torch threads) per task (default 1)")
     p.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs per task, fractions allowed (default 0)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when the task has a GPU)")
+    p.add_argument("--device", default=None,
+                   help="cpu or cuda (default: each task's own GPU with --gpus-per-task > 0, else cpu)")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed task (default 1)")
     p.add_argument("--force", action="store_true", help="rerun tasks whose run is already stored")
     p.add_argument("--dry-run", action="store_true", help="list the tasks and which are stored; run nothing")
