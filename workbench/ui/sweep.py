@@ -32,7 +32,7 @@ from typing import Any
 
 from workbench.atomic import write_json
 from workbench.errors import ConfigError
-from workbench.sweep_file import find_done, plan_sweep, read_sweep, show_value
+from workbench.sweep_file import SweepPlan, SweepTask, find_done, plan_sweep, read_sweep, show_value
 from workbench.ui.output import emit, strict_json
 
 INSTALL_HINT = "pip install 'interp-workbench[sweep]'"
@@ -130,7 +130,7 @@ def _attempts(log: Path, index: int) -> int:
     return len(list(log.glob(f"task-{index:05d}-*.json")))
 
 
-def run_remote(ray: Any, plan: Any, todo: list[Any], env: dict[str, Any], *, cpus: int, gpus: float, retries: int,
+def run_remote(ray: Any, plan: SweepPlan, todo: list[SweepTask], env: dict[str, Any], *, cpus: int, gpus: float, retries: int,
                progress: bool) -> dict[int, dict[str, Any]]:
     """Submit ``todo`` as Ray tasks and wait for them all (a tqdm bar over completions): task index -> outcome
     (``status`` done or failed, and the run's fields or the error)."""
@@ -154,7 +154,7 @@ def run_remote(ray: Any, plan: Any, todo: list[Any], env: dict[str, Any], *, cpu
     return out
 
 
-def _row(task: Any, outcome: dict[str, Any], log: Path) -> dict[str, Any]:
+def _row(task: SweepTask, outcome: dict[str, Any], log: Path) -> dict[str, Any]:
     summary = outcome.get("summary") or {}
     return {"task": task.index, "model": task.model, "values": task.values, "status": outcome["status"],
             "run_id": outcome.get("run_id"), "path": outcome.get("path"), "seconds": outcome.get("seconds"),
