@@ -65,7 +65,7 @@ class _Collector:
 
     def _alloc(self, hook: str, width: int) -> torch.Tensor:
         if self.spill_dir is None:
-            return torch.empty(self.capacity, width, dtype=self.dtype)
+            return torch.empty(self.capacity, width, dtype=self.dtype, device="cpu")  # host memory
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         path = self.spill_dir / f"{hook}.f32"
         arr = np.memmap(path, dtype=np.float32, mode="w+", shape=(self.capacity, width))
@@ -106,8 +106,8 @@ class ActivationBuffer:
 
     def permutation(self, block: int, n_rows: int) -> torch.Tensor:
         """The visiting order of block ``block`` (a pure function of seed, block and size)."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
-        return torch.randperm(n_rows, generator=gen)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + block)
+        return torch.randperm(n_rows, generator=gen, device="cpu")
 
     def blocks(self, start_block: int = 0) -> Iterator[Block]:
         """Blocks ``start_block``, ``start_block + 1``, ... until the token source ends."""
@@ -154,8 +154,9 @@ class TensorBuffer:
             lo = (index % per_epoch) * self.block_rows
             chunk = {h: r[lo : lo + self.block_rows] for h, r in self.rows.items()}
             n = next(iter(chunk.values())).shape[0]
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-            yield Block(index=index, rows=chunk, perm=torch.randperm(n, generator=gen), batch_size=self.batch_size)
+            gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + index)
+            yield Block(index=index, rows=chunk, perm=torch.randperm(n, generator=gen, device="cpu"),
+                        batch_size=self.batch_size)
 
 
 def corpus_source(
@@ -204,9 +205,9 @@ def random_source(vocab_size: int, *, seq_len: int = 32, batch_size: int = 16, n
     """A :data:`TokenSource` of uniformly random tokens [batch_size, seq_len] (optionally BOS-first), for toy models."""
 
     def make() -> Iterator[torch.Tensor]:
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
         for _ in range(n_batches):
-            t = torch.randint(0, vocab_size, (batch_size, seq_len), generator=gen)
+            t = torch.randint(0, vocab_size, (batch_size, seq_len), generator=gen, device="cpu")
             if bos_id is not None:
                 t[:, 0] = bos_id
             yield t

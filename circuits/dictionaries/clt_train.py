@@ -208,7 +208,7 @@ def train_clt(model: Any, source: TokenSource | None, spec: CltSpec, cfg: TrainD
                 W[:, 1:].zero_()
     wrapper = _Scaled(clt)
     dicts, optims = {"clt": wrapper}, {"clt": optim}
-    since = {"clt": torch.zeros(n_layers * d_sae, dtype=torch.long)}
+    since = {"clt": torch.zeros(n_layers * d_sae, dtype=torch.long, device=device)}
     if buffer is None:
         buffer = ActivationBuffer(model, source, hooks_in + hooks_out, block_batches=cfg.block_batches,
                                   batch_size=cfg.batch_size, seed=cfg.seed, spill_dir=cfg.spill_dir, device=device)
@@ -246,7 +246,7 @@ def train_clt(model: Any, source: TokenSource | None, spec: CltSpec, cfg: TrainD
             x, y = wrapper.scaled(_stack(batch, hooks_in).to(device), _stack(batch, hooks_out).to(device))
             for group in optim.param_groups:
                 group["lr"] = cfg.lr_at(step)
-            dead = (since["clt"] >= dead_after).reshape(n_layers, d_sae).to(device)
+            dead = (since["clt"] >= dead_after).reshape(n_layers, d_sae)
             loss, mse, penalty, acts = clt_loss(clt, x, y, spec, dead, cfg.auxk_coef)
             optim.zero_grad(set_to_none=True)
             loss.backward()
@@ -254,7 +254,7 @@ def train_clt(model: Any, source: TokenSource | None, spec: CltSpec, cfg: TrainD
                 for W in clt.W_dec:
                     W.grad[:, 1:].zero_()
             optim.step()
-            fired = (acts.detach() > 0).any(0).reshape(-1).cpu()
+            fired = (acts.detach() > 0).any(0).reshape(-1)
             since["clt"] += cfg.batch_size
             since["clt"].masked_fill_(fired, 0)
             if step % cfg.log_every == 0 or step == total - 1:

@@ -50,8 +50,8 @@ class _Acc:
     tsum: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        self.fires = torch.zeros(self.d_sae, dtype=torch.float64)
-        self.tsum = torch.zeros(self.d_out, dtype=torch.float64)
+        self.fires = torch.zeros(self.d_sae, dtype=torch.float64, device="cpu")
+        self.tsum = torch.zeros(self.d_out, dtype=torch.float64, device="cpu")
 
 
 #: at least this fraction of never-fired latents flags a dictionary as (mostly) dead

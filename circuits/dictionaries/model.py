@@ -88,7 +88,7 @@ class _SparseGatherLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, shift, W_enc, b_enc, idx, values, plan=None):  # noqa: ANN001, ANN205
-        ctx.save_for_backward(x, shift if shift is not None else torch.zeros(0), W_enc, idx)
+        ctx.save_for_backward(x, shift if shift is not None else x.new_zeros(0), W_enc, idx)
         ctx.plan = plan
         ctx.has_shift = shift is not None
         ctx.d_sae = W_enc.shape[1]
@@ -132,6 +132,7 @@ class Dictionary(nn.Module):
         hook_out: str | None = None,
         d_out: int | None = None,
         apply_b_dec_to_input: bool | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -162,11 +163,12 @@ class Dictionary(nn.Module):
         self.apply_b_dec_to_input = (kind == "sae") if apply_b_dec_to_input is None else bool(apply_b_dec_to_input)
         if self.apply_b_dec_to_input and d_out != d_in:
             raise DictionaryConfigError("apply_b_dec_to_input needs d_out == d_in")
-        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae))
-        self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_out))
-        self.b_dec = nn.Parameter(torch.zeros(d_out))
-        self.W_skip = nn.Parameter(torch.zeros(d_in, d_out)) if kind == "skip_transcoder" else None
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, device=device))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, device=device))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_out, device=device))
+        self.b_dec = nn.Parameter(torch.zeros(d_out, device=device))
+        self.W_skip = nn.Parameter(torch.zeros(d_in, d_out, device=device)) if kind == "skip_transcoder" else None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -175,17 +177,18 @@ class Dictionary(nn.Module):
         transposed where the widths allow (scaled otherwise), zero biases, zero ``W_skip``.
 
         ``options`` are the constructor's keywords (``hook_in`` is required; ``activation``, ``k``, ``hook_out``,
-        ``d_out``, ``apply_b_dec_to_input``); ``seed`` seeds the random directions.
+        ``d_out``, ``apply_b_dec_to_input``, ``device``); ``seed`` seeds the random directions, drawn on the CPU
+        (the same weights on every device) and copied to the dictionary's device.
         """
         d = cls(kind, d_in, d_sae, **options)
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
         with torch.no_grad():
-            w_dec = torch.randn(d.d_sae, d.d_out, generator=gen)
+            w_dec = torch.randn(d.d_sae, d.d_out, generator=gen, device="cpu")
             d.W_dec.copy_(w_dec / w_dec.norm(dim=1, keepdim=True))
             if d.d_in == d.d_out:
                 d.W_enc.copy_(d.W_dec.t())
             else:
-                w_enc = torch.randn(d.d_in, d.d_sae, generator=gen)
+                w_enc = torch.randn(d.d_in, d.d_sae, generator=gen, device="cpu")
                 d.W_enc.copy_(w_enc / w_enc.norm(dim=0, keepdim=True))
         return d
 

@@ -259,8 +259,14 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _available_bytes() -> int | None:
-    """Memory this process may still take (MemAvailable), None where unknown."""
+def _available_bytes(device: torch.device | str | None = None) -> int | None:
+    """Memory this process may still take on ``device`` (a GPU's free memory, else MemAvailable), None where
+    unknown."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    if dev.type != "cpu":
+        return None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -281,28 +287,31 @@ def training_bytes(d_in: int, d_sae: int, d_out: int, batch_size: int, skip: boo
 
 
 def check_memory(shapes: Sequence[tuple[str, int, int, int, bool]], batch_size: int,
-                 available: int | None = None) -> int:
+                 available: int | None = None, device: torch.device | str | None = None) -> int:
     """Refuse dictionaries (label, d_in, d_sae, d_out, skip) whose training cannot fit in memory; returns the
-    estimated bytes. ``available`` defaults to the machine's available memory."""
+    estimated bytes. ``available`` defaults to the free memory of ``device`` (the machine's for the CPU)."""
     need = sum(training_bytes(a, b, c, batch_size, s) for _, a, b, c, s in shapes)
-    available = _available_bytes() if available is None else available
+    available = _available_bytes(device) if available is None else available
     if available is not None and need > available:
         sizes = ", ".join(f"{lab}: d_sae {b:,}" for lab, _, b, _, _ in shapes[:3])
         if len(shapes) > 3:
             sizes += f" and {len(shapes) - 3:,} more dictionaries"
         raise TrainingConfigError(
-            f"training these dictionaries needs about {need / 2**30:.2f} GiB of memory (weights, gradients, Adam "
+            f"training these dictionaries needs about {need / 2**30:.2f} GiB of {torch.device(device or 'cpu')} "
+            f"memory (weights, gradients, Adam "
             f"state and one batch of codes; {sizes}) but {available / 2**30:.2f} GiB is available; lower expansion, "
             "d_sae or batch_size")
     return need
 
 
 def build_dictionaries(model, specs: Sequence[DictSpec], seed: int = 0, widths: dict[str, int] | None = None,
-                       batch_size: int | None = None) -> dict[str, Dictionary]:
-    """Randomly initialised dictionaries for ``specs`` with widths read from the model's hooks (or ``widths``).
+                       batch_size: int | None = None, device: torch.device | str | None = None,
+                       ) -> dict[str, Dictionary]:
+    """Randomly initialised dictionaries for ``specs`` with widths read from the model's hooks (or ``widths``),
+    on ``device`` (default the CPU; the random draws are the same on every device).
 
-    With ``batch_size``, the memory training needs is estimated first (:func:`check_memory`) and refused, before
-    anything is allocated, when it cannot fit."""
+    With ``batch_size``, the memory training needs on ``device`` is estimated first (:func:`check_memory`) and
+    refused, before anything is allocated, when it cannot fit."""
     hooks = sorted({s.hook_in for s in specs} | {s.hook_out or s.hook_in for s in specs})
     widths = widths if widths is not None else hook_widths(model, hooks)
     missing = [h for h in hooks if h not in widths]
@@ -322,15 +331,23 @@ def build_dictionaries(model, specs: Sequence[DictSpec], seed: int = 0, widths: 
         d_out = widths[s.hook_out] if s.kind != "sae" and s.hook_out else d_in
         shapes.append((label, d_in, d_sae, d_out, s.kind == "skip_transcoder"))
     if batch_size is not None:
-        check_memory(shapes, batch_size)
+        check_memory(shapes, batch_size, device=device)
     out: dict[str, Dictionary] = {}
     for i, (s, (label, d_in, d_sae, d_out, _)) in enumerate(zip(specs, shapes, strict=True)):
         out[label] = Dictionary.create(
             s.kind, d_in, d_sae, activation=s.activation, k=s.k, hook_in=s.hook_in,
             hook_out=s.hook_out if s.kind != "sae" else None, d_out=d_out if s.kind != "sae" else None,
-            seed=seed + i,
+            seed=seed + i, device=device,
         )
     return out
+
+
+def training_device(model, device: torch.device | str | None = None) -> torch.device:
+    """The device training runs on: ``device`` when given, else the model's (its first parameter's), else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    param = next(iter(model.parameters()), None) if model is not None and hasattr(model, "parameters") else None
+    return param.device if param is not None else torch.device("cpu")
 
 
 def _check_block(block, hooks: Sequence[str]) -> None:
@@ -358,8 +375,9 @@ def constant_warning(hook: str, rows: torch.Tensor) -> str | None:
 @torch.no_grad()
 def init_from_data(d: Dictionary, x: torch.Tensor, y: torch.Tensor, ratio: float = 0.1, rows: int = 4096) -> None:
     """Data-dependent start: ``b_dec`` = mean of the target y [N, d_out]; the encoder scaled so that the initial
-    reconstruction's centred RMS norm is ``ratio`` times the target's (a small start whatever the activations' scale)."""
-    x, y = x[:rows], y[:rows]
+    reconstruction's centred RMS norm is ``ratio`` times the target's (a small start whatever the activations' scale).
+    The rows are moved to the dictionary's device."""
+    x, y = x[:rows].to(d.W_enc.device), y[:rows].to(d.W_enc.device)
     d.b_dec.copy_(y.mean(0))
     got = (d.decode(d.encode(x), x) - d.b_dec).pow(2).sum(-1).mean().sqrt()
     want = (y - d.b_dec).pow(2).sum(-1).mean().sqrt()
@@ -394,7 +412,7 @@ def _step_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec
         out = d._add_skip(_SparseDecode.apply(acts, idx, d.W_dec, plan) + d.b_dec, x)
         mse = (out - y).pow(2).sum(-1).mean()
         loss = mse
-        fired = torch.zeros(d.d_sae, dtype=torch.bool).index_fill_(0, idx[acts > 0], True)
+        fired = torch.zeros(d.d_sae, dtype=torch.bool, device=idx.device).index_fill_(0, idx[acts > 0], True)
         if log:
             logs["l0"] = float((acts > 0).sum()) / x.shape[0]
         n_dead = int(dead.sum())
@@ -456,7 +474,7 @@ def _check_fingerprint(saved: dict[str, Any] | None, block, folder: Path) -> Non
         if h not in block.rows:
             continue
         got = block.rows[h][:4, :8]
-        want = torch.tensor(rows, dtype=got.dtype)
+        want = torch.tensor(rows, dtype=got.dtype, device=got.device)
         if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
             raise ResumeMismatchError(
                 f"{folder}: the activations at {h} differ from those the checkpoint was trained on (another model, "
@@ -468,9 +486,11 @@ def _save(workdir: Path, step: int, position: tuple[int, int], dicts, optims, si
     root = workdir / "resume"
     with atomic_dir(step_dir(root, step), overwrite=True) as tmp:
         for i, (label, d) in enumerate(dicts.items()):
-            save_file({n: p.detach().clone().contiguous() for n, p in d.named_parameters()}, str(tmp / f"d{i}.safetensors"))
+            save_file({n: p.detach().to("cpu", copy=True).contiguous() for n, p in d.named_parameters()},
+                      str(tmp / f"d{i}.safetensors"))
             tensors, meta = _optim_to_tensors(optims[label])
-            tensors["since"] = since[label].clone()
+            tensors = {k: v.to("cpu") for k, v in tensors.items()}
+            tensors["since"] = since[label].to("cpu", copy=True)
             save_file(tensors, str(tmp / f"o{i}.safetensors"))
         write_json(tmp / "state.json", {"step": step, "block": position[0], "batch": position[1], "history": history,
                                          "labels": list(dicts), "config": settings["config"],
@@ -517,7 +537,7 @@ def _load(workdir: Path, dicts, optims, since, settings=None):
                     raise ResumeMismatchError(f"{folder}: {label} {n} does not match this run's dictionary shape "
                                               f"{tuple(p.shape)}")
                 p.copy_(weights[n])
-        since[label] = tensors.pop("since")
+        since[label] = tensors.pop("since").to(since[label].device)
         optims[label].load_state_dict(_optim_from_tensors(tensors, state["optim"][label]))
     return int(state["step"]), int(state["block"]), int(state["batch"]), list(state["history"]), \
         state.get("fingerprint")
@@ -544,6 +564,9 @@ def train_dictionaries(
 
     ``buffer``: instead of ``model`` and ``source``, any object with ``blocks(start_block)`` and ``widths()`` such as
     :class:`circuits.dictionaries.buffer.TensorBuffer` (activations already in memory).
+    ``device``: where the harvest runs and where the dictionaries, their Adam state, the dead-latent counters and
+    every batch live during training (default: the model's device, or the CPU without a model); buffer blocks stay
+    in host memory and each batch is copied to the device as it is used.
     ``stop_after`` ends the call after that many steps in total (used to test resumption); the run then continues
     from ``workdir`` when called again. Returns :class:`TrainResult` (dictionaries on the CPU, in eval form).
 
@@ -562,19 +585,20 @@ def train_dictionaries(
         raise TrainingConfigError(f"workdir {workdir} is a file; give a folder for resume checkpoints")
     if stop_after is not None:
         _int("train_dictionaries", "stop_after", stop_after, 0)
+    dev = training_device(model, device)
     dicts = build_dictionaries(model, specs, seed=cfg.seed, widths=buffer.widths() if buffer is not None else None,
-                               batch_size=cfg.batch_size)
+                               batch_size=cfg.batch_size, device=dev)
     spec_of = dict(zip(dicts, specs, strict=True))
     widths = {}
     for d in dicts.values():
         widths[d.hook_in], widths[d.hook_out] = d.d_in, d.d_out
     settings = _settings(cfg, specs, dict(sorted(widths.items())))
     optims = {lab: torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=cfg.betas) for lab, d in dicts.items()}
-    since = {lab: torch.zeros(d.d_sae, dtype=torch.long) for lab, d in dicts.items()}
+    since = {lab: torch.zeros(d.d_sae, dtype=torch.long, device=dev) for lab, d in dicts.items()}
     hooks = sorted({d.hook_in for d in dicts.values()} | {d.hook_out for d in dicts.values()})
     if buffer is None:
         buffer = ActivationBuffer(model, source, hooks, block_batches=cfg.block_batches, batch_size=cfg.batch_size,
-                                  seed=cfg.seed, spill_dir=cfg.spill_dir, device=device)
+                                  seed=cfg.seed, spill_dir=cfg.spill_dir, device=str(dev))
     step, start_block, start_batch, history, saved_print = 0, 0, 0, [], None
     if workdir is not None:
         loaded = _load(workdir, dicts, optims, since, settings)
@@ -604,7 +628,7 @@ def train_dictionaries(
         for i in range(start_batch, block.n_batches):
             if step >= total or (stop_after is not None and step >= stop_after):
                 break
-            batch = block.batch(i)
+            batch = {h: t.to(dev, non_blocking=True) for h, t in block.batch(i).items()}
             row = {"step": step}
             log = step % cfg.log_every == 0 or step == total - 1
             for lab, d in dicts.items():
@@ -661,6 +685,7 @@ def train_dictionaries(
                 d.normalize_decoder()
     for d in dicts.values():
         d.requires_grad_(False)
+        d.to("cpu")
         d.eval()
     return TrainResult(dictionaries=dicts, history=history, steps=step, tokens=step * cfg.batch_size,
                        seconds=time.perf_counter() - t0, warnings=warnings)
