@@ -80,7 +80,10 @@ def show_value(value: Any) -> str:
 
 def read_sweep(path: Path | str) -> dict[str, Any]:
     """The TOML document of a sweep file; ConfigError naming the file (and the line and column of a syntax error)."""
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the same parser, from PyPI (the `sweep` extra installs it there)
+        import tomli as tomllib
 
     path = Path(path)
     try:
