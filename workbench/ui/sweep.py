@@ -199,6 +199,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from workbench.store import Store
     from workbench.ui.registry import get
 
+    t0 = time.perf_counter()
     _check_args(args)
     plan = plan_sweep(read_sweep(args.file), get, source=str(args.file))
     store = Store()
@@ -226,14 +227,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rows = [_row(t, outcomes[t.index], log) for t in plan.tasks]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
     info = {"id": sweep_id, "file": str(args.file), "analysis": plan.analysis.verb, "kind": plan.analysis.kind,
-            "tasks": len(rows), **counts, "store": str(store.root), "log": str(log) if log.is_dir() else None}
+            "tasks": len(rows), **counts, "seconds": time.perf_counter() - t0, "store": str(store.root),
+            "log": str(log) if log.is_dir() else None}
     payload = {"sweep": info, "tasks": rows}
     if log.is_dir():
         with contextlib.suppress(OSError):
             write_json(log / "summary.json", strict_json(payload))
     lines = _table(rows)
     lines.append(f"{plan.analysis.verb}: {len(rows)} tasks, {counts['done']} done, {counts['skipped']} skipped "
-                 f"(already stored), {counts['failed']} failed" + (f"; {len(todo)} to run" if args.dry_run else ""))
+                 f"(already stored), {counts['failed']} failed" + (f"; {len(todo)} to run" if args.dry_run else "")
+                 + f" ({info['seconds']:.0f} s)")
     lines += [f"failed: task {r['task']} ({r['model']}): {r['error']}" for r in rows if r["status"] == "failed"]
     lines += [f"warning: task {r['task']} ({r['model']}): {w}" for r in rows for w in r["warnings"]]
     emit(args, payload, "\n".join(lines))
