@@ -197,10 +197,21 @@ def _same_run(run, model, config: MassiveConfig) -> None:
 
 @pytest.mark.slow
 def test_four_task_sweep_on_two_workers_equals_direct_runs_then_skips(local_ray, tmp_path, store, tiny_gpt2,
-                                                                      tiny_llama, capsys):
+                                                                      tiny_llama, monkeypatch, capsys):
+    import workbench.models
+
     models = {m.workbench_spec: m for m in (tiny_gpt2, tiny_llama)}
     path = _massive_file(tmp_path, list(models))
+    prepared, resolve = [], workbench.models.resolve
+
+    def recording_resolve(spec, build=True):
+        if build:
+            prepared.append(spec)
+        return resolve(spec, build=build)
+
+    monkeypatch.setattr(workbench.models, "resolve", recording_resolve)
     assert main(["sweep", str(path), "--workers", "2", "--json"]) == 0
+    assert prepared == sorted(models)  # each model made ready once, here, before the tasks (the workers load them)
     out = _last_json(capsys)
     assert out["sweep"] | {"id": None, "log": None, "seconds": None} == {
         "id": None, "file": str(path), "analysis": "massive", "kind": "massive", "tasks": 4, "done": 4, "skipped": 0,

@@ -1,15 +1,16 @@
 """``workbench sweep FILE.toml``: a grid of runs of any registered analysis, run as Ray tasks.
 
 The sweep file (:mod:`workbench.sweep_file`) is read and every task's config checked before Ray starts. Tasks whose
-run is already in the store are skipped, so a stopped sweep resumes. Each task loads its model, runs the analysis
+run is already in the store are skipped, so a stopped sweep resumes. Models not yet on disk (SmolLM2's conversion,
+zoo members) are prepared once, here, before the tasks start. Each task loads its model, runs the analysis
 through the contract (:meth:`workbench.analysis.Analysis.launch`) and writes its own run to the store, atomically
 (a task killed mid-write leaves no run). Ray retries a failed task (``--retries``); what still fails is reported in
 the summary with its error, and the exit status is 1.
 
 Locally (the default) the sweep starts its own Ray instance on this machine (``--workers`` CPUs, one per task by
 default, no dashboard) and stops it at the end; ``--address`` joins a running cluster (started with
-``ray start``), whose nodes need the project installed and the store on a shared filesystem: each task is told the
-store's folder and ``WORKBENCH_HOME`` explicitly. A task takes ``--cpus-per-task`` CPUs (torch runs that many threads)
+``ray start``), whose nodes need the project installed, and the store and ``WORKBENCH_HOME`` (the models) on a shared
+filesystem at the same path: each task is told the store's folder and ``WORKBENCH_HOME`` explicitly. A task takes ``--cpus-per-task`` CPUs (torch runs that many threads)
 and ``--gpus-per-task`` GPUs (fractions share one); it runs on its GPU when it has one, else on the CPU. Every
 attempt of every task leaves a small JSON record (host, pid, threads, seconds, error) in ``<store>/.sweeps/<sweep
 id>/``, beside the sweep's summary.
@@ -26,6 +27,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,15 @@ def start_ray(ray: Any, *, address: str | None = None, workers: int | None = Non
     else:
         ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
     return True
+
+
+def prepare_models(specs: Iterable[str | None]) -> None:
+    """Convert or train here, once, every model the tasks will load that is not on disk yet (SmolLM2's conversion, a
+    zoo member's training), so that concurrent tasks never build the same model at once."""
+    from workbench.models import resolve
+
+    for spec in sorted({s for s in specs if s is not None}):
+        resolve(spec)
 
 
 def _write_attempt(log: Path, index: int, record: dict[str, Any]) -> Path:
@@ -214,6 +225,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         outcomes.update({t.index: {"status": "to run"} for t in todo})
     elif todo:
         ray = import_ray()
+        prepare_models(t.model for t in todo if plan.analysis.needs_model)
         log.mkdir(parents=True, exist_ok=True)
         env = {"home": str(workbench_home()), "store": str(store.root.resolve()), "log": str(log.resolve()),
                "threads": args.cpus_per_task, "device": args.device or (None if args.gpus_per_task else "cpu")}
