@@ -1,4 +1,5 @@
-"""The core verbs of the ``workbench`` command line: models, zoo, harvest-shards, runs, demo, app."""
+"""The core verbs of the ``workbench`` command line: models, zoo, harvest-shards, runs, sweep (:mod:`workbench.ui.sweep`),
+demo, app."""
 
 from __future__ import annotations
 
@@ -155,7 +156,7 @@ def cmd_app(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the core verbs (models, zoo, harvest-shards, runs, demo, app) to the ``workbench`` parser."""
+    """Add the core verbs (models, zoo, harvest-shards, runs, sweep, demo, app) to the ``workbench`` parser."""
     p = sub.add_parser("models", help="list the models available offline (model cards)")
     _json_arg(p)
     p.set_defaults(func=cmd_models)
@@ -197,6 +198,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="only runs of this model")
     _json_arg(p)
     p.set_defaults(func=cmd_runs)
+
+    from workbench.ui.sweep import register as register_sweep
+
+    register_sweep(sub)
 
     p = sub.add_parser("demo", help="compute the demo run of every analysis (skipping stored ones)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
