@@ -122,11 +122,11 @@ def _killed(rank: int, world: int, workdir: str) -> None:
     class Dying(D.DataParallel):
         calls = 0
 
-        def losses(self, *args):
+        def losses(self, *args, **options):
             self.calls += 1
             if self.rank == 1 and self.calls > KILL_AT * len(_dp_specs()):
                 os._exit(3)
-            return super().losses(*args)
+            return super().losses(*args, **options)
 
     train_dictionaries(None, None, _dp_specs(), _cfg(), workdir=workdir, progress=False, buffer=_buffer((rank, world)),
           comm=Dying())

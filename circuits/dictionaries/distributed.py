@@ -87,8 +87,8 @@ class _Step(torch.nn.Module):
         super().__init__()
         self.d, self.spec, self._reduce = d, spec, reduce
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, dead: torch.Tensor, auxk_coef: float, log: bool):
-        return T._step_losses(self.d, x, y, self.spec, dead, auxk_coef, log=log, reduce=self._reduce)
+    def forward(self, x: torch.Tensor, y: torch.Tensor, dead: torch.Tensor, auxk_coef: float, log: bool, **options):
+        return T._step_losses(self.d, x, y, self.spec, dead, auxk_coef, log=log, reduce=self._reduce, **options)
 
 
 class DataParallel(Communicator):
@@ -109,12 +109,12 @@ class DataParallel(Communicator):
     def reducer(self) -> T.Reduce:
         return self.reduce
 
-    def losses(self, label, d, x, y, spec, dead, auxk_coef, log):
+    def losses(self, label, d, x, y, spec, dead, auxk_coef, log, **options):
         if label not in self._ddp:  # made at the first step, after the start (or the resume) every rank shares
             p = d.W_dec
             self._ddp[label] = torch.nn.parallel.DistributedDataParallel(
                 _Step(d, spec, self.reduce), device_ids=[p.device.index] if p.is_cuda else None)
-        loss, logs, fired = self._ddp[label](x, y, dead, auxk_coef, log)
+        loss, logs, fired = self._ddp[label](x, y, dead, auxk_coef, log, **options)
         flags = fired.to(x.device, torch.uint8)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         if logs:

@@ -612,10 +612,12 @@ class Communicator:
         return None
 
     def losses(self, label: str, d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec,
-               dead: torch.Tensor, auxk_coef: float, log: bool) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+               dead: torch.Tensor, auxk_coef: float, log: bool,
+               **options: Any) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         """One batch's (loss, logged numbers, latents fired [d_sae] bool) of dictionary ``label``; the gradient of
-        ``loss.backward()`` is that of the global batch, the logged numbers and fired latents the global batch's."""
-        return _step_losses(d, x, y, spec, dead, auxk_coef, log=log)
+        ``loss.backward()`` is that of the global batch, the logged numbers and fired latents the global batch's.
+        ``options`` go to the step's loss function."""
+        return _step_losses(d, x, y, spec, dead, auxk_coef, log=log, **options)
 
     def barrier(self) -> None:
         """Wait for every rank."""
