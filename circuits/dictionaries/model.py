@@ -15,12 +15,13 @@ Shapes (``d_in`` input width, ``d_sae`` latents, ``d_out`` output width)::
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from circuits.dictionaries.precision import amp_backward, amp_forward
 
 KINDS = ("sae", "transcoder", "skip_transcoder")
 ACTIVATIONS = ("relu", "topk")
@@ -32,38 +33,43 @@ class DictionaryConfigError(ValueError):
 
 def csr_plan(idx: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The sorting work of :func:`_sparse_t_matmul` for idx [B, k] (distinct per row), to share between products
-    with the same indices: (crow [n_rows + 1], order [B * k], columns [B * k])."""
+    with the same indices: the B*k entries grouped by latent (a CSR layout of the transposed code),
+    (offsets [n_rows + 1] of each latent's group, order [B * k] (a stable sort of the flat indices), batch rows
+    [B * k] of the sorted entries). On idx's device."""
     flat = idx.reshape(-1)
-    order = flat.argsort()
-    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=idx.device)
-    crow[1:] = torch.bincount(flat, minlength=n_rows).cumsum(0)
-    return crow, order, order // idx.shape[1]
+    order = flat.argsort(stable=True)
+    offsets = torch.zeros(n_rows + 1, dtype=torch.long, device=idx.device)
+    offsets[1:] = torch.bincount(flat, minlength=n_rows).cumsum(0)
+    return offsets, order, order // idx.shape[1]
 
 
 def _sparse_t_matmul(idx: torch.Tensor, vals: torch.Tensor, dense: torch.Tensor, n_rows: int,
                      plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``G^T @ dense`` for the sparse G [B, n_rows] with ``G[b, idx[b, i]] = vals[b, i]`` (idx [B, k] distinct per row):
-    one CSR product, [n_rows, dense.shape[1]]. ``plan``: :func:`csr_plan` of idx, if already made."""
-    crow, order, cols = plan if plan is not None else csr_plan(idx, n_rows)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        gt = torch.sparse_csr_tensor(crow, cols, vals.reshape(-1)[order].contiguous(), (n_rows, idx.shape[0]),
-                                     check_invariants=False)
-    return gt @ dense
+    [n_rows, dense.shape[1]], row j the ``vals``-weighted sum of the dense rows of the entries of latent j, one
+    ``embedding_bag`` over the latent-sorted entries (any device). ``plan``: :func:`csr_plan` of idx, if already
+    made."""
+    offsets, order, rows = plan if plan is not None else csr_plan(idx, n_rows)
+    return F.embedding_bag(rows, dense, offsets, mode="sum", per_sample_weights=vals.reshape(-1)[order].to(dense.dtype),
+                           include_last_offset=True)
 
 
 class _SparseDecode(torch.autograd.Function):
-    """out [B, d_out] = sum_i acts[b, i] * W_dec[idx[b, i]], touching only the chosen rows in both directions."""
+    """out [B, d_out] = sum_i acts[b, i] * W_dec[idx[b, i]], touching only the chosen rows in both directions.
+    Under autocast it runs in float32 (a gather, not a dense product)."""
 
     @staticmethod
+    @amp_forward(cast_inputs=torch.float32)
     def forward(ctx, acts, idx, W_dec, plan=None):  # noqa: ANN001, ANN205
         ctx.save_for_backward(acts, idx, W_dec)
         ctx.plan = plan
         return F.embedding_bag(idx, W_dec, per_sample_weights=acts, mode="sum")
 
     @staticmethod
+    @amp_backward
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         acts, idx, W_dec = ctx.saved_tensors
+        grad = grad.to(W_dec.dtype)
         g_acts = g_w = None
         if ctx.needs_input_grad[0]:
             with torch.enable_grad():  # embedding_bag's own per-sample-weight gradient (no [B, k, d_out] gather)
@@ -84,19 +90,23 @@ class _SparseGatherLinear(torch.autograd.Function):
     without grad). Backward gives W_enc and b_enc the gradient of only the B*k chosen entries (a sparse [d_sae, B] @
     [B, d_in] product) instead of a dense [d_in, B] @ [B, d_sae] one; ``shift`` (an SAE's b_dec) gets
     ``-W_enc @ grad_b_enc``; ``x`` gets its gradient through the gathered encoder columns only when it asks for one.
+    Under autocast the values (computed in the low precision) are cast to float32 and the backward runs in float32.
     """
 
     @staticmethod
+    @amp_forward(cast_inputs=torch.float32)
     def forward(ctx, x, shift, W_enc, b_enc, idx, values, plan=None):  # noqa: ANN001, ANN205
         ctx.save_for_backward(x, shift if shift is not None else x.new_zeros(0), W_enc, idx)
         ctx.plan = plan
         ctx.has_shift = shift is not None
         ctx.d_sae = W_enc.shape[1]
-        return values.clone()
+        return values.to(W_enc.dtype, copy=True)
 
     @staticmethod
+    @amp_backward
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         x, shift, W_enc, idx = ctx.saved_tensors
+        grad = grad.to(W_enc.dtype)
         g_x = g_s = g_w = g_b = None
         flat_idx = idx.reshape(-1)
         flat_g = grad.reshape(-1).contiguous()
