@@ -15,6 +15,7 @@ Shapes (``d_in`` input width, ``d_sae`` latents, ``d_out`` output width)::
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import torch
@@ -29,6 +30,22 @@ ACTIVATIONS = ("relu", "topk")
 
 class DictionaryConfigError(ValueError):
     """A dictionary was asked for with an unknown kind/activation or inconsistent widths."""
+
+
+_scratch = threading.local()
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reusable uninitialised buffer for a large temporary of one step that no caller keeps (one per ``name``, shape,
+    dtype and device, per thread; at most 8 kept): a fresh [B, d_sae] tensor every step is page-faulted in anew on
+    the CPU. The caller must be done with its contents before asking for the same buffer again."""
+    cache = _scratch.__dict__.setdefault("buffers", {})
+    key = (name, tuple(shape), dtype, torch.device(device))
+    if key not in cache:
+        if len(cache) >= 8:
+            cache.pop(next(iter(cache)))
+        cache[key] = torch.empty(shape, dtype=dtype, device=device)
+    return cache[key]
 
 
 def csr_plan(idx: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -274,11 +291,13 @@ class Dictionary(nn.Module):
 
     @torch.no_grad()
     def remove_parallel_gradient(self) -> None:
-        """Project out of ``W_dec.grad`` the component along each decoder row (keeps rows on the unit sphere)."""
-        if self.W_dec.grad is None:
+        """Project out of ``W_dec.grad`` the component along each decoder row (keeps rows on the unit sphere):
+        ``g[i] -= (g[i] . W[i]) W[i] / ||W[i]||^2``, in place, with no [d_sae, d_out] temporary."""
+        g, w = self.W_dec.grad, self.W_dec
+        if g is None:
             return
-        w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        self.W_dec.grad.sub_((self.W_dec.grad * w).sum(1, keepdim=True) * w)
+        coef = torch.linalg.vecdot(g, w, dim=1) / w.norm(dim=1).clamp_min(1e-12).pow(2)
+        g.addcmul_(w, coef[:, None], value=-1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -53,6 +53,7 @@ from circuits.dictionaries.model import (
     _SparseGatherLinear,
     csr_plan,
     expansion_width,
+    scratch,
 )
 from circuits.dictionaries.precision import AUTOCAST, LossScaler, autocast_context, make_adam
 from circuits.dictionaries.saelens_io import hook_widths
@@ -447,7 +448,12 @@ def _topk_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, dead: torch.Te
     logs: dict[str, float] = {}
     shift = d.b_dec if d.apply_b_dec_to_input else None
     with torch.no_grad():
-        pre = torch.addmm(d.b_enc, x - shift if shift is not None else x, d.W_enc)
+        xin = x - shift if shift is not None else x
+        if torch.is_autocast_enabled(x.device.type):
+            pre = torch.addmm(d.b_enc, xin, d.W_enc)
+        else:  # into a buffer reused from step to step (pre is not kept)
+            pre = torch.addmm(d.b_enc, xin, d.W_enc, out=scratch("topk_pre", (x.shape[0], d.d_sae), d.W_enc.dtype,
+                                                                 x.device))
         vals, idx = pre.topk(d.k, dim=-1, sorted=False)
         plan = csr_plan(idx, d.d_sae)  # one index sort shared by the encoder and decoder gradients
     acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, idx, vals, plan))
