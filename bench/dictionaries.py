@@ -1,7 +1,7 @@
 """Benchmark: dictionary training throughput of our trainer against a plain PyTorch loop, SAELens and sparsify.
 
 Run: ``.venv/bin/python bench/dictionaries.py [--source smollm2|random] [--tokens 65536] [--steps 16] [--rounds 5]
-[--threads 2] [--saelens-python /tmp/venv-saelens/bin/python] [--sparsify-python /tmp/venv-sparsify/bin/python]
+[--threads 2] [--saelens-python /work/venvs/saelens/bin/python] [--sparsify-python /work/venvs/sparsify/bin/python]
 [--quick]``. Prints a table, then one JSON object as its last line. ``--quick``: random activations, 8,192 rows,
 3 steps, 5 rounds.
 
@@ -227,8 +227,6 @@ def useful_flops_per_token(name: str, d_in: int, d_sae: int) -> float:
 
 
 def main() -> None:
-    from bench.timing import LoadWatch, Timed, compare, emit
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", choices=["smollm2", "random"], default=None, help="default smollm2 (random quick)")
     p.add_argument("--tokens", type=int, default=None, help="activation rows (default 65536; 8192 quick)")
@@ -236,16 +234,18 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="smallest settings: random activations, few rows and steps")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every row (default: torch's default)")
-    p.add_argument("--saelens-python", default="/tmp/venv-saelens/bin/python")
-    p.add_argument("--sparsify-python", default="/tmp/venv-sparsify/bin/python")
+    p.add_argument("--saelens-python", default="/work/venvs/saelens/bin/python")
+    p.add_argument("--sparsify-python", default="/work/venvs/sparsify/bin/python")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     p.add_argument("--variant", default="", help=argparse.SUPPRESS)
     p.add_argument("--acts", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.steps = args.steps or (3 if args.quick else 16)
-    if args.child:
+    if args.child:  # in the library's virtualenv: no bench package there
         child_main(args)
         return
+    from bench.timing import LoadWatch, Timed, compare, emit
+
     source = args.source or ("random" if args.quick else "smollm2")
     n_rows = args.tokens or (8192 if args.quick else 65536)
     if args.threads:
