@@ -48,10 +48,16 @@ def reference_topk_loss(d: Dictionary, x: torch.Tensor, y: torch.Tensor, dead: t
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("n_dead", [0, 3, 17, 40], ids=lambda n: f"dead{n}")
-def test_topk_step_loss_gradients_and_firing_match_the_dense_formula(kind: str, n_dead: int) -> None:
-    """AuxK ranks only the dead columns (fewer than d_in // 2, more, and all of them): same loss, same gradients
-    of every parameter, same fired latents as the masked dense formula in float64."""
+@pytest.mark.parametrize("n_dead", [0, 3, 17, 30, 40], ids=lambda n: f"dead{n}")
+@pytest.mark.parametrize("route", ["sparse", "auto", "dense"])
+def test_topk_step_loss_gradients_and_firing_match_the_dense_formula(kind: str, n_dead: int, route: str,
+                                                                     monkeypatch) -> None:
+    """AuxK ranks only the dead columns (fewer than d_in // 2, more, and all of them), through the sparse route, the
+    dense-over-dead-columns route or the one chosen by size: same loss, same gradients of every parameter, same
+    fired latents as the masked dense formula in float64."""
+    from circuits.dictionaries import auxk
+
+    monkeypatch.setattr(auxk, "DENSE_RATIO", {"sparse": 0, "auto": auxk.DENSE_RATIO, "dense": 10**6}[route])
     d = make(kind)
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(33, 12, dtype=torch.float64, generator=gen)

@@ -73,28 +73,32 @@ def _sparse_t_matmul(idx: torch.Tensor, vals: torch.Tensor, dense: torch.Tensor,
 
 class _SparseDecode(torch.autograd.Function):
     """out [B, d_out] = sum_i acts[b, i] * W_dec[idx[b, i]], touching only the chosen rows in both directions.
-    Under autocast it runs in float32 (a gather, not a dense product)."""
+    Under autocast it runs in float32 (a gather, not a dense product). The forward keeps embedding_bag's bag map so
+    the backward forms the activations' gradient (one dot product per entry) without a second forward."""
 
     @staticmethod
     @amp_forward(cast_inputs=torch.float32)
     def forward(ctx, acts, idx, W_dec, plan=None):  # noqa: ANN001, ANN205
-        ctx.save_for_backward(acts, idx, W_dec)
+        B, k = idx.shape
+        flat = idx.reshape(-1)
+        offsets = torch.arange(0, B * k, k, device=idx.device)
+        out, offset2bag, _, _ = torch.ops.aten._embedding_bag(W_dec, flat, offsets, False, 0, False,
+                                                              acts.reshape(-1), False, -1)
+        ctx.save_for_backward(acts, idx, W_dec, offsets, offset2bag)
         ctx.plan = plan
-        return F.embedding_bag(idx, W_dec, per_sample_weights=acts, mode="sum")
+        return out
 
     @staticmethod
     @amp_backward
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        acts, idx, W_dec = ctx.saved_tensors
-        grad = grad.to(W_dec.dtype)
+        acts, idx, W_dec, offsets, offset2bag = ctx.saved_tensors
+        grad = grad.to(W_dec.dtype).contiguous()
         g_acts = g_w = None
-        if ctx.needs_input_grad[0]:
-            with torch.enable_grad():  # embedding_bag's own per-sample-weight gradient (no [B, k, d_out] gather)
-                a = acts.detach().requires_grad_()
-                out = F.embedding_bag(idx, W_dec.detach(), per_sample_weights=a, mode="sum")
-                (g_acts,) = torch.autograd.grad(out, a, grad)
+        if ctx.needs_input_grad[0]:  # g_acts[b, i] = grad[b] . W_dec[idx[b, i]]
+            g_acts = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad, W_dec, idx.reshape(-1), offsets, offset2bag, 0, -1).view(idx.shape)
         if ctx.needs_input_grad[2]:
-            g_w = _sparse_t_matmul(idx, acts, grad.contiguous(), W_dec.shape[0], ctx.plan)
+            g_w = _sparse_t_matmul(idx, acts, grad, W_dec.shape[0], ctx.plan)
         return g_acts, None, g_w, None
 
 

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from circuits.dictionaries.auxk import auxk_reconstruction
 from circuits.dictionaries.buffer import ActivationBuffer, TokenSource
 from circuits.dictionaries.fused import relu_code
 from circuits.dictionaries.model import (
@@ -468,17 +469,8 @@ def _topk_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, dead: torch.Te
     n_dead = int(dead.sum())
     if n_dead and auxk_coef > 0:
         k_aux = min(max(1, d.d_in // 2), n_dead)
-        with torch.no_grad():  # the top k_aux of the dead latents' pre-activations: ranked among their columns only
-            if n_dead < d.d_sae:
-                cols = dead.nonzero().squeeze(1)
-                a_vals, j = pre.index_select(1, cols).topk(k_aux, dim=-1, sorted=False)
-                a_idx = cols[j]
-            else:
-                a_vals, a_idx = pre.topk(k_aux, dim=-1, sorted=False)
-            a_plan = csr_plan(a_idx, d.d_sae)
-        a_acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, a_idx, a_vals, a_plan))
+        e_hat = auxk_reconstruction(d, x, pre, dead, n_dead, k_aux)
         resid = (y - out).detach()
-        e_hat = _SparseDecode.apply(a_acts, a_idx, d.W_dec, a_plan)
         aux = (e_hat - resid).pow(2).sum(-1).mean() / resid.sub(resid.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
         loss = loss + auxk_coef * torch.nan_to_num(aux, 0.0)
         if log:
