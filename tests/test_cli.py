@@ -18,7 +18,7 @@ from workbench.ui import demo as demo_module
 from workbench.ui.cli import build_parser, main
 from workbench.zoo_curves import ZOO_TRAINING, ZooTrainingConfig
 
-VERBS = [["models"], ["zoo"], ["zoo", "build"], ["zoo", "list"], ["runs"], ["demo"], ["app"]]
+VERBS = [["models"], ["zoo"], ["zoo", "build"], ["zoo", "list"], ["runs"], ["sweep"], ["demo"], ["app"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=" ".join)

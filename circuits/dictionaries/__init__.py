@@ -8,6 +8,8 @@ feature views.
 - :data:`TRAIN_DICT` / :data:`EVAL_DICT`: the analyses behind the contract; :func:`run_dictionaries` reads a run's.
 - :class:`CrossLayerTranscoder` (``clt``), :func:`train_clt`, :func:`evaluate_clt`, :func:`save_clt` / :func:`load_clt`
   (circuit-tracer's layout, also :func:`save_transcoder_set`); :data:`TRAIN_CLT` (verb ``train-clt``).
+- :func:`write_shards` (activations to safetensors shards on disk, resumable), :class:`ShardBuffer` (train from them:
+  ``train_dictionaries(..., buffer=ShardBuffer(folder, batch_size=...))``), :func:`evaluate_on_shards`.
 
 Names are imported on first use (importing the package costs nothing).
 """
@@ -43,4 +45,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "load_circuit_tracer": "circuits.dictionaries.clt_io",
     "TRAIN_CLT": "circuits.dictionaries.clt_analysis",
     "TrainCltConfig": "circuits.dictionaries.clt_analysis",
+    "write_shards": "circuits.dictionaries.shards",
+    "ShardBuffer": "circuits.dictionaries.shard_buffer",
+    "evaluate_on_shards": "circuits.dictionaries.shard_eval",
 })

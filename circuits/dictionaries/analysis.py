@@ -114,12 +114,18 @@ class TrainDictionaryConfig(HeldOutOptions):
     checkpoint_seconds: float | None = option(60.0, "with --workdir: also checkpoint after this much wall time",
                                               minimum=0.0, exclusive_minimum=True)
     spill_dir: str | None = option(None, "keep the activation buffer in memory-mapped files there", path=True)
+    shards: str | None = option(None, "train from this activation shard folder (`workbench harvest-shards`) instead "
+                                      "of harvesting the corpus", path=True)
     autocast: Literal["bf16", "fp16"] | None = option(None, "run the step's matrix products in bf16 or fp16 (weights "
                                                             "and Adam state stay float32; fp16 scales the loss)")
 
     def validate(self) -> None:
+        from circuits.dictionaries.shard_runs import check_shard_folder
+
         super().validate()
-        _check_corpus(self.corpus, self.seq_len, [("train", self.tokens, "--tokens")])
+        check_shard_folder(self.shards)
+        if self.shards is None:
+            _check_corpus(self.corpus, self.seq_len, [("train", self.tokens, "--tokens")])
         if self.batch_size > self.tokens:
             raise ConfigError(f"--batch-size {self.batch_size} exceeds --tokens {self.tokens}: the budget holds no "
                               "optimiser step; lower --batch-size or raise --tokens")
@@ -149,9 +155,14 @@ class EvalDictionaryConfig(HeldOutOptions):
     """Options of ``workbench eval-dict``."""
 
     path: list[str] = option(help="folders holding cfg.json and sae_weights.safetensors", positional=True, path=True)
+    shards: str | None = option(None, "also measure L0, FVU and dead fraction over this activation shard folder",
+                                path=True)
 
     def validate(self) -> None:
+        from circuits.dictionaries.shard_runs import check_shard_folder
+
         super().validate()
+        check_shard_folder(self.shards)
         for folder in self.path:
             if not Path(folder).exists():
                 raise ConfigError(f"PATH {folder} does not exist; give SAELens dictionary folders (cfg.json and "
@@ -265,7 +276,15 @@ def _train_specs(model: Any, cfg: TrainDictionaryConfig, progress: bool, hook_in
     device = str(model.W_E.device)
     source = corpus_source(model.tokenizer, cfg.corpus, seq_len=cfg.seq_len, batch_size=8, seed=cfg.seed)
     eval_source = corpus_source(model.tokenizer, cfg.corpus, seq_len=cfg.seq_len, batch_size=8, split="heldout", seed=0)
-    trained = train_dictionaries(model, source, specs, train, workdir=cfg.workdir, progress=progress, device=device)
+    buffer, shard_warnings = None, []
+    if cfg.shards is not None:
+        from circuits.dictionaries.shard_runs import training_buffer
+
+        hooks = sorted({hook_in, hook_out or hook_in})
+        buffer, shard_warnings = training_buffer(model, cfg.shards, hooks, batch_size=cfg.batch_size, seed=cfg.seed,
+                                                 tokens=cfg.tokens)
+    trained = train_dictionaries(model, source, specs, train, workdir=cfg.workdir, progress=progress, device=device,
+                                 buffer=buffer)
     evaluation = evaluate_dictionaries(model, trained.dictionaries, eval_source, max_tokens=cfg.eval_tokens,
                                        progress=progress, device=device)
     with torch.no_grad():
@@ -275,7 +294,9 @@ def _train_specs(model: Any, cfg: TrainDictionaryConfig, progress: bool, hook_in
                                 progress=progress, exclude_tokens=_bos(model, cfg))
     out.params = {"specs": [s.__dict__ for s in specs], "train": dict(train.__dict__),
                   "seconds_training": trained.seconds, "steps": trained.steps, "tokens_trained": trained.tokens}
-    out.warnings = list(trained.warnings) + out.warnings
+    if cfg.shards is not None:
+        out.params["shards"] = str(Path(cfg.shards).resolve())
+    out.warnings = shard_warnings + list(trained.warnings) + out.warnings
     return out
 
 
@@ -301,6 +322,11 @@ def _evaluate(model: Any, cfg: EvalDictionaryConfig, progress: bool) -> Result:
                                 tokenizer=model.tokenizer, context_size=cfg.seq_len, progress=progress,
                                 exclude_tokens=_bos(model, cfg))
     out.params = {"sources": [str(Path(f).resolve()) for f in cfg.path]}
+    if cfg.shards is not None:
+        from circuits.dictionaries.shard_runs import add_shard_metrics
+
+        add_shard_metrics(out, dicts, cfg.shards, model, progress=progress)
+        out.params["shards"] = str(Path(cfg.shards).resolve())
     return out
 
 

@@ -1,4 +1,5 @@
-"""The core verbs of the ``workbench`` command line: models, zoo, runs, demo, app."""
+"""The core verbs of the ``workbench`` command line: models, zoo, harvest-shards, runs, sweep (:mod:`workbench.ui.sweep`),
+demo, app."""
 
 from __future__ import annotations
 
@@ -49,6 +50,29 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
     emit(args, {"zoo": rows, "families": zoo.all_families()},
          "\n".join(f"toy/{n}: {'built' if r['built'] else 'not built'}" for n, r in rows.items()))
     return 0
+
+
+def cmd_harvest_shards(args: argparse.Namespace) -> int:
+    from circuits.dictionaries.shard_runs import harvest_command
+    from workbench.ui.device import check_device
+
+    check_device(args.device)
+    payload, text = harvest_command(args)
+    emit(args, payload, text)
+    return 0
+
+
+def _integer(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from exc
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -132,7 +156,7 @@ def cmd_app(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the core verbs (models, zoo, runs, demo, app) to the ``workbench`` parser."""
+    """Add the core verbs (models, zoo, harvest-shards, runs, sweep, demo, app) to the ``workbench`` parser."""
     p = sub.add_parser("models", help="list the models available offline (model cards)")
     _json_arg(p)
     p.set_defaults(func=cmd_models)
@@ -149,11 +173,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     _json_arg(b)
     b.set_defaults(func=cmd_zoo_list)
 
+    p = sub.add_parser("harvest-shards", help="write a model's activations at hooks to safetensors shards on disk "
+                       "(resumes an interrupted write); train on them with train-dict --shards")
+    p.add_argument("--model", default="smollm2-135m", help="model spec (default smollm2-135m; see `workbench models`)")
+    p.add_argument("--hooks", nargs="+", required=True, help="hook names (space or comma separated), all harvested in "
+                   "the same forwards, e.g. blocks.6.ln2.hook_normalized blocks.6.hook_mlp_out")
+    p.add_argument("--out", required=True, help="the shard folder (new, empty, or an interrupted write to resume)")
+    p.add_argument("--tokens", type=_integer(1), default=1_000_000, help="real tokens to write (default 1000000)")
+    p.add_argument("--shard-rows", type=_integer(1), default=65_536, help="rows (tokens) per shard (default 65536)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="storage dtype (default float32)")
+    p.add_argument("--corpus", default="wiki", help="corpus name (workbench.data.CORPORA; default wiki)")
+    p.add_argument("--split", default="train", choices=("train", "heldout"), help="corpus split (default train)")
+    p.add_argument("--seq-len", type=_integer(1), default=128, help="tokens per row, BOS included (default 128)")
+    p.add_argument("--batch-size", type=_integer(1), default=8, help="rows per forward pass (default 8)")
+    p.add_argument("--seed", type=_integer(0), default=0, help="seed of the corpus order (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _json_arg(p)
+    p.set_defaults(func=cmd_harvest_shards)
+
     p = sub.add_parser("runs", help="list stored runs")
     p.add_argument("--kind", help="only runs of this kind")
     p.add_argument("--model", help="only runs of this model")
     _json_arg(p)
     p.set_defaults(func=cmd_runs)
+
+    from workbench.ui.sweep import register as register_sweep
+
+    register_sweep(sub)
 
     p = sub.add_parser("demo", help="compute the demo run of every analysis (skipping stored ones)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
