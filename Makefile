@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/harvest.py
 	$(PY) bench/probes.py
 	$(PY) bench/dictionaries.py
+	$(PY) bench/dictionary_step.py
 	$(PY) bench/shards.py
 	$(PY) bench/cdt.py
 	$(PY) bench/paths.py

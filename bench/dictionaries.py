@@ -32,9 +32,14 @@ activations from a temporary safetensors file and times its own step loop; ours 
 eai-sparsify 1.3.3, both on torch 2.13.0 (CPU wheels), installed with ``pip install torch==2.13.0 sae-lens`` /
 ``... eai-sparsify`` in fresh virtualenvs.
 
-Measured on this 2-core machine (shared with other jobs), ``--source smollm2 --tokens 32768 --steps 8 --rounds 2
---threads 2``: tokens/s ours ReLU 2,437 (plain 1,950, SAELens 1,619), ours TopK 3,560 (plain 2,057, SAELens 1,448,
-sparsify 2,957); matmul 86.8 GFLOP/s, ours ReLU at 74 % of it in useful FLOPs.
+Measured on this 2-core machine (shared with other jobs; load average 1.2-1.9 during the run, below the core
+count), ``--source smollm2 --tokens 65536 --steps 16 --rounds 3 --threads 2``: matmul 166 GFLOP/s; ours TopK 19,948
+tokens/s, 66 % of the matmul rate in useful FLOPs, 1.83x sparsify (10,160), 6.2x SAELens (3,283), 4.2x plain;
+ours ReLU 6,280 tokens/s (best round; its rounds spread 10-20 s under the other jobs), 1.41x SAELens (4,045; median
+of per-round ratios), 1.34x plain. A quieter run (``--tokens 32768 --steps 8 --rounds 3``, matmul 180 GFLOP/s):
+TopK 1.91x sparsify, ReLU 1.80x SAELens. Where one step's time goes: ``bench/dictionary_step.py`` (TopK at 2
+threads: encoder product 65 % of the step, top-k selection about 15 %, everything sparse, Adam and the decoder
+projection the rest; the whole call adds the dictionary's build and data-dependent start, about one step).
 
 Every row runs once untimed (a warm-up; a library row that fails there is dropped with a note), then the rows run
 interleaved in rounds (:func:`bench.timing.compare`, order rotated each round); tokens/s is from each row's best

@@ -7,7 +7,9 @@ Losses (METHODS.md section 1), per token, averaged over the batch:
   pre-activations of the dead latents (not fired in the last ``dead_tokens`` tokens), normalised by the residual's
   variance (as in Gao et al. 2024). Decoder rows are kept at unit norm (the gradient's component along each row is
   removed before the step, the rows renormalised after it). TopK runs the sparse path: only the k chosen decoder
-  rows and encoder columns get gradients.
+  rows and encoder columns get gradients; AuxK ranks the dead latents among their own columns
+  (:mod:`circuits.dictionaries.auxk`). Adam is torch's fused kernel where the device has one; ``autocast`` runs the
+  dense products in bf16 or fp16 with float32 master weights (:mod:`circuits.dictionaries.precision`).
 ``b_dec`` starts at the mean of the target over the first buffer block and the encoder is scaled so the first
 reconstructions are small (:func:`init_from_data`). Adam with linear warm-up (``warmup_steps``, cut to
 ``max_warmup_fraction`` of the steps for short budgets), then a constant learning rate, then a linear decay to zero
