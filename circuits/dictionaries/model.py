@@ -48,6 +48,11 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch
     return cache[key]
 
 
+def release_scratch() -> None:
+    """Free this thread's :func:`scratch` buffers (at the end of a training run)."""
+    _scratch.__dict__.pop("buffers", None)
+
+
 def csr_plan(idx: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The sorting work of :func:`_sparse_t_matmul` for idx [B, k] (distinct per row), to share between products
     with the same indices: the B*k entries grouped by latent (a CSR layout of the transposed code),

@@ -56,6 +56,7 @@ from circuits.dictionaries.model import (
     _SparseGatherLinear,
     csr_plan,
     expansion_width,
+    release_scratch,
     scratch,
 )
 from circuits.dictionaries.precision import AUTOCAST, LossScaler, autocast_context, make_adam
@@ -739,6 +740,7 @@ def train_dictionaries(
         for d in dicts.values():
             if d.activation == "relu":
                 d.normalize_decoder()
+    release_scratch()
     for d in dicts.values():
         d.requires_grad_(False)
         d.to("cpu")
