@@ -32,14 +32,14 @@ activations from a temporary safetensors file and times its own step loop; ours 
 eai-sparsify 1.3.3, both on torch 2.13.0 (CPU wheels), installed with ``pip install torch==2.13.0 sae-lens`` /
 ``... eai-sparsify`` in fresh virtualenvs.
 
-Measured on this 2-core machine (shared with other jobs; load average 1.2-1.9 during the run, below the core
-count), ``--source smollm2 --tokens 65536 --steps 16 --rounds 3 --threads 2``: matmul 166 GFLOP/s; ours TopK 19,948
-tokens/s, 66 % of the matmul rate in useful FLOPs, 1.83x sparsify (10,160), 6.2x SAELens (3,283), 4.2x plain;
-ours ReLU 6,280 tokens/s (best round; its rounds spread 10-20 s under the other jobs), 1.41x SAELens (4,045; median
-of per-round ratios), 1.34x plain. A quieter run (``--tokens 32768 --steps 8 --rounds 3``, matmul 180 GFLOP/s):
-TopK 1.91x sparsify, ReLU 1.80x SAELens. Where one step's time goes: ``bench/dictionary_step.py`` (TopK at 2
-threads: encoder product 65 % of the step, top-k selection about 15 %, everything sparse, Adam and the decoder
-projection the rest; the whole call adds the dictionary's build and data-dependent start, about one step).
+Measured on this 2-core machine (shared with other jobs), ``--source smollm2 --tokens 65536 --steps 16 --rounds 3
+--threads 2``, two runs (load average 1.2-1.9 and 0.7-1.9, below the core count, but rounds of one row still
+spread by up to 1.7x): matmul 166 / 182 GFLOP/s; ours TopK 19,948 / 19,153 tokens/s (best round), 66 % / 57 % of
+the matmul rate in useful FLOPs, 1.83x / 1.55x sparsify (median of per-round ratios; best rounds 1.96x / 1.91x),
+6.2x / 5.0x SAELens, 4.2x / 3.8x plain; ours ReLU 6,280 / 6,066 tokens/s, 100 % / 88 % of the matmul rate, 1.41x /
+1.61x SAELens, 1.34x / 1.40x plain. Where one step's time goes: ``bench/dictionary_step.py`` (TopK at 2 threads:
+the encoder's dense product 65 % of the step, the top-k selection about 15 %, the sparse products, Adam and the
+decoder projection the rest; the whole call adds the dictionary's build and data-dependent start, about one step).
 
 Every row runs once untimed (a warm-up; a library row that fails there is dropped with a note), then the rows run
 interleaved in rounds (:func:`bench.timing.compare`, order rotated each round); tokens/s is from each row's best
