@@ -30,7 +30,7 @@ if __name__ == "__main__":
 def main() -> None:
     from bench.timing import LoadWatch, emit
     from circuits.dictionaries.model import Dictionary
-    from circuits.dictionaries.precision import make_adam
+    from circuits.dictionaries.precision import autocast_context, make_adam
     from circuits.dictionaries.train import DictSpec, _step_losses
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -91,7 +91,7 @@ def main() -> None:
     spent.clear()
     for i in range(args.steps):
         step(xs[i % len(xs)])
-    with torch.no_grad():
+    with torch.no_grad(), autocast_context(args.autocast, dev):  # the floor in the step's own precision
         xin = xs[0] - d.b_dec
         for _ in range(args.steps):
             timed("(encoder product alone)", lambda: torch.addmm(d.b_enc, xin, d.W_enc))
