@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/probes.py
 	$(PY) bench/dictionaries.py
 	$(PY) bench/distributed.py
+	$(PY) bench/dictionary_step.py
 	$(PY) bench/shards.py
 	$(PY) bench/cdt.py
 	$(PY) bench/paths.py

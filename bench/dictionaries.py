@@ -1,7 +1,7 @@
 """Benchmark: dictionary training throughput of our trainer against a plain PyTorch loop, SAELens and sparsify.
 
 Run: ``.venv/bin/python bench/dictionaries.py [--source smollm2|random] [--tokens 65536] [--steps 16] [--rounds 5]
-[--threads 2] [--saelens-python /tmp/venv-saelens/bin/python] [--sparsify-python /tmp/venv-sparsify/bin/python]
+[--threads 2] [--saelens-python /work/venvs/saelens/bin/python] [--sparsify-python /work/venvs/sparsify/bin/python]
 [--quick]``. Prints a table, then one JSON object as its last line. ``--quick``: random activations, 8,192 rows,
 3 steps, 5 rounds.
 
@@ -32,9 +32,14 @@ activations from a temporary safetensors file and times its own step loop; ours 
 eai-sparsify 1.3.3, both on torch 2.13.0 (CPU wheels), installed with ``pip install torch==2.13.0 sae-lens`` /
 ``... eai-sparsify`` in fresh virtualenvs.
 
-Measured on this 2-core machine (shared with other jobs), ``--source smollm2 --tokens 32768 --steps 8 --rounds 2
---threads 2``: tokens/s ours ReLU 2,437 (plain 1,950, SAELens 1,619), ours TopK 3,560 (plain 2,057, SAELens 1,448,
-sparsify 2,957); matmul 86.8 GFLOP/s, ours ReLU at 74 % of it in useful FLOPs.
+Measured on this 2-core machine (shared with other jobs), ``--source smollm2 --tokens 65536 --steps 16 --rounds 3
+--threads 2``, two runs (load average 1.2-1.9 and 0.7-1.9, below the core count, but rounds of one row still
+spread by up to 1.7x): matmul 166 / 182 GFLOP/s; ours TopK 19,948 / 19,153 tokens/s (best round), 66 % / 57 % of
+the matmul rate in useful FLOPs, 1.83x / 1.55x sparsify (median of per-round ratios; best rounds 1.96x / 1.91x),
+6.2x / 5.0x SAELens, 4.2x / 3.8x plain; ours ReLU 6,280 / 6,066 tokens/s, 100 % / 88 % of the matmul rate, 1.41x /
+1.61x SAELens, 1.34x / 1.40x plain. Where one step's time goes: ``bench/dictionary_step.py`` (TopK at 2 threads:
+the encoder's dense product 65 % of the step, the top-k selection about 15 %, the sparse products, Adam and the
+decoder projection the rest; the whole call adds the dictionary's build and data-dependent start, about one step).
 
 Every row runs once untimed (a warm-up; a library row that fails there is dropped with a note), then the rows run
 interleaved in rounds (:func:`bench.timing.compare`, order rotated each round); tokens/s is from each row's best
@@ -227,8 +232,6 @@ def useful_flops_per_token(name: str, d_in: int, d_sae: int) -> float:
 
 
 def main() -> None:
-    from bench.timing import LoadWatch, Timed, compare, emit
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", choices=["smollm2", "random"], default=None, help="default smollm2 (random quick)")
     p.add_argument("--tokens", type=int, default=None, help="activation rows (default 65536; 8192 quick)")
@@ -236,16 +239,18 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="smallest settings: random activations, few rows and steps")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every row (default: torch's default)")
-    p.add_argument("--saelens-python", default="/tmp/venv-saelens/bin/python")
-    p.add_argument("--sparsify-python", default="/tmp/venv-sparsify/bin/python")
+    p.add_argument("--saelens-python", default="/work/venvs/saelens/bin/python")
+    p.add_argument("--sparsify-python", default="/work/venvs/sparsify/bin/python")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     p.add_argument("--variant", default="", help=argparse.SUPPRESS)
     p.add_argument("--acts", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.steps = args.steps or (3 if args.quick else 16)
-    if args.child:
+    if args.child:  # in the library's virtualenv: no bench package there
         child_main(args)
         return
+    from bench.timing import LoadWatch, Timed, compare, emit
+
     source = args.source or ("random" if args.quick else "smollm2")
     n_rows = args.tokens or (8192 if args.quick else 65536)
     if args.threads:

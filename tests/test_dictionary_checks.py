@@ -45,7 +45,7 @@ def gaussian_rows(n: int = 512, width: int = 16, seed: int = 0) -> dict[str, tor
     ("lr", -1e-3), ("lr", float("nan")), ("lr", float("inf")), ("warmup_steps", -1), ("decay_fraction", 1.5),
     ("decay_fraction", float("nan")), ("block_batches", 0), ("seed", -1), ("auxk_coef", float("inf")),
     ("dead_tokens", 0), ("checkpoint_every", 0), ("checkpoint_seconds", 0.0), ("checkpoint_seconds", float("nan")),
-    ("log_every", 0), ("max_warmup_fraction", 2.0), ("betas", (0.9, 1.0)), ("betas", (0.9,)),
+    ("log_every", 0), ("max_warmup_fraction", 2.0), ("betas", (0.9, 1.0)), ("betas", (0.9,)), ("autocast", "fp32"),
 ])
 def test_every_training_setting_has_a_range(option, value):
     with pytest.raises(TrainingConfigError, match=f"TrainDictConfig.{option} must be"):

@@ -119,6 +119,8 @@ class TrainDictionaryConfig(HeldOutOptions):
                 "split over the ranks); rank 0 writes the run")
     shards: str | None = option(None, "train from this activation shard folder (`workbench harvest-shards`) instead "
                                       "of harvesting the corpus", path=True)
+    autocast: Literal["bf16", "fp16"] | None = option(None, "run the step's matrix products in bf16 or fp16 (weights "
+                                                            "and Adam state stay float32; fp16 scales the loss)")
 
     def validate(self) -> None:
         from circuits.dictionaries.shard_runs import check_shard_folder
@@ -280,7 +282,7 @@ def _train_specs(model: Any, cfg: TrainDictionaryConfig, progress: bool, hook_in
              for v in values]
     train = TrainDictConfig(tokens=cfg.tokens, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup,
                             seed=cfg.seed, spill_dir=cfg.spill_dir, checkpoint_every=cfg.checkpoint_every,
-                            checkpoint_seconds=cfg.checkpoint_seconds)
+                            checkpoint_seconds=cfg.checkpoint_seconds, autocast=cfg.autocast)
     device = str(model.W_E.device)
     source = corpus_source(model.tokenizer, cfg.corpus, seq_len=cfg.seq_len, batch_size=8, seed=cfg.seed)
     eval_source = corpus_source(model.tokenizer, cfg.corpus, seq_len=cfg.seq_len, batch_size=8, split="heldout", seed=0)

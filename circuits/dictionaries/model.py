@@ -15,12 +15,14 @@ Shapes (``d_in`` input width, ``d_sae`` latents, ``d_out`` output width)::
 from __future__ import annotations
 
 import math
-import warnings
+import threading
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from circuits.dictionaries.precision import amp_backward, amp_forward
 
 KINDS = ("sae", "transcoder", "skip_transcoder")
 ACTIVATIONS = ("relu", "topk")
@@ -30,48 +32,78 @@ class DictionaryConfigError(ValueError):
     """A dictionary was asked for with an unknown kind/activation or inconsistent widths."""
 
 
+_scratch = threading.local()
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reusable uninitialised buffer for a large temporary of one step that no caller keeps (one per ``name``, shape,
+    dtype and device, per thread; at most 8 kept): a fresh [B, d_sae] tensor every step is page-faulted in anew on
+    the CPU. The caller must be done with its contents before asking for the same buffer again."""
+    cache = _scratch.__dict__.setdefault("buffers", {})
+    key = (name, tuple(shape), dtype, torch.device(device))
+    if key not in cache:
+        if len(cache) >= 8:
+            cache.pop(next(iter(cache)))
+        cache[key] = torch.empty(shape, dtype=dtype, device=device)
+    return cache[key]
+
+
+def release_scratch() -> None:
+    """Free this thread's :func:`scratch` buffers (at the end of a training run)."""
+    _scratch.__dict__.pop("buffers", None)
+
+
 def csr_plan(idx: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The sorting work of :func:`_sparse_t_matmul` for idx [B, k] (distinct per row), to share between products
-    with the same indices: (crow [n_rows + 1], order [B * k], columns [B * k])."""
+    with the same indices: the B*k entries grouped by latent (a CSR layout of the transposed code),
+    (offsets [n_rows + 1] of each latent's group, order [B * k] (a stable sort of the flat indices), batch rows
+    [B * k] of the sorted entries). On idx's device."""
     flat = idx.reshape(-1)
-    order = flat.argsort()
-    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=idx.device)
-    crow[1:] = torch.bincount(flat, minlength=n_rows).cumsum(0)
-    return crow, order, order // idx.shape[1]
+    order = flat.argsort(stable=True)
+    offsets = torch.zeros(n_rows + 1, dtype=torch.long, device=idx.device)
+    offsets[1:] = torch.bincount(flat, minlength=n_rows).cumsum(0)
+    return offsets, order, order // idx.shape[1]
 
 
 def _sparse_t_matmul(idx: torch.Tensor, vals: torch.Tensor, dense: torch.Tensor, n_rows: int,
                      plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``G^T @ dense`` for the sparse G [B, n_rows] with ``G[b, idx[b, i]] = vals[b, i]`` (idx [B, k] distinct per row):
-    one CSR product, [n_rows, dense.shape[1]]. ``plan``: :func:`csr_plan` of idx, if already made."""
-    crow, order, cols = plan if plan is not None else csr_plan(idx, n_rows)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        gt = torch.sparse_csr_tensor(crow, cols, vals.reshape(-1)[order].contiguous(), (n_rows, idx.shape[0]),
-                                     check_invariants=False)
-    return gt @ dense
+    [n_rows, dense.shape[1]], row j the ``vals``-weighted sum of the dense rows of the entries of latent j, one
+    ``embedding_bag`` over the latent-sorted entries (any device). ``plan``: :func:`csr_plan` of idx, if already
+    made."""
+    offsets, order, rows = plan if plan is not None else csr_plan(idx, n_rows)
+    return F.embedding_bag(rows, dense, offsets, mode="sum", per_sample_weights=vals.reshape(-1)[order].to(dense.dtype),
+                           include_last_offset=True)
 
 
 class _SparseDecode(torch.autograd.Function):
-    """out [B, d_out] = sum_i acts[b, i] * W_dec[idx[b, i]], touching only the chosen rows in both directions."""
+    """out [B, d_out] = sum_i acts[b, i] * W_dec[idx[b, i]], touching only the chosen rows in both directions.
+    Under autocast it runs in float32 (a gather, not a dense product). The forward keeps embedding_bag's bag map so
+    the backward forms the activations' gradient (one dot product per entry) without a second forward."""
 
     @staticmethod
+    @amp_forward(cast_inputs=torch.float32)
     def forward(ctx, acts, idx, W_dec, plan=None):  # noqa: ANN001, ANN205
-        ctx.save_for_backward(acts, idx, W_dec)
+        B, k = idx.shape
+        flat = idx.reshape(-1)
+        offsets = torch.arange(0, B * k, k, device=idx.device)
+        out, offset2bag, _, _ = torch.ops.aten._embedding_bag(W_dec, flat, offsets, False, 0, False,
+                                                              acts.reshape(-1), False, -1)
+        ctx.save_for_backward(acts, idx, W_dec, offsets, offset2bag)
         ctx.plan = plan
-        return F.embedding_bag(idx, W_dec, per_sample_weights=acts, mode="sum")
+        return out
 
     @staticmethod
+    @amp_backward
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        acts, idx, W_dec = ctx.saved_tensors
+        acts, idx, W_dec, offsets, offset2bag = ctx.saved_tensors
+        grad = grad.to(W_dec.dtype).contiguous()
         g_acts = g_w = None
-        if ctx.needs_input_grad[0]:
-            with torch.enable_grad():  # embedding_bag's own per-sample-weight gradient (no [B, k, d_out] gather)
-                a = acts.detach().requires_grad_()
-                out = F.embedding_bag(idx, W_dec.detach(), per_sample_weights=a, mode="sum")
-                (g_acts,) = torch.autograd.grad(out, a, grad)
+        if ctx.needs_input_grad[0]:  # g_acts[b, i] = grad[b] . W_dec[idx[b, i]]
+            g_acts = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad, W_dec, idx.reshape(-1), offsets, offset2bag, 0, -1).view(idx.shape)
         if ctx.needs_input_grad[2]:
-            g_w = _sparse_t_matmul(idx, acts, grad.contiguous(), W_dec.shape[0], ctx.plan)
+            g_w = _sparse_t_matmul(idx, acts, grad, W_dec.shape[0], ctx.plan)
         return g_acts, None, g_w, None
 
 
@@ -84,19 +116,23 @@ class _SparseGatherLinear(torch.autograd.Function):
     without grad). Backward gives W_enc and b_enc the gradient of only the B*k chosen entries (a sparse [d_sae, B] @
     [B, d_in] product) instead of a dense [d_in, B] @ [B, d_sae] one; ``shift`` (an SAE's b_dec) gets
     ``-W_enc @ grad_b_enc``; ``x`` gets its gradient through the gathered encoder columns only when it asks for one.
+    Under autocast the values (computed in the low precision) are cast to float32 and the backward runs in float32.
     """
 
     @staticmethod
+    @amp_forward(cast_inputs=torch.float32)
     def forward(ctx, x, shift, W_enc, b_enc, idx, values, plan=None):  # noqa: ANN001, ANN205
         ctx.save_for_backward(x, shift if shift is not None else x.new_zeros(0), W_enc, idx)
         ctx.plan = plan
         ctx.has_shift = shift is not None
         ctx.d_sae = W_enc.shape[1]
-        return values.clone()
+        return values.to(W_enc.dtype, copy=True)
 
     @staticmethod
+    @amp_backward
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         x, shift, W_enc, idx = ctx.saved_tensors
+        grad = grad.to(W_enc.dtype)
         g_x = g_s = g_w = g_b = None
         flat_idx = idx.reshape(-1)
         flat_g = grad.reshape(-1).contiguous()
@@ -264,11 +300,13 @@ class Dictionary(nn.Module):
 
     @torch.no_grad()
     def remove_parallel_gradient(self) -> None:
-        """Project out of ``W_dec.grad`` the component along each decoder row (keeps rows on the unit sphere)."""
-        if self.W_dec.grad is None:
+        """Project out of ``W_dec.grad`` the component along each decoder row (keeps rows on the unit sphere):
+        ``g[i] -= (g[i] . W[i]) W[i] / ||W[i]||^2``, in place, with no [d_sae, d_out] temporary."""
+        g, w = self.W_dec.grad, self.W_dec
+        if g is None:
             return
-        w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        self.W_dec.grad.sub_((self.W_dec.grad * w).sum(1, keepdim=True) * w)
+        coef = torch.linalg.vecdot(g, w, dim=1) / w.norm(dim=1).clamp_min(1e-12).pow(2)
+        g.addcmul_(w, coef[:, None], value=-1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

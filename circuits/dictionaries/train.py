@@ -7,7 +7,9 @@ Losses (METHODS.md section 1), per token, averaged over the batch:
   pre-activations of the dead latents (not fired in the last ``dead_tokens`` tokens), normalised by the residual's
   variance (as in Gao et al. 2024). Decoder rows are kept at unit norm (the gradient's component along each row is
   removed before the step, the rows renormalised after it). TopK runs the sparse path: only the k chosen decoder
-  rows and encoder columns get gradients.
+  rows and encoder columns get gradients; AuxK ranks the dead latents among their own columns
+  (:mod:`circuits.dictionaries.auxk`). Adam is torch's fused kernel where the device has one; ``autocast`` runs the
+  dense products in bf16 or fp16 with float32 master weights (:mod:`circuits.dictionaries.precision`).
 ``b_dec`` starts at the mean of the target over the first global batches (at least 4096 rows where the first
 block holds them) and the encoder is scaled so the first reconstructions are small (:func:`init_from_data`). Adam
 with linear warm-up (``warmup_steps``, cut to ``max_warmup_fraction`` of the steps for short budgets), then a
@@ -46,6 +48,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from circuits.dictionaries.auxk import auxk_reconstruction
 from circuits.dictionaries.buffer import ActivationBuffer, TokenSource
 from circuits.dictionaries.fused import relu_code
 from circuits.dictionaries.model import (
@@ -57,7 +60,10 @@ from circuits.dictionaries.model import (
     _SparseGatherLinear,
     csr_plan,
     expansion_width,
+    release_scratch,
+    scratch,
 )
+from circuits.dictionaries.precision import AUTOCAST, LossScaler, autocast_context, make_adam
 from circuits.dictionaries.saelens_io import hook_widths
 from workbench.atomic import atomic_dir, clean_stale_tmp, write_json
 from workbench.train import _optim_from_tensors, _optim_to_tensors, saved_steps, step_dir
@@ -170,7 +176,8 @@ class TrainDictConfig:
     [0, 1); ``block_batches`` >= 1; ``seed`` >= 0; ``auxk_coef`` >= 0; ``dead_tokens`` None or >= 1;
     ``checkpoint_every`` >= 1; ``checkpoint_seconds`` None (steps only) or > 0; ``log_every`` >= 1. Every number
     finite. ``checkpoint_seconds``: with a workdir, also checkpoint when this much wall time has passed since
-    the last checkpoint."""
+    the last checkpoint. ``autocast``: None (float32), ``"bf16"`` or ``"fp16"``: the step's dense products in that
+    precision, weights and Adam state in float32 (:mod:`circuits.dictionaries.precision`)."""
 
     tokens: int
     batch_size: int = 4096
@@ -187,6 +194,7 @@ class TrainDictConfig:
     spill_dir: str | None = None
     checkpoint_seconds: float | None = 60.0
     max_warmup_fraction: float = 0.25
+    autocast: str | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -215,6 +223,8 @@ class TrainDictConfig:
         _int(o, "checkpoint_every", self.checkpoint_every, 1)
         _real(o, "checkpoint_seconds", self.checkpoint_seconds, 0, lo_open=True, optional=True)
         _int(o, "log_every", self.log_every, 1)
+        if self.autocast not in AUTOCAST:
+            raise _bad(o, "autocast", self.autocast, "None (float32), 'bf16' or 'fp16'")
         if self.spill_dir is not None and Path(self.spill_dir).exists() and not Path(self.spill_dir).is_dir():
             raise _bad(o, "spill_dir", str(self.spill_dir), "a folder (this path is a file)")
 
@@ -358,6 +368,8 @@ def _check_block(block, hooks: Sequence[str]) -> None:
     """Refuse a block with non-finite activations, naming the hook."""
     for h in hooks:
         rows = block.rows[h]
+        if bool(torch.isfinite(rows.sum())):  # a NaN or Inf makes the sum non-finite (an overflow only may too)
+            continue
         if not bool(torch.isfinite(rows).all()):
             bad = int((~torch.isfinite(rows)).any(-1).sum())
             raise NonFiniteActivationError(
@@ -365,8 +377,23 @@ def _check_block(block, hooks: Sequence[str]) -> None:
                 f"{block.index}); check the model's weights and inputs")
 
 
+def _varies(rows: torch.Tensor, sample: int = 64) -> bool:
+    """A quick sufficient test that rows [N, width] pass :func:`constant_warning`'s variance test: a column whose
+    values span ``s`` has variance >= s^2 / (2N), the span over a sample of rows bounds the full span from below, and
+    twice the float32 sum of squares bounds the exact one from above. False means: run the exact test."""
+    n = rows.shape[0]
+    if n < 2:
+        return False
+    part = rows[torch.linspace(0, n - 1, min(sample, n), device=rows.device).long()].double()
+    low = float((part.amax(0) - part.amin(0)).pow(2).sum()) / (2 * n)
+    high = 2 * float(torch.linalg.vector_norm(rows.float())) ** 2 / n
+    return math.isfinite(high) and low > 1e-12 * (high + 1e-30)
+
+
 def constant_warning(hook: str, rows: torch.Tensor) -> str | None:
     """A warning when a target (rows [N, width]) does not vary: nothing to learn, every latent ends dead."""
+    if _varies(rows):
+        return None
     rows = rows.double()
     var = float(rows.var(0, unbiased=False).sum()) if rows.shape[0] > 1 else 0.0
     if var > 1e-12 * (float(rows.pow(2).sum(-1).mean()) + 1e-30):
@@ -396,13 +423,18 @@ def init_from_data(d: Dictionary, x: torch.Tensor, y: torch.Tensor, ratio: float
     x, y = x.to(d.W_enc.device), y.to(d.W_enc.device)
     if reduce is None:
         d.b_dec.copy_(y.mean(0))
-        got = (d.decode(d.encode(x), x) - d.b_dec).pow(2).sum(-1).mean().sqrt()
-        want = (y - d.b_dec).pow(2).sum(-1).mean().sqrt()
     else:
         total = reduce(torch.cat([y.sum(0), y.new_tensor([float(y.shape[0])])]))
         d.b_dec.copy_(total[:-1] / total[-1])
-        sums = reduce(torch.stack([(d.decode(d.encode(x), x) - d.b_dec).pow(2).sum(),
-                                   (y - d.b_dec).pow(2).sum()]))
+    if d.activation == "topk":  # the sparse path: no dense code, no dense decoder product
+        recon = d.decode_sparse(*d.encode_sparse(x), x)
+    else:
+        recon = d.decode(d.encode(x), x)
+    if reduce is None:
+        got = (recon - d.b_dec).pow(2).sum(-1).mean().sqrt()
+        want = (y - d.b_dec).pow(2).sum(-1).mean().sqrt()
+    else:
+        sums = reduce(torch.stack([(recon - d.b_dec).pow(2).sum(), (y - d.b_dec).pow(2).sum()]))
         got, want = (sums / total[-1]).sqrt().unbind()
     if float(got) > 0 and float(want) > 0:
         scale = ratio * want / got
@@ -421,48 +453,66 @@ def _centred_power(r: torch.Tensor, reduce: Reduce | None = None) -> torch.Tenso
 
 
 def _step_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec, dead: torch.Tensor,
-                 auxk_coef: float, log: bool = True,
+                 auxk_coef: float, log: bool = True, autocast: str | None = None,
                  reduce: Reduce | None = None) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """Loss of one batch (x [B, d_in], y [B, d_out]); returns (loss, numbers to log, latents fired [d_sae] bool).
-    The logged numbers (L0, MSE, penalty or AuxK) are computed only when ``log`` is true. ``reduce``: x and y are
+    The logged numbers (L0, MSE, penalty or AuxK) are computed only when ``log`` is true. ``autocast`` (None, "bf16"
+    or "fp16"): the precision of the dense products (:mod:`circuits.dictionaries.precision`). ``reduce``: x and y are
     this rank's part of a data-parallel batch; AuxK's normaliser (a batch statistic) is then the global batch's."""
+    with autocast_context(autocast, x.device):
+        if d.activation == "relu":
+            return _relu_losses(d, x, y, spec, log)
+        return _topk_losses(d, x, y, dead, auxk_coef, log, reduce)
+
+
+def _relu_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec,
+                 log: bool) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     logs: dict[str, float] = {}
-    if d.activation == "relu":
-        recon, penalty, z_sum, z = relu_code(x, d.b_dec if d.apply_b_dec_to_input else None, d.W_enc, d.b_enc,
-                                             d.W_dec)
-        out = d._add_skip(recon + d.b_dec, x)
-        mse = (out - y).pow(2).sum(-1).mean()
-        loss = mse + spec.l1 * penalty
-        fired = z_sum > 0  # the code is non-negative: a latent fired in the batch iff its column sum is positive
+    recon, penalty, z_sum, z = relu_code(x, d.b_dec if d.apply_b_dec_to_input else None, d.W_enc, d.b_enc, d.W_dec)
+    out = d._add_skip(recon + d.b_dec, x)
+    mse = (out - y).pow(2).sum(-1).mean()
+    loss = mse + spec.l1 * penalty
+    fired = z_sum > 0  # the code is non-negative: a latent fired in the batch iff its column sum is positive
+    if log:
+        logs["l0"] = float((z > 0).sum()) / x.shape[0]
+        logs["l1"] = float(penalty.detach())
+        logs["mse"] = float(mse.detach())
+    return loss, logs, fired
+
+
+def _topk_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, dead: torch.Tensor, auxk_coef: float,
+                 log: bool, reduce: Reduce | None = None) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """TopK: one dense encoder product (to rank the latents), then only the chosen entries: their gradients, the
+    k-sparse decoder, and AuxK over the dead latents' columns alone."""
+    logs: dict[str, float] = {}
+    shift = d.b_dec if d.apply_b_dec_to_input else None
+    with torch.no_grad():
+        xin = x - shift if shift is not None else x
+        if torch.is_autocast_enabled(x.device.type):
+            pre = torch.addmm(d.b_enc, xin, d.W_enc)
+        else:  # into a buffer reused from step to step (pre is not kept)
+            pre = torch.addmm(d.b_enc, xin, d.W_enc, out=scratch("topk_pre", (x.shape[0], d.d_sae), d.W_enc.dtype,
+                                                                 x.device))
+        vals, idx = pre.topk(d.k, dim=-1, sorted=False)
+        plan = csr_plan(idx, d.d_sae)  # one index sort shared by the encoder and decoder gradients
+    acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, idx, vals, plan))
+    out = d._add_skip(_SparseDecode.apply(acts, idx, d.W_dec, plan) + d.b_dec, x)
+    mse = (out - y).pow(2).sum(-1).mean()
+    loss = mse
+    with torch.no_grad():  # fired: a positive activation in the batch (counted without a host sync)
+        fired = torch.zeros(d.d_sae, dtype=acts.dtype, device=idx.device).index_add_(
+            0, idx.reshape(-1), (acts > 0).reshape(-1).to(acts.dtype)) > 0
+    if log:
+        logs["l0"] = float((acts > 0).sum()) / x.shape[0]
+    n_dead = int(dead.sum())
+    if n_dead and auxk_coef > 0:
+        k_aux = min(max(1, d.d_in // 2), n_dead)
+        e_hat = auxk_reconstruction(d, x, pre, dead, n_dead, k_aux)
+        resid = (y - out).detach()
+        aux = (e_hat - resid).pow(2).sum(-1).mean() / _centred_power(resid, reduce).clamp_min(1e-12)
+        loss = loss + auxk_coef * torch.nan_to_num(aux, 0.0)
         if log:
-            logs["l0"] = float((z > 0).sum()) / x.shape[0]
-            logs["l1"] = float(penalty.detach())
-    else:
-        shift = d.b_dec if d.apply_b_dec_to_input else None
-        with torch.no_grad():
-            pre = torch.addmm(d.b_enc, x - shift if shift is not None else x, d.W_enc)
-            vals, idx = pre.topk(d.k, dim=-1, sorted=False)
-            plan = csr_plan(idx, d.d_sae)  # one index sort shared by the encoder and decoder gradients
-        acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, idx, vals, plan))
-        out = d._add_skip(_SparseDecode.apply(acts, idx, d.W_dec, plan) + d.b_dec, x)
-        mse = (out - y).pow(2).sum(-1).mean()
-        loss = mse
-        fired = torch.zeros(d.d_sae, dtype=torch.bool, device=idx.device).index_fill_(0, idx[acts > 0], True)
-        if log:
-            logs["l0"] = float((acts > 0).sum()) / x.shape[0]
-        n_dead = int(dead.sum())
-        if n_dead and auxk_coef > 0:
-            k_aux = min(max(1, d.d_in // 2), n_dead)
-            with torch.no_grad():
-                a_vals, a_idx = pre.masked_fill_(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)
-                a_plan = csr_plan(a_idx, d.d_sae)
-            a_acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, a_idx, a_vals, a_plan))
-            resid = (y - out).detach()
-            e_hat = _SparseDecode.apply(a_acts, a_idx, d.W_dec, a_plan)
-            aux = (e_hat - resid).pow(2).sum(-1).mean() / _centred_power(resid, reduce).clamp_min(1e-12)
-            loss = loss + auxk_coef * torch.nan_to_num(aux, 0.0)
-            if log:
-                logs["auxk"] = float(aux.detach())
+            logs["auxk"] = float(aux.detach())
     if log:
         logs["mse"] = float(mse.detach())
     return loss, logs, fired
@@ -517,7 +567,7 @@ def _check_fingerprint(saved: dict[str, Any] | None, block, folder: Path) -> Non
 
 
 def _save(workdir: Path, step: int, position: tuple[int, int], dicts, optims, since, history, settings,
-          fingerprint) -> None:
+          fingerprint, scalers=None) -> None:
     root = workdir / "resume"
     with atomic_dir(step_dir(root, step), overwrite=True) as tmp:
         for i, (label, d) in enumerate(dicts.items()):
@@ -526,6 +576,7 @@ def _save(workdir: Path, step: int, position: tuple[int, int], dicts, optims, si
             tensors, meta = _optim_to_tensors(optims[label])
             tensors = {k: v.to("cpu") for k, v in tensors.items()}
             tensors["since"] = since[label].to("cpu", copy=True)
+            tensors.update(scalers[label].state() if scalers else {})
             save_file(tensors, str(tmp / f"o{i}.safetensors"))
         write_json(tmp / "state.json", {"step": step, "block": position[0], "batch": position[1], "history": history,
                                          "labels": list(dicts), "config": settings["config"],
@@ -537,8 +588,9 @@ def _save(workdir: Path, step: int, position: tuple[int, int], dicts, optims, si
             shutil.rmtree(step_dir(root, old), ignore_errors=True)
 
 
-def _load(workdir: Path, dicts, optims, since, settings=None):
-    """Restore the newest checkpoint into ``dicts``/``optims``/``since``: (step, block, batch, history,
+def _load(workdir: Path, dicts, optims, since, settings=None, scalers=None):
+    """Restore the newest checkpoint into ``dicts``/``optims``/``since`` (and fp16 loss ``scalers``): (step, block,
+    batch, history,
     fingerprint), or None without one. ResumeMismatchError when it was made under other ``settings``."""
     root = workdir / "resume"
     clean_stale_tmp(root)
@@ -573,6 +625,9 @@ def _load(workdir: Path, dicts, optims, since, settings=None):
                                               f"{tuple(p.shape)}")
                 p.copy_(weights[n])
         since[label] = tensors.pop("since").to(since[label].device)
+        scaled = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith("scaler.")]}
+        if scalers:
+            scalers[label].load(scaled)
         optims[label].load_state_dict(_optim_from_tensors(tensors, state["optim"][label]))
     return int(state["step"]), int(state["block"]), int(state["batch"]), list(state["history"]), \
         state.get("fingerprint")
@@ -673,7 +728,8 @@ def train_dictionaries(
     for d in dicts.values():
         widths[d.hook_in], widths[d.hook_out] = d.d_in, d.d_out
     settings = _settings(cfg, specs, dict(sorted(widths.items())))
-    optims = {lab: torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=cfg.betas) for lab, d in dicts.items()}
+    optims = {lab: make_adam(d.parameters(), cfg.lr, cfg.betas) for lab, d in dicts.items()}
+    scalers = {lab: LossScaler(cfg.autocast, dev) for lab in dicts}
     since = {lab: torch.zeros(d.d_sae, dtype=torch.long, device=dev) for lab, d in dicts.items()}
     hooks = sorted({d.hook_in for d in dicts.values()} | {d.hook_out for d in dicts.values()})
     if buffer is None:
@@ -681,7 +737,7 @@ def train_dictionaries(
                                   seed=cfg.seed, spill_dir=cfg.spill_dir, device=str(dev), part=comm.part)
     step, start_block, start_batch, history, saved_print = 0, 0, 0, [], None
     if workdir is not None:
-        loaded = _load(workdir, dicts, optims, since, settings)
+        loaded = _load(workdir, dicts, optims, since, settings, scalers)
         if loaded:
             step, start_block, start_batch, history, saved_print = loaded
         comm.barrier()  # every rank has read the checkpoint before one writes the next
@@ -717,15 +773,15 @@ def train_dictionaries(
                 for group in optims[lab].param_groups:
                     group["lr"] = cfg.lr_at(step)
                 loss, logs, fired = comm.losses(lab, d, batch[d.hook_in], batch[d.hook_out], spec_of[lab],
-                                                since[lab] >= dead_after, cfg.auxk_coef, log)
+                                                since[lab] >= dead_after, cfg.auxk_coef, log, autocast=cfg.autocast)
                 if log and not math.isfinite(logs["mse"]):
                     raise TrainingDivergedError(f"{lab}: the reconstruction loss became {logs['mse']} at step {step}; "
                                                 f"lower lr (now {cfg.lr:g})")
                 optims[lab].zero_grad(set_to_none=True)
-                loss.backward()
+                scalers[lab].backward(loss)
                 if d.activation == "topk":
                     d.remove_parallel_gradient()
-                optims[lab].step()
+                scalers[lab].step(optims[lab])
                 if d.activation == "topk":
                     with torch.no_grad():
                         d.W_dec.div_(d.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
@@ -741,7 +797,7 @@ def train_dictionaries(
             if workdir is not None and comm.saves and (step % cfg.checkpoint_every == 0 or step == total or timed):
                 nxt = (block.index, i + 1) if i + 1 < block.n_batches else (block.index + 1, 0)
                 fingerprint = fingerprint or _fingerprint(block)
-                _save(workdir, step, nxt, dicts, optims, since, history, settings, fingerprint)
+                _save(workdir, step, nxt, dicts, optims, since, history, settings, fingerprint, scalers)
                 last_save = _clock()
         start_batch = 0
         if step >= total or (stop_after is not None and step >= stop_after):
@@ -765,6 +821,7 @@ def train_dictionaries(
         for d in dicts.values():
             if d.activation == "relu":
                 d.normalize_decoder()
+    release_scratch()
     for d in dicts.values():
         d.requires_grad_(False)
         d.to("cpu")
