@@ -24,10 +24,11 @@ hook of a random one-layer Llama of width ``--d-in`` is written to shards (:func
 trains on 2 ranks x 1 thread from the shards (each rank reads its part of every global batch from the memory-mapped
 files, ``ShardBuffer(part=...)``) and from the same rows held in memory (``TensorBuffer(part=...)``).
 
-Measured on this 2-core machine shared with other jobs (load average 3.3-4.1, flagged unreliable), defaults: tokens/s
-ReLU 1 proc x 2 threads 5,451, x 1 thread 9,350, 2 ranks x 1 thread 8,220; TopK 4,383 / 13,530 / 10,574; TopK on 2
-ranks from shards 10,417 against 10,080 from memory (ratio 0.91). With no idle core the two ranks share one, so they
-cannot beat one thread; the all-reduces' cost shows as 2 ranks / 1 thread = 1.13 (ReLU) and 1.28 (TopK).
+Measured on this 2-core machine (load average 1.07, not flagged), defaults (d_in 256, d_sae 2,048, batch 1,024, 8
+steps): tokens/s ReLU 1 proc x 2 threads 20,050, x 1 thread 12,033, 2 ranks x 1 thread 15,756 (cost ratio 1.26 to 2
+threads, 0.76 to 1 thread); TopK 36,031 / 22,249 / 24,400 (1.50, 0.91); TopK on 2 ranks from shards 24,029 against
+23,093 from memory (0.96). Two gloo ranks on two cores trail one process with two threads (the all-reduces, a second
+Python process and the per-rank fixed costs of a short run on the same two cores), and gain on one thread.
 """
 
 from __future__ import annotations
