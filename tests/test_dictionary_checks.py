@@ -26,6 +26,7 @@ from circuits.dictionaries.train import (
     TrainingConfigError,
     train_dictionaries,
 )
+from workbench.train import saved_steps
 
 # the bytes of pickle.dumps({"W_enc": [1.0, 2.0]}, protocol=4), written out so that no test imports pickle: what a
 # pickled weights file starts with, for the refusal checks (nothing ever unpickles it)
@@ -372,7 +373,7 @@ def test_a_run_interrupted_midway_resumes_from_its_timed_checkpoint(tmp_path, mo
     monkeypatch.setattr(T, "_step_losses", failing)
     with pytest.raises(Killed):
         train_dictionaries(None, None, specs, cfg, buffer=buf, workdir=tmp_path, progress=False)
-    saved = T.saved_steps(tmp_path / "resume")
+    saved = saved_steps(tmp_path / "resume")
     assert saved and 0 < saved[-1] <= 13 and saved[-1] % cfg.checkpoint_every != 0  # saved by time, not by steps
     monkeypatch.setattr(T, "_step_losses", inner)
     resumed = train_dictionaries(None, None, specs, cfg, buffer=buf, workdir=tmp_path, progress=False)

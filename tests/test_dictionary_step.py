@@ -209,10 +209,10 @@ def test_an_fp16_run_resumes_with_its_loss_scale(tmp_path) -> None:
 
 
 def test_a_run_frees_its_reused_buffers(monkeypatch) -> None:
-    from circuits.dictionaries import model, train
+    from circuits.dictionaries import model, train_step
 
     made = []
-    monkeypatch.setattr(train, "scratch", lambda *a: made.append(a) or model.scratch(*a))
+    monkeypatch.setattr(train_step, "scratch", lambda *a: made.append(a) or model.scratch(*a))
     cfg = TrainDictConfig(tokens=256, batch_size=128, warmup_steps=1)
     train_dictionaries(None, None, [DictSpec("h.in", activation="topk", k=4, expansion=4)], cfg,
                        buffer=TensorBuffer(_rows(256), batch_size=128), progress=False)

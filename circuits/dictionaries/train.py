@@ -33,244 +33,100 @@ parallel). Under data parallelism the global batch, its rows and the checkpoints
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from circuits.dictionaries.auxk import auxk_reconstruction
 from circuits.dictionaries.buffer import ActivationBuffer, TokenSource
-from circuits.dictionaries.fused import relu_code
 from circuits.dictionaries.model import (
-    ACTIVATIONS,
-    KINDS,
     Dictionary,
-    DictionaryConfigError,
-    _SparseDecode,
-    _SparseGatherLinear,
-    csr_plan,
     expansion_width,
     release_scratch,
-    scratch,
 )
-from circuits.dictionaries.precision import AUTOCAST, LossScaler, autocast_context, make_adam
+from circuits.dictionaries.precision import LossScaler, make_adam
 from circuits.dictionaries.saelens_io import hook_widths
-from workbench.atomic import atomic_dir, clean_stale_tmp, write_json
-from workbench.train import _optim_from_tensors, _optim_to_tensors, saved_steps, step_dir
+from circuits.dictionaries.train_config import (
+    MIN_STEPS,
+    RESUME_FREE,
+    DictSpec,
+    NonFiniteActivationError,
+    ResumeMismatchError,
+    TrainDictConfig,
+    TrainingConfigError,
+    TrainingDivergedError,
+    TrainResult,
+    _bad,
+    _int,
+    _real,
+)
+from circuits.dictionaries.train_resume import (
+    _check_fingerprint,
+    _differences,
+    _fingerprint,
+    _load,
+    _save,
+    _settings,
+)
+from circuits.dictionaries.train_step import (
+    INIT_ROWS,
+    Reduce,
+    _centred_power,
+    _check_block,
+    _relu_losses,
+    _step_losses,
+    _topk_losses,
+    _varies,
+    constant_warning,
+    init_from_data,
+)
 
-
-class TrainingConfigError(DictionaryConfigError):
-    """A training setting or dictionary spec is outside its valid range (the message names the option)."""
-
-
-class NonFiniteActivationError(ValueError):
-    """The model's activations at a hook hold NaN or Inf values."""
-
-
-class ResumeMismatchError(ValueError):
-    """A workdir's checkpoint was made under other settings, or cannot be read."""
-
-
-class TrainingDivergedError(RuntimeError):
-    """A dictionary's loss or weights became non-finite during training."""
-
-
-def _bad(owner: str, name: str, value: Any, accepted: str) -> TrainingConfigError:
-    return TrainingConfigError(f"{owner}.{name} must be {accepted}, got {value!r}")
-
-
-def _int(owner: str, name: str, value: Any, lo: int, hi: int | None = None, *, optional: bool = False) -> None:
-    """``value`` an integer in [lo, hi] (None allowed when ``optional``)."""
-    if value is None and optional:
-        return
-    rng = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        raise _bad(owner, name, value, rng + (" or None" if optional else ""))
-
-
-def _real(owner: str, name: str, value: Any, lo: float, hi: float | None = None, *, lo_open: bool = False,
-          hi_open: bool = False, optional: bool = False) -> None:
-    """``value`` a finite number in the interval (NaN and Inf refused)."""
-    if value is None and optional:
-        return
-    rng = f"{'(' if lo_open else '['}{lo:g}, {'inf)' if hi is None else f'{hi:g}' + (')' if hi_open else ']')}"
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > lo if lo_open else value >= lo)
-    ok = ok and (hi is None or (value < hi if hi_open else value <= hi))
-    if not ok:
-        raise _bad(owner, name, value, f"a finite number in {rng}" + (" or None" if optional else ""))
-
-
-@dataclass
-class DictSpec:
-    """One dictionary to train: where it reads (``hook_in``) and writes (``hook_out``), its shape and sparsity.
-
-    Valid ranges (checked when made): ``kind`` in KINDS, ``activation`` in ACTIVATIONS, ``expansion`` > 0 finite,
-    ``d_sae`` None or >= 1, ``l1`` >= 0 finite, ``k`` (TopK only, required) >= 1 and <= the latent count;
-    transcoders need ``hook_out``; an SAE's ``hook_out`` is None or ``hook_in``."""
-
-    hook_in: str
-    kind: str = "sae"
-    hook_out: str | None = None
-    activation: str = "relu"
-    expansion: float = 8.0
-    d_sae: int | None = None
-    l1: float = 1e-3
-    k: int | None = None
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        self.check()
-
-    def check(self) -> None:
-        """Raise TrainingConfigError naming the first setting outside its range."""
-        o = "DictSpec"
-        if not isinstance(self.hook_in, str) or not self.hook_in:
-            raise _bad(o, "hook_in", self.hook_in, "a hook name such as blocks.0.hook_resid_post")
-        if self.kind not in KINDS:
-            raise _bad(o, "kind", self.kind, f"one of {', '.join(KINDS)}")
-        if self.activation not in ACTIVATIONS:
-            raise _bad(o, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
-        if self.kind != "sae" and not (isinstance(self.hook_out, str) and self.hook_out):
-            raise _bad(o, "hook_out", self.hook_out, f"a hook name for a {self.kind} (e.g. blocks.0.hook_mlp_out)")
-        if self.kind == "sae" and self.hook_out not in (None, self.hook_in):
-            raise _bad(o, "hook_out", self.hook_out, f"None or hook_in ({self.hook_in}) for an SAE")
-        _real(o, "expansion", self.expansion, 0, lo_open=True)
-        _int(o, "d_sae", self.d_sae, 1, optional=True)
-        _real(o, "l1", self.l1, 0)
-        if self.activation == "topk":
-            _int(o, "k", self.k, 1, self.d_sae)
-        if self.name is not None and (not isinstance(self.name, str) or not self.name):
-            raise _bad(o, "name", self.name, "a non-empty string or None")
-
-    def label(self) -> str:
-        """A short name: ``<kind>-<hook_in>-<relu-l1 | topk-k>``, unless ``name`` is given."""
-        if self.name:
-            return self.name
-        sparsity = f"topk{self.k}" if self.activation == "topk" else f"l1-{self.l1:g}"
-        return f"{self.kind}-{self.hook_in}-{sparsity}"
-
-
-#: settings that do not change the trained weights: a resume may change them
-RESUME_FREE = ("checkpoint_every", "checkpoint_seconds", "log_every", "spill_dir")
-#: fewer optimisation steps than this draw a warning that the budget is too small to train
-MIN_STEPS = 200
-
-
-@dataclass
-class TrainDictConfig:
-    """Optimisation settings shared by every dictionary of one training pass.
-
-    Valid ranges (checked when made): ``tokens`` >= 1; ``batch_size`` in [1, tokens] (at least one batch);
-    ``lr`` > 0; ``warmup_steps`` >= 0; ``max_warmup_fraction`` and ``decay_fraction`` in [0, 1]; ``betas`` in
-    [0, 1); ``block_batches`` >= 1; ``seed`` >= 0; ``auxk_coef`` >= 0; ``dead_tokens`` None or >= 1;
-    ``checkpoint_every`` >= 1; ``checkpoint_seconds`` None (steps only) or > 0; ``log_every`` >= 1. Every number
-    finite. ``checkpoint_seconds``: with a workdir, also checkpoint when this much wall time has passed since
-    the last checkpoint. ``autocast``: None (float32), ``"bf16"`` or ``"fp16"``: the step's dense products in that
-    precision, weights and Adam state in float32 (:mod:`circuits.dictionaries.precision`)."""
-
-    tokens: int
-    batch_size: int = 4096
-    lr: float = 4e-4
-    warmup_steps: int = 100
-    decay_fraction: float = 0.2
-    betas: tuple[float, float] = (0.9, 0.999)
-    block_batches: int = 16
-    seed: int = 0
-    auxk_coef: float = 1 / 32
-    dead_tokens: int | None = None
-    checkpoint_every: int = 200
-    log_every: int = 10
-    spill_dir: str | None = None
-    checkpoint_seconds: float | None = 60.0
-    max_warmup_fraction: float = 0.25
-    autocast: str | None = None
-
-    def __post_init__(self) -> None:
-        self.check()
-
-    def check(self) -> None:
-        """Raise TrainingConfigError naming the first setting outside its range."""
-        o = "TrainDictConfig"
-        _int(o, "tokens", self.tokens, 1)
-        _int(o, "batch_size", self.batch_size, 1)
-        if self.batch_size > self.tokens:
-            raise TrainingConfigError(
-                f"{o}.batch_size ({self.batch_size}) exceeds tokens ({self.tokens}): the budget holds no full batch; "
-                "lower batch_size or raise tokens")
-        _real(o, "lr", self.lr, 0, lo_open=True)
-        _int(o, "warmup_steps", self.warmup_steps, 0)
-        _real(o, "max_warmup_fraction", self.max_warmup_fraction, 0, 1)
-        _real(o, "decay_fraction", self.decay_fraction, 0, 1)
-        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
-            raise _bad(o, "betas", self.betas, "two numbers in [0, 1)")
-        for b in self.betas:
-            _real(o, "betas", b, 0, 1, hi_open=True)
-        _int(o, "block_batches", self.block_batches, 1)
-        _int(o, "seed", self.seed, 0)
-        _real(o, "auxk_coef", self.auxk_coef, 0)
-        _int(o, "dead_tokens", self.dead_tokens, 1, optional=True)
-        _int(o, "checkpoint_every", self.checkpoint_every, 1)
-        _real(o, "checkpoint_seconds", self.checkpoint_seconds, 0, lo_open=True, optional=True)
-        _int(o, "log_every", self.log_every, 1)
-        if self.autocast not in AUTOCAST:
-            raise _bad(o, "autocast", self.autocast, "None (float32), 'bf16' or 'fp16'")
-        if self.spill_dir is not None and Path(self.spill_dir).exists() and not Path(self.spill_dir).is_dir():
-            raise _bad(o, "spill_dir", str(self.spill_dir), "a folder (this path is a file)")
-
-    @property
-    def steps(self) -> int:
-        return max(1, self.tokens // self.batch_size)
-
-    @property
-    def warmup(self) -> int:
-        """Warm-up steps used: ``warmup_steps``, at most ``max_warmup_fraction`` of the steps."""
-        return min(self.warmup_steps, int(self.max_warmup_fraction * self.steps))
-
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up, constant, then linear decay to 0 over the last ``decay_fraction`` of the steps."""
-        warm = min(1.0, (step + 1) / max(1, self.warmup))
-        decay_start = int(self.steps * (1 - self.decay_fraction))
-        if self.decay_fraction > 0 and step >= decay_start:
-            warm = min(warm, (self.steps - step) / max(1, self.steps - decay_start))
-        return self.lr * warm
-
-    def dead_after(self) -> int:
-        return self.dead_tokens if self.dead_tokens is not None else max(10 * self.batch_size, self.tokens // 10)
-
-    def budget_warnings(self) -> list[str]:
-        """What the budget costs the schedule: a cut warm-up, too few steps to train."""
-        out = []
-        if self.warmup < self.warmup_steps:
-            out.append(f"warm-up cut from {self.warmup_steps} to {self.warmup} steps (at most "
-                       f"{self.max_warmup_fraction:g} of the {self.steps} steps)")
-        if self.steps < MIN_STEPS:
-            out.append(f"only {self.steps} optimisation steps (tokens {self.tokens} / batch_size {self.batch_size}): "
-                       f"too few to train a dictionary well (at least {MIN_STEPS}); raise tokens or lower batch_size")
-        return out
-
-
-@dataclass
-class TrainResult:
-    """Trained dictionaries (by label), per-step history rows, steps and tokens done, wall seconds, and warnings
-    (budget too small, token source exhausted, latents that stopped firing)."""
-
-    dictionaries: dict[str, Dictionary]
-    history: list[dict] = field(default_factory=list)
-    steps: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
+#: the trainer's names, with those of the modules it is split into (settings, resume, step), which callers
+#: reach through this module
+__all__ = [
+    "Communicator",
+    "DictSpec",
+    "INIT_ROWS",
+    "MIN_STEPS",
+    "NonFiniteActivationError",
+    "RESUME_FREE",
+    "Reduce",
+    "ResumeMismatchError",
+    "TrainDictConfig",
+    "TrainResult",
+    "TrainingConfigError",
+    "TrainingDivergedError",
+    "_available_bytes",
+    "_bad",
+    "_centred_power",
+    "_check_block",
+    "_check_fingerprint",
+    "_clock",
+    "_differences",
+    "_fingerprint",
+    "_int",
+    "_load",
+    "_real",
+    "_relu_losses",
+    "_save",
+    "_schedule_end",
+    "_settings",
+    "_step_losses",
+    "_topk_losses",
+    "_varies",
+    "build_dictionaries",
+    "check_memory",
+    "constant_warning",
+    "init_from_data",
+    "train_dictionaries",
+    "training_bytes",
+    "training_device",
+]
 
 
 def _available_bytes(device: torch.device | str | None = None) -> int | None:
@@ -364,273 +220,10 @@ def training_device(model, device: torch.device | str | None = None) -> torch.de
     return param.device if param is not None else torch.device("cpu")
 
 
-def _check_block(block, hooks: Sequence[str]) -> None:
-    """Refuse a block with non-finite activations, naming the hook."""
-    for h in hooks:
-        rows = block.rows[h]
-        if bool(torch.isfinite(rows.sum())):  # a NaN or Inf makes the sum non-finite (an overflow only may too)
-            continue
-        if not bool(torch.isfinite(rows).all()):
-            bad = int((~torch.isfinite(rows)).any(-1).sum())
-            raise NonFiniteActivationError(
-                f"the activations at {h} hold NaN or Inf values ({bad} of {rows.shape[0]} rows of buffer block "
-                f"{block.index}); check the model's weights and inputs")
-
-
-def _varies(rows: torch.Tensor, sample: int = 64) -> bool:
-    """A quick sufficient test that rows [N, width] pass :func:`constant_warning`'s variance test: a column whose
-    values span ``s`` has variance >= s^2 / (2N), the span over a sample of rows bounds the full span from below, and
-    twice the float32 sum of squares bounds the exact one from above. False means: run the exact test."""
-    n = rows.shape[0]
-    if n < 2:
-        return False
-    part = rows[torch.linspace(0, n - 1, min(sample, n), device=rows.device).long()].double()
-    low = float((part.amax(0) - part.amin(0)).pow(2).sum()) / (2 * n)
-    high = 2 * float(torch.linalg.vector_norm(rows.float())) ** 2 / n
-    return math.isfinite(high) and low > 1e-12 * (high + 1e-30)
-
-
-def constant_warning(hook: str, rows: torch.Tensor) -> str | None:
-    """A warning when a target (rows [N, width]) does not vary: nothing to learn, every latent ends dead."""
-    if _varies(rows):
-        return None
-    rows = rows.double()
-    var = float(rows.var(0, unbiased=False).sum()) if rows.shape[0] > 1 else 0.0
-    if var > 1e-12 * (float(rows.pow(2).sum(-1).mean()) + 1e-30):
-        return None
-    return (f"the activations at {hook} are the same at every one of the {rows.shape[0]} tokens of the first buffer "
-            "block (no variance): there is nothing to learn, the dictionary's latents will not fire. Does the "
-            "model's tokenizer read this text? (a corpus whose every token is unknown gives a constant input)")
-
-
-#: rows :func:`init_from_data` reads at the start of training (whole global batches, at least this many when the
-#: first block holds them)
-INIT_ROWS = 4096
-
-#: sums a tensor over the ranks of data-parallel training, in place, and returns it (None: one process)
-Reduce = Callable[[torch.Tensor], torch.Tensor]
-
-
-@torch.no_grad()
-def init_from_data(d: Dictionary, x: torch.Tensor, y: torch.Tensor, ratio: float = 0.1, rows: int | None = 4096,
-                   reduce: Reduce | None = None) -> None:
-    """Data-dependent start: ``b_dec`` = mean of the target y [N, d_out]; the encoder scaled so that the initial
-    reconstruction's centred RMS norm is ``ratio`` times the target's (a small start whatever the activations' scale).
-    ``rows``: read the first rows only (None: all). ``reduce``: the rows are this rank's part of the data-parallel
-    rows; means are taken over every rank's rows (the same start on every rank, and as one process would make).
-    The rows are moved to the dictionary's device."""
-    x, y = (x, y) if rows is None else (x[:rows], y[:rows])
-    x, y = x.to(d.W_enc.device), y.to(d.W_enc.device)
-    if reduce is None:
-        d.b_dec.copy_(y.mean(0))
-    else:
-        total = reduce(torch.cat([y.sum(0), y.new_tensor([float(y.shape[0])])]))
-        d.b_dec.copy_(total[:-1] / total[-1])
-    if d.activation == "topk":  # the sparse path: no dense code, no dense decoder product
-        recon = d.decode_sparse(*d.encode_sparse(x), x)
-    else:
-        recon = d.decode(d.encode(x), x)
-    if reduce is None:
-        got = (recon - d.b_dec).pow(2).sum(-1).mean().sqrt()
-        want = (y - d.b_dec).pow(2).sum(-1).mean().sqrt()
-    else:
-        sums = reduce(torch.stack([(recon - d.b_dec).pow(2).sum(), (y - d.b_dec).pow(2).sum()]))
-        got, want = (sums / total[-1]).sqrt().unbind()
-    if float(got) > 0 and float(want) > 0:
-        scale = ratio * want / got
-        d.W_enc.mul_(scale)
-        d.b_enc.mul_(scale)
-
-
-def _centred_power(r: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
-    """Mean over rows of ``||r - mean(r)||^2`` for r [B, w]; with ``reduce``, over the rows of every rank (r is this
-    rank's part of the global batch)."""
-    if reduce is None:
-        return r.sub(r.mean(0)).pow(2).sum(-1).mean()
-    total = reduce(torch.cat([r.sum(0), r.new_tensor([float(r.shape[0])])]))
-    mean = total[:-1] / total[-1]
-    return reduce(r.sub(mean).pow(2).sum()) / total[-1]
-
-
-def _step_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec, dead: torch.Tensor,
-                 auxk_coef: float, log: bool = True, autocast: str | None = None,
-                 reduce: Reduce | None = None) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    """Loss of one batch (x [B, d_in], y [B, d_out]); returns (loss, numbers to log, latents fired [d_sae] bool).
-    The logged numbers (L0, MSE, penalty or AuxK) are computed only when ``log`` is true. ``autocast`` (None, "bf16"
-    or "fp16"): the precision of the dense products (:mod:`circuits.dictionaries.precision`). ``reduce``: x and y are
-    this rank's part of a data-parallel batch; AuxK's normaliser (a batch statistic) is then the global batch's."""
-    with autocast_context(autocast, x.device):
-        if d.activation == "relu":
-            return _relu_losses(d, x, y, spec, log)
-        return _topk_losses(d, x, y, dead, auxk_coef, log, reduce)
-
-
-def _relu_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, spec: DictSpec,
-                 log: bool) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    logs: dict[str, float] = {}
-    recon, penalty, z_sum, z = relu_code(x, d.b_dec if d.apply_b_dec_to_input else None, d.W_enc, d.b_enc, d.W_dec)
-    out = d._add_skip(recon + d.b_dec, x)
-    mse = (out - y).pow(2).sum(-1).mean()
-    loss = mse + spec.l1 * penalty
-    fired = z_sum > 0  # the code is non-negative: a latent fired in the batch iff its column sum is positive
-    if log:
-        logs["l0"] = float((z > 0).sum()) / x.shape[0]
-        logs["l1"] = float(penalty.detach())
-        logs["mse"] = float(mse.detach())
-    return loss, logs, fired
-
-
-def _topk_losses(d: Dictionary, x: torch.Tensor, y: torch.Tensor, dead: torch.Tensor, auxk_coef: float,
-                 log: bool, reduce: Reduce | None = None) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    """TopK: one dense encoder product (to rank the latents), then only the chosen entries: their gradients, the
-    k-sparse decoder, and AuxK over the dead latents' columns alone."""
-    logs: dict[str, float] = {}
-    shift = d.b_dec if d.apply_b_dec_to_input else None
-    with torch.no_grad():
-        xin = x - shift if shift is not None else x
-        if torch.is_autocast_enabled(x.device.type):
-            pre = torch.addmm(d.b_enc, xin, d.W_enc)
-        else:  # into a buffer reused from step to step (pre is not kept)
-            pre = torch.addmm(d.b_enc, xin, d.W_enc, out=scratch("topk_pre", (x.shape[0], d.d_sae), d.W_enc.dtype,
-                                                                 x.device))
-        vals, idx = pre.topk(d.k, dim=-1, sorted=False)
-        plan = csr_plan(idx, d.d_sae)  # one index sort shared by the encoder and decoder gradients
-    acts = F.relu(_SparseGatherLinear.apply(x, shift, d.W_enc, d.b_enc, idx, vals, plan))
-    out = d._add_skip(_SparseDecode.apply(acts, idx, d.W_dec, plan) + d.b_dec, x)
-    mse = (out - y).pow(2).sum(-1).mean()
-    loss = mse
-    with torch.no_grad():  # fired: a positive activation in the batch (counted without a host sync)
-        fired = torch.zeros(d.d_sae, dtype=acts.dtype, device=idx.device).index_add_(
-            0, idx.reshape(-1), (acts > 0).reshape(-1).to(acts.dtype)) > 0
-    if log:
-        logs["l0"] = float((acts > 0).sum()) / x.shape[0]
-    n_dead = int(dead.sum())
-    if n_dead and auxk_coef > 0:
-        k_aux = min(max(1, d.d_in // 2), n_dead)
-        e_hat = auxk_reconstruction(d, x, pre, dead, n_dead, k_aux)
-        resid = (y - out).detach()
-        aux = (e_hat - resid).pow(2).sum(-1).mean() / _centred_power(resid, reduce).clamp_min(1e-12)
-        loss = loss + auxk_coef * torch.nan_to_num(aux, 0.0)
-        if log:
-            logs["auxk"] = float(aux.detach())
-    if log:
-        logs["mse"] = float(mse.detach())
-    return loss, logs, fired
-
 
 #: the clock of time-based checkpoints (a function returning seconds)
 _clock = time.monotonic
 
-
-def _settings(cfg: TrainDictConfig, specs: Sequence[DictSpec], widths: dict[str, int]) -> dict[str, Any]:
-    """The settings a checkpoint records (JSON values): everything that changes the trained weights."""
-    config = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in RESUME_FREE}
-    return {"config": config, "specs": [json.loads(json.dumps(asdict(s))) for s in specs], "widths": widths}
-
-
-def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """``name: checkpoint X, now Y`` for every recorded setting that differs (settings a checkpoint lacks are
-    not compared)."""
-    out = []
-    for k, v in now.get("config", {}).items():
-        if k in saved.get("config", {}) and saved["config"][k] != v:
-            out.append(f"{k}: checkpoint {saved['config'][k]!r}, now {v!r}")
-    if "specs" in saved and saved["specs"] != now["specs"]:
-        if len(saved["specs"]) != len(now["specs"]):
-            out.append(f"specs: checkpoint has {len(saved['specs'])} dictionaries, now {len(now['specs'])}")
-        for i, (a, b) in enumerate(zip(saved["specs"], now["specs"], strict=False)):
-            out += [f"specs[{i}].{k}: checkpoint {a.get(k)!r}, now {b[k]!r}" for k in b
-                    if k != "name" and a.get(k) != b[k]]  # a name only sets the label, compared on its own
-    if "widths" in saved and saved["widths"] != now["widths"]:
-        out.append(f"hook widths: checkpoint {saved['widths']}, now {now['widths']} (another model?)")
-    return out
-
-
-def _fingerprint(block) -> dict[str, Any]:
-    """A few stored rows of a block (its first 4 rows, first 8 columns per hook): a resume re-harvesting the
-    block must see the same activations."""
-    return {"block": block.index, "rows": {h: r[:4, :8].tolist() for h, r in block.rows.items()}}
-
-
-def _check_fingerprint(saved: dict[str, Any] | None, block, folder: Path) -> None:
-    if not saved or saved.get("block") != block.index:
-        return
-    for h, rows in saved["rows"].items():
-        if h not in block.rows:
-            continue
-        got = block.rows[h][:4, :8]
-        want = torch.tensor(rows, dtype=got.dtype, device=got.device)
-        if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
-            raise ResumeMismatchError(
-                f"{folder}: the activations at {h} differ from those the checkpoint was trained on (another model, "
-                "corpus, sequence length or token source?); resume with the same inputs or use another workdir")
-
-
-def _save(workdir: Path, step: int, position: tuple[int, int], dicts, optims, since, history, settings,
-          fingerprint, scalers=None) -> None:
-    root = workdir / "resume"
-    with atomic_dir(step_dir(root, step), overwrite=True) as tmp:
-        for i, (label, d) in enumerate(dicts.items()):
-            save_file({n: p.detach().to("cpu", copy=True).contiguous() for n, p in d.named_parameters()},
-                      str(tmp / f"d{i}.safetensors"))
-            tensors, meta = _optim_to_tensors(optims[label])
-            tensors = {k: v.to("cpu") for k, v in tensors.items()}
-            tensors["since"] = since[label].to("cpu", copy=True)
-            tensors.update(scalers[label].state() if scalers else {})
-            save_file(tensors, str(tmp / f"o{i}.safetensors"))
-        write_json(tmp / "state.json", {"step": step, "block": position[0], "batch": position[1], "history": history,
-                                         "labels": list(dicts), "config": settings["config"],
-                                         "specs": settings["specs"], "widths": settings["widths"],
-                                         "fingerprint": fingerprint,
-                                         "optim": {lab: _optim_to_tensors(o)[1] for lab, o in optims.items()}})
-    for old in saved_steps(root):
-        if old != step:
-            shutil.rmtree(step_dir(root, old), ignore_errors=True)
-
-
-def _load(workdir: Path, dicts, optims, since, settings=None, scalers=None):
-    """Restore the newest checkpoint into ``dicts``/``optims``/``since`` (and fp16 loss ``scalers``): (step, block,
-    batch, history,
-    fingerprint), or None without one. ResumeMismatchError when it was made under other ``settings``."""
-    root = workdir / "resume"
-    clean_stale_tmp(root)
-    steps = saved_steps(root)
-    if not steps:
-        return None
-    folder = step_dir(root, steps[-1])
-    try:
-        state = json.loads((folder / "state.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ResumeMismatchError(f"{folder / 'state.json'}: unreadable checkpoint ({exc}); delete {folder} to "
-                                  "resume from scratch") from exc
-    if state["labels"] != list(dicts):
-        raise ResumeMismatchError(f"{folder}: the checkpoint holds {state['labels']}, this run trains {list(dicts)}")
-    if settings is not None:
-        diffs = _differences(state, settings)
-        if diffs:
-            raise ResumeMismatchError(
-                f"{folder}: the checkpoint was made with other settings ({'; '.join(diffs)}); resume with the "
-                f"same settings, or start a fresh run in another workdir")
-    for i, (label, d) in enumerate(dicts.items()):
-        try:
-            weights = load_file(str(folder / f"d{i}.safetensors"))
-            tensors = load_file(str(folder / f"o{i}.safetensors"))
-        except Exception as exc:  # safetensors raises its own error type for truncated or foreign files
-            raise ResumeMismatchError(f"{folder}: unreadable checkpoint weights ({exc}); delete {folder} to resume "
-                                      "from scratch") from exc
-        with torch.no_grad():
-            for n, p in d.named_parameters():
-                if n not in weights or weights[n].shape != p.shape:
-                    raise ResumeMismatchError(f"{folder}: {label} {n} does not match this run's dictionary shape "
-                                              f"{tuple(p.shape)}")
-                p.copy_(weights[n])
-        since[label] = tensors.pop("since").to(since[label].device)
-        scaled = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith("scaler.")]}
-        if scalers:
-            scalers[label].load(scaled)
-        optims[label].load_state_dict(_optim_from_tensors(tensors, state["optim"][label]))
-    return int(state["step"]), int(state["block"]), int(state["batch"]), list(state["history"]), \
-        state.get("fingerprint")
 
 
 def _schedule_end(step: int, total: int, stop_after: int | None, batch_size: int, warnings: list[str]) -> bool:
