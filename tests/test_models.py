@@ -102,3 +102,14 @@ def test_list_models_cards():
     assert "smollm2-135m" in cards and "toy/induction-2l" in cards
     assert cards["smollm2-135m"].license == "Apache-2.0"
     json.dumps([c.to_dict() for c in cards.values()])
+
+
+def test_a_bare_cuda_under_torchrun_is_the_ranks_own_gpu(monkeypatch):
+    """Each torchrun process loads its model on its own GPU (cuda:LOCAL_RANK), not all on cuda:0."""
+    from workbench.models import process_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert process_device("cuda") == "cuda" and process_device("cpu") == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert process_device("cuda") == "cuda:3"
+    assert process_device("cuda:1") == "cuda:1" and process_device("cpu") == "cpu"

@@ -53,6 +53,15 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def process_device(device: str) -> str:
+    """``device`` for this process: a bare ``cuda`` under ``torchrun`` (LOCAL_RANK set) is this rank's own GPU,
+    ``cuda:LOCAL_RANK``; every other name is kept."""
+    local = os.environ.get("LOCAL_RANK")
+    if device == "cuda" and local is not None and local.isdigit():
+        return f"cuda:{int(local)}"
+    return device
+
+
 def _smollm2_dir() -> Path:
     return models_dir() / SMOLLM2
 
@@ -136,7 +145,8 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: Any 
 
     Compatibility mode gives the familiar hook names (``blocks.L.hook_resid_post``, ``blocks.L.attn.hook_pattern``,
     ``blocks.L.mlp.hook_post`` ...) and stacked weights (``W_Q`` [L, H, d_model, d_head] ...). ``dtype`` defaults to
-    float32, ``device`` to CUDA when present. The model is put in eval mode.
+    float32, ``device`` to CUDA when present (under torchrun a bare ``cuda`` is this rank's ``cuda:LOCAL_RANK``).
+    The model is put in eval mode.
 
     ``weight_processing`` (default True): the library's weight processing (LayerNorm folded into the next linear maps,
     writing weights and the unembedding centred, value biases folded into the output bias), which changes no output but
@@ -147,7 +157,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: Any 
     import torch
 
     folder = resolve(spec)
-    device = device or default_device()
+    device = process_device(str(device or default_device()))
     dtype = dtype or torch.float32
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
