@@ -32,12 +32,13 @@ activations from a temporary safetensors file and times its own step loop; ours 
 eai-sparsify 1.3.3, both on torch 2.13.0 (CPU wheels), installed with ``pip install torch==2.13.0 sae-lens`` /
 ``... eai-sparsify`` in fresh virtualenvs.
 
-Measured on this 2-core machine (shared with other jobs), ``--source smollm2 --tokens 65536 --steps 16 --rounds 3
---threads 2``, two runs (load average 1.2-1.9 and 0.7-1.9, below the core count, but rounds of one row still
-spread by up to 1.7x): matmul 166 / 182 GFLOP/s; ours TopK 19,948 / 19,153 tokens/s (best round), 66 % / 57 % of
-the matmul rate in useful FLOPs, 1.83x / 1.55x sparsify (median of per-round ratios; best rounds 1.96x / 1.91x),
-6.2x / 5.0x SAELens, 4.2x / 3.8x plain; ours ReLU 6,280 / 6,066 tokens/s, 100 % / 88 % of the matmul rate, 1.41x /
-1.61x SAELens, 1.34x / 1.40x plain. Where one step's time goes: ``bench/dictionary_step.py`` (TopK at 2 threads:
+Measured on this 2-core machine, quiet (load average at most 1.92), ``--source smollm2 --threads 2``, two runs:
+``--tokens 65536 --steps 16 --rounds 4`` / ``--tokens 131072 --steps 32 --rounds 3``: matmul 179 / 172 GFLOP/s;
+ours TopK 19,971 / 20,545 tokens/s (best round), 61 % / 65 % of the matmul rate in useful FLOPs, 1.97x / 1.87x
+sparsify (median of per-round ratios; best rounds 1.97x / 1.96x), 6.5x / 7.5x SAELens, 4.2x / 4.3x plain; ours ReLU
+6,177 / 6,573 tokens/s, 92 % / 101 % of the matmul rate, 1.51x / 1.67x SAELens, 1.29x / 1.39x plain. Earlier runs on
+a loaded machine (load 1.2-1.9 with rounds spread by up to 1.7x) gave TopK 1.83x / 1.55x sparsify and ReLU 1.41x /
+1.61x SAELens. Where one step's time goes: ``bench/dictionary_step.py`` (TopK at 2 threads:
 the encoder's dense product 65 % of the step, the top-k selection about 15 %, the sparse products, Adam and the
 decoder projection the rest; the whole call adds the dictionary's build and data-dependent start, about one step).
 
