@@ -85,7 +85,7 @@ def _shard_buffer(folder: Path, part=None):
 
 
 def _scenarios(rank: int, world: int, port: int, out: str) -> None:
-    """Rank ``rank``: data parallel (from memory, and from shards when written), the refusals, layer parallel, a
+    """Rank ``rank``: data parallel (from memory, and from shards), the refusals, layer parallel, a
     killed run; results under ``out``."""
     from circuits.dictionaries.distributed import train_distributed
     from circuits.dictionaries.train import TrainingConfigError
@@ -95,10 +95,10 @@ def _scenarios(rank: int, world: int, port: int, out: str) -> None:
     dp = train_distributed(None, None, _dp_specs(), _cfg(), mode="data", buffer=_buffer((rank, world)),
                            progress=False)
     _save(dp, out / f"dp-rank{rank}")
-    if (out / "shards").is_dir():  # each rank reads its part of every global batch from the shards
-        sharded = train_distributed(None, None, _shard_specs(), _cfg(batch_size=2 * BATCH, tokens=2 * ROWS),
-                                    mode="data", buffer=_shard_buffer(out / "shards", (rank, world)), progress=False)
-        _save(sharded, out / f"shards-rank{rank}")
+    # each rank reads its part of every global batch from the shards
+    sharded = train_distributed(None, None, _shard_specs(), _cfg(batch_size=2 * BATCH, tokens=2 * ROWS),
+                                mode="data", buffer=_shard_buffer(out / "shards", (rank, world)), progress=False)
+    _save(sharded, out / f"shards-rank{rank}")
     errors = {}
     for name, call in [("batch", lambda: train_distributed(None, None, _dp_specs(), _cfg(batch_size=33), mode="data",
                                                            buffer=TensorBuffer(_rows(), batch_size=33))),
@@ -141,13 +141,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, request):
     out = tmp_path_factory.mktemp("dist")
-    try:  # activation shards of a tiny model, where the shard writer is part of the package
-        from circuits.dictionaries.shards import write_shards
-    except ImportError:
-        pass
-    else:
-        write_shards(request.getfixturevalue("tiny_llama"), random_source(64, seq_len=16, batch_size=8, n_batches=20,
-                     bos_id=64), [SHARD_HOOK], out / "shards", shard_rows=256, progress=False)
+    from circuits.dictionaries.shards import write_shards
+
+    write_shards(request.getfixturevalue("tiny_llama"), random_source(64, seq_len=16, batch_size=8, n_batches=20,
+                 bos_id=64), [SHARD_HOOK], out / "shards", shard_rows=256, progress=False)
     with pytest.raises(mp.ProcessExitedException) as dead:  # the last scenario kills rank 1
         mp.start_processes(_scenarios, args=(2, _free_port(), str(out)), nprocs=2, start_method="spawn")
     assert (dead.value.error_index, dead.value.exit_code) == (1, 3), dead.value
@@ -270,8 +267,6 @@ def test_layer_workdir_of_another_world_size_is_refused(tmp_path):
 def test_data_parallel_from_shards_equals_one_process(runs):
     """Each rank reads only its part of every global batch from the shards (ShardBuffer(part=...)); the result is
     the one-process run over the same shards (16 steps of 64 rows over 2 blocks of 2 shards)."""
-    if not (runs / "shards").is_dir():
-        pytest.skip("no activation-shard writer in this checkout (circuits.dictionaries.shards)")
     single = train_dictionaries(None, None, _shard_specs(), _cfg(batch_size=2 * BATCH, tokens=2 * ROWS),
                                 buffer=_shard_buffer(runs / "shards"), progress=False)
     w0, meta = _load(runs / "shards-rank0")
